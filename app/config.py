@@ -1,0 +1,135 @@
+"""Configuration from the environment (and a `.env` file), shared by the web and worker processes.
+
+pydantic-settings reads and type-checks the values; `require()` turns what a role needs into one
+readable line per problem, because an operator starting the service wants to know which variable
+to set, not to read a validation traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
+WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "ANTHROPIC_API_KEY")
+
+
+class ConfigError(Exception):
+    """A required setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    github_app_id: int | None = Field(None, alias="GITHUB_APP_ID")
+    github_private_key: str | None = Field(None, alias="GITHUB_PRIVATE_KEY")
+    github_private_key_path: Path | None = Field(None, alias="GITHUB_PRIVATE_KEY_PATH")
+    github_webhook_secret: str | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
+    github_api_url: str = Field("https://api.github.com", alias="GITHUB_API_URL")
+    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
+    anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com", validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
+    )
+    agent_image: str = Field("claudecluster/agent:latest", alias="AGENT_IMAGE")
+
+    # Session limits: sensible defaults; repo config (issue 3) may lower them per repository.
+    session_timeout: int = Field(1800, alias="SESSION_TIMEOUT", gt=0)
+    max_turns: int = Field(40, alias="CLAUDE_MAX_TURNS", gt=0)
+    model: str | None = Field(None, alias="CLAUDE_MODEL")
+    sandbox_memory: str = Field("4g", alias="SANDBOX_MEMORY")
+    sandbox_cpus: float = Field(1.0, alias="SANDBOX_CPUS", gt=0)
+    sandbox_pids: int = Field(512, alias="SANDBOX_PIDS", gt=0)
+    workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
+    queue_name: str = Field("sessions", alias="QUEUE_NAME")
+
+    @field_validator("github_api_url", "anthropic_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("github_private_key")
+    @classmethod
+    def _pem_text(cls, value: str | None) -> str | None:
+        # Many secret stores flatten newlines to a literal "\n"; accept both forms.
+        return value.replace("\\n", "\n").strip() + "\n" if value else value
+
+    @cached_property
+    def private_key(self) -> str:
+        """The App's PEM key, from the variable or the file; checked to be a private key."""
+        pem = self.github_private_key
+        if not pem and self.github_private_key_path:
+            try:
+                pem = self.github_private_key_path.read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"GITHUB_PRIVATE_KEY_PATH: cannot read the key file ({exc.strerror})"
+                ) from None
+        if not pem:
+            raise ConfigError("GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set")
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            load_pem_private_key(pem.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ConfigError("GITHUB_PRIVATE_KEY: not a PEM private key") from None
+        return pem
+
+    def require(self, names: tuple[str, ...]) -> Settings:
+        missing = []
+        for name in names:
+            if name == "GITHUB_PRIVATE_KEY":
+                try:
+                    self.private_key  # noqa: B018 - loads and checks the key
+                except ConfigError as exc:
+                    missing.append(str(exc))
+                continue
+            field = next(f for f, info in type(self).model_fields.items() if info.alias == name)
+            if getattr(self, field) in (None, ""):
+                missing.append(f"{name} is not set")
+        if missing:
+            raise ConfigError("; ".join(missing))
+        return self
+
+
+def load_settings(*required: str, **overrides: object) -> Settings:
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = err["loc"][0] if err["loc"] else "?"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+    return settings.require(tuple(required))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m app.config check [web|worker|all]`: the run script's one-line answer."""
+    role = argv[1] if len(argv) > 1 else "all"
+    names = {"web": WEB_REQUIRED, "worker": WORKER_REQUIRED}.get(
+        role, WEB_REQUIRED + WORKER_REQUIRED
+    )
+    try:
+        load_settings(*names)
+    except ConfigError as exc:
+        print(f"configuration: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["check"]))

@@ -1,0 +1,71 @@
+"""`POST /webhooks`: verify, decide, enqueue, answer in milliseconds.
+
+No GitHub API call and no Docker call happen here: GitHub gives a delivery 10 s, and the worker
+does everything slow with a token it mints itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from githubkit.webhooks import verify
+from redis.exceptions import RedisError
+
+from app.enqueue import enqueue_session
+from app.payload import PayloadError
+from app.triggers import Ignore, decide
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+
+def _reply(status: int, **body: object):
+    return jsonify(body), status
+
+
+@bp.post("/webhooks")
+def receive():
+    body = request.get_data(cache=False)
+    signature = request.headers.get("X-Hub-Signature-256", "")
+    secret = current_app.config["WEBHOOK_SECRET"]
+    # githubkit's verify uses hmac.compare_digest; SHA-1 signatures are refused as too weak.
+    if not signature.startswith("sha256=") or not verify(secret, body, signature):
+        return _reply(401, error="bad or missing X-Hub-Signature-256")
+
+    event = request.headers.get("X-GitHub-Event", "")
+    delivery = request.headers.get("X-GitHub-Delivery", "")
+    if not event or not delivery:
+        return _reply(400, error="missing X-GitHub-Event or X-GitHub-Delivery")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _reply(400, error="body is not JSON")
+    if not isinstance(payload, dict):
+        return _reply(400, error="body is not a JSON object")
+    if event == "ping":
+        return _reply(200, status="pong")
+
+    try:
+        decision = decide(event, payload, delivery)
+    except PayloadError as exc:
+        return _reply(400, error=f"malformed {event} payload: {exc}")
+    if isinstance(decision, Ignore):
+        return _reply(200, status="ignored", reason=decision.reason)
+
+    try:
+        queued = enqueue_session(
+            current_app.extensions["session_queue"],
+            decision.request,
+            timeout=current_app.config["SESSION_TIMEOUT"],
+        )
+    except RedisError:
+        log.warning("queue unavailable; delivery %s refused with 503", delivery)
+        return _reply(503, error="queue unavailable, redeliver later")
+    if queued.duplicate:
+        return _reply(200, status="duplicate", session=queued.session_id)
+    log.info(
+        "queued %s for %s#%s", queued.session_id, decision.request.repo, decision.request.number
+    )
+    return _reply(202, status="queued", session=queued.session_id)

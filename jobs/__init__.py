@@ -1,0 +1,1 @@
+"""RQ jobs: the agent session pipeline, run by the worker process."""

@@ -1,0 +1,113 @@
+"""GitHub access for one session: an installation token scoped to one repository.
+
+The worker mints its own token (the queue carries only ids), asks for the few permissions the
+session needs, registers it with the redactor, and revokes it when the session ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlparse
+
+from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+
+from app.config import Settings
+from jobs.redact import redactor
+
+# What an issue → pull request session needs, and nothing more.
+ISSUE_SESSION_PERMISSIONS = {
+    "contents": "write",
+    "issues": "write",
+    "pull_requests": "write",
+    "metadata": "read",
+}
+
+
+def _client(api_url: str, auth) -> GitHub:
+    # http_cache off: a revalidating cache only adds requests for a short-lived session.
+    return GitHub(auth, base_url=api_url, http_cache=False, timeout=30)
+
+
+def app_client(settings: Settings) -> GitHub:
+    auth = AppAuthStrategy(str(settings.github_app_id), settings.private_key)
+    return _client(settings.github_api_url, auth)
+
+
+@dataclass(frozen=True)
+class BotIdentity:
+    login: str
+    user_id: int
+    noreply_domain: str
+
+    @property
+    def email(self) -> str:
+        return f"{self.user_id}+{self.login}@{self.noreply_domain}"
+
+
+def noreply_domain(api_url: str) -> str:
+    host = urlparse(api_url).hostname or "github.com"
+    if host in ("api.github.com", "github.com"):
+        return "users.noreply.github.com"
+    return f"users.noreply.{host}"
+
+
+@lru_cache(maxsize=4)
+def _bot_identity(api_url: str, app_id: int, pem: str) -> BotIdentity:
+    gh = _client(api_url, AppAuthStrategy(str(app_id), pem))
+    slug = gh.rest.apps.get_authenticated().json()["slug"]
+    login = f"{slug}[bot]"
+    user_id = gh.rest.users.get_by_username(login).json()["id"]
+    return BotIdentity(login, user_id, noreply_domain(api_url))
+
+
+def bot_identity(settings: Settings) -> BotIdentity:
+    """The App's bot user, which authors commits; asked once per worker process."""
+    return _bot_identity(settings.github_api_url, settings.github_app_id, settings.private_key)
+
+
+class RepoSession:
+    """A GitHub client for one repository, holding one scoped installation token."""
+
+    def __init__(
+        self, settings: Settings, installation_id: int, repo: str, permissions: dict[str, str]
+    ) -> None:
+        self.owner, self.name = repo.split("/", 1)
+        minted = (
+            app_client(settings)
+            .rest.apps.create_installation_access_token(
+                installation_id,
+                data={"repositories": [self.name], "permissions": permissions},
+            )
+            .json()
+        )
+        self.token: str = minted["token"]
+        redactor.add(self.token)
+        self.gh = _client(settings.github_api_url, TokenAuthStrategy(self.token))
+
+    def repository(self) -> dict:
+        return self.gh.rest.repos.get(self.owner, self.name).json()
+
+    def issue(self, number: int) -> dict:
+        return self.gh.rest.issues.get(self.owner, self.name, number).json()
+
+    def react(self, comment_id: int, content: str) -> None:
+        self.gh.rest.reactions.create_for_issue_comment(
+            self.owner, self.name, comment_id, data={"content": content}
+        )
+
+    def comment(self, number: int, body: str) -> dict:
+        return self.gh.rest.issues.create_comment(
+            self.owner, self.name, number, data={"body": body}
+        ).json()
+
+    def edit_comment(self, comment_id: int, body: str) -> None:
+        self.gh.rest.issues.update_comment(self.owner, self.name, comment_id, data={"body": body})
+
+    def open_pull(self, title: str, head: str, base: str, body: str) -> dict:
+        return self.gh.rest.pulls.create(
+            self.owner, self.name, data={"title": title, "head": head, "base": base, "body": body}
+        ).json()
+
+    def revoke(self) -> None:
+        self.gh.rest.apps.revoke_installation_access_token()

@@ -1,0 +1,161 @@
+"""A session's checkout: a trusted git directory for the worker, a work tree for the sandbox.
+
+The sandbox only ever sees `tree/`; the repository's `.git` lives beside it in `git/` and is never
+mounted, so the agent cannot plant hooks, config, filters or remotes for the worker to run.
+Every git command the worker runs ignores system and global config, disables hooks and fsmonitor,
+and gets the installation token through an in-memory credential helper: the token is in no file,
+no remote URL and no command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.redact import redactor
+
+SANDBOX_UID = 1000
+_PASSTHROUGH_ENV = (
+    "PATH", "LANG", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+    "NO_PROXY", "GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+_TOKEN_VAR = "CLAUDECLUSTER_GIT_TOKEN"
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; '
+    f'echo username=x-access-token; echo "password=${_TOKEN_VAR}"; }}; f'
+)
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message is redacted and says which step."""
+
+
+@dataclass(frozen=True)
+class Change:
+    sha: str
+    files: list[str]  # "M\tpath" lines, as git prints them
+
+
+class Workspace:
+    def __init__(self, root: Path, token: str) -> None:
+        self.root = root
+        self.gitdir = root / "git"
+        self.tree = root / "tree"
+        self._token = token
+        self._home = root / "home"
+        self._home.mkdir()
+
+    @classmethod
+    def clone(cls, parent: Path, url: str, branch: str, token: str) -> Workspace:
+        parent.mkdir(parents=True, exist_ok=True)
+        ws = cls(Path(tempfile.mkdtemp(prefix="session-", dir=parent)), token)
+        try:
+            ws._git(
+                "clone", "--quiet", "--no-tags", "--single-branch", "--depth", "1",
+                "--branch", branch, "--separate-git-dir", str(ws.gitdir), url, str(ws.tree),
+                repo=False,
+            )  # fmt: skip
+            # The gitfile would point the sandbox at a host path; the sandbox gets no git state.
+            (ws.tree / ".git").unlink()
+            ws._hand_tree_to_sandbox()
+        except BaseException:
+            ws.remove()
+            raise
+        return ws
+
+    def _hand_tree_to_sandbox(self) -> None:
+        if os.geteuid() != 0:
+            return  # a non-root worker runs the sandbox under its own uid instead
+        for dirpath, dirnames, filenames in os.walk(self.tree):
+            for name in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
+                os.lchown(name, SANDBOX_UID, SANDBOX_UID)
+
+    def commit(self, message: str, author: str, email: str) -> Change | None:
+        """Stage everything the agent left and commit it; None when nothing changed."""
+        self._drop_planted_git_dirs()
+        self._git("add", "--all", "--", ".")
+        if self._git("diff", "--cached", "--quiet", check=False).returncode == 0:
+            return None
+        files = self._git("diff", "--cached", "--name-status", "--no-renames").stdout.splitlines()
+        identity = {
+            "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": author, "GIT_COMMITTER_EMAIL": email,
+        }  # fmt: skip
+        self._git("commit", "--quiet", "--no-verify", "--file", "-", input=message, env=identity)
+        sha = self._git("rev-parse", "HEAD").stdout.strip()
+        return Change(sha, files)
+
+    def free_branch(self, wanted: str) -> str:
+        """`wanted`, or `wanted-2`, `wanted-3`… when an earlier session already used the name."""
+        listing = self._git("ls-remote", "--heads", "origin", f"{wanted}*").stdout
+        taken = {line.split("refs/heads/", 1)[1] for line in listing.splitlines() if line}
+        candidate, n = wanted, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{wanted}-{n}"
+        return candidate
+
+    def push(self, branch: str) -> None:
+        # Never forced: a branch that moved under us is an error to report, not to overwrite.
+        self._git("push", "--quiet", "--no-verify", "origin", f"HEAD:refs/heads/{branch}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _drop_planted_git_dirs(self) -> None:
+        # A `.git` the agent created (dir, file or link) would make `git add` read a repository
+        # of the agent's choosing, possibly outside the tree: remove them, never follow them.
+        for dirpath, dirnames, filenames in os.walk(self.tree):
+            for name in [*dirnames, *filenames]:
+                if name == ".git":
+                    path = os.path.join(dirpath, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+
+    def _git(
+        self,
+        *args: str,
+        repo: bool = True,
+        check: bool = True,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        config = {
+            "core.hooksPath": os.devnull,
+            "core.fsmonitor": "false",
+            "core.untrackedCache": "false",
+            "safe.directory": "*",
+            "protocol.allow": "never",
+            "protocol.http.allow": "always",
+            "protocol.https.allow": "always",
+            "credential.helper": _CREDENTIAL_HELPER,
+        }
+        full_env = {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}
+        full_env.update(
+            HOME=str(self._home),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_TERMINAL_PROMPT="0",
+            LC_ALL="C",
+            GIT_CONFIG_COUNT=str(len(config)),
+            **{_TOKEN_VAR: self._token},
+            **(env or {}),
+        )
+        for i, (key, value) in enumerate(config.items()):
+            full_env[f"GIT_CONFIG_KEY_{i}"] = key
+            full_env[f"GIT_CONFIG_VALUE_{i}"] = value
+        where = ["--git-dir", str(self.gitdir), "--work-tree", str(self.tree)] if repo else []
+        result = subprocess.run(
+            ["git", *where, *args], env=full_env, input=input, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise GitError(redactor(f"git {args[0]} failed: {result.stderr.strip()[-500:]}"))
+        return result

@@ -1,0 +1,630 @@
+"""A real HTTP stand-in for the Anthropic Messages API, scripted turn by turn.
+
+``AnthropicStandIn`` is a threaded HTTP/1.1 server on 127.0.0.1 that speaks enough of
+the Messages API for the real ``claude`` CLI (2.1.332, ``-p`` headless mode) to follow a
+script of model turns: it answers ``POST /v1/messages`` (``?beta=true`` or not) with SSE
+streams (``stream: true``) or JSON, ``POST /v1/messages/count_tokens`` with a token
+estimate, and anything else with 404 and an Anthropic-shaped error.
+
+Scripting::
+
+    with AnthropicStandIn() as api:
+        api.script([
+            ToolUse("Write", {"file_path": "/workspace/X.md", "content": "hi"}),
+            [Text("Two edits:"), ToolUse("Edit", {...}), ToolUse("Edit", {...})],
+            Text("Added the file"),
+        ])
+        ... run claude with ANTHROPIC_BASE_URL=api.url ...
+        assert api.main_requests()[0].user_text() == "..."
+
+A turn is a ``ToolUse`` (stop_reason ``tool_use``), a ``Text`` (stop_reason
+``end_turn`` unless given), a list/tuple of ``Text``/``ToolUse`` blocks (one assistant
+message; ``tool_use`` if it holds any tool use), or a ``Fail``.  A ``Fail`` stays at the
+head of the script (every further messages request, main or side, gets that HTTP error,
+so CLI retries fail too) unless ``times`` limits how many main-loop requests it fails.
+When the script is exhausted every main-loop request gets ``Text("done")``.
+
+Request classification (what consumes scripted turns), found empirically with
+claude 2.1.332, ``-p ... --output-format stream-json --verbose
+--dangerously-skip-permissions --max-turns N`` and
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` / ``DISABLE_TELEMETRY=1`` /
+``DISABLE_AUTOUPDATER=1``: see ``is_main_loop_request`` for the rule and the evidence.
+
+Secrets: request headers are recorded verbatim (tests compare API keys), but nothing is
+logged, and ``RecordedRequest.__repr__`` redacts credential headers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "AnthropicStandIn",
+    "Fail",
+    "RecordedRequest",
+    "Text",
+    "ToolUse",
+    "is_main_loop_request",
+]
+
+SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+
+
+# --------------------------------------------------------------------------- turn types
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text block; as a turn of its own: the final answer (stop_reason ``end_turn``)."""
+
+    text: str
+    stop_reason: str = "end_turn"
+    delay: float = 0.0  # seconds to wait before answering (as a turn of its own)
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A ``tool_use`` block; as a turn of its own, stop_reason is ``tool_use``."""
+
+    name: str
+    input: dict[str, Any]
+    id: str | None = None  # generated (``toolu_…``) when None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Answer with an HTTP error and Anthropic's error JSON.
+
+    Stays at the head of the script: every further messages request (main loop or side)
+    fails the same way.  With ``times`` set, it is dropped after failing that many
+    main-loop requests.
+    """
+
+    status: int
+    error_type: str
+    message: str
+    times: int | None = None
+
+
+Block = Text | ToolUse
+Turn = Text | ToolUse | Fail | Sequence[Block]
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # path without the query string, e.g. "/v1/messages"
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None
+    kind: str  # "main", "side", "count_tokens", "other", "rejected"
+    status: int = 0  # HTTP status answered
+    received_at: float = field(default_factory=time.time)
+
+    def __repr__(self) -> str:
+        hdrs = {k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in self.headers.items()}
+        summary = None
+        if isinstance(self.body, dict):
+            summary = {
+                "model": self.body.get("model"),
+                "stream": self.body.get("stream"),
+                "max_tokens": self.body.get("max_tokens"),
+                "n_messages": len(self.body.get("messages") or []),
+                "n_tools": len(self.body.get("tools") or []),
+            }
+        return (
+            f"RecordedRequest({self.method} {self.path} kind={self.kind} status={self.status} "
+            f"headers={hdrs} body~{summary})"
+        )
+
+    # convenience accessors -------------------------------------------------------
+
+    @property
+    def api_key(self) -> str | None:
+        """The credential presented (``x-api-key`` or ``Authorization: Bearer``)."""
+        return _presented_key(self.headers)
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return list((self.body or {}).get("tools") or []) if isinstance(self.body, dict) else []
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.get("name", "") for t in self.tools]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        if not isinstance(self.body, dict):
+            return []
+        return list(self.body.get("messages") or [])
+
+    @property
+    def stream(self) -> bool:
+        return bool(isinstance(self.body, dict) and self.body.get("stream"))
+
+    def user_text(self) -> str:
+        """All text of all user messages (string content and ``text`` blocks), joined."""
+        return "\n".join(_texts(m.get("content")) for m in self.messages if m.get("role") == "user")
+
+    def system_text(self) -> str:
+        return _texts((self.body or {}).get("system")) if isinstance(self.body, dict) else ""
+
+    def tool_results(self) -> list[dict[str, Any]]:
+        """All ``tool_result`` blocks sent back by the client, in order."""
+        out = []
+        for m in self.messages:
+            content = m.get("content")
+            if isinstance(content, list):
+                out.extend(b for b in content if isinstance(b, dict) and b.get("type") == "tool_result")
+        return out
+
+
+def _texts(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+    return "\n".join(parts)
+
+
+def _presented_key(headers: dict[str, str]) -> str | None:
+    if "x-api-key" in headers:
+        return headers["x-api-key"]
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return None
+
+
+def is_main_loop_request(body: Any) -> bool:
+    """Whether a ``/v1/messages`` request belongs to the main agent loop.
+
+    Rule: a request is main-loop iff it offers tools (non-empty ``tools``) AND is not a
+    tiny probe (``max_tokens`` > 1 or absent).  Everything else — requests without tools
+    (title / topic / summary generation on the small model), ``max_tokens: 1`` quota
+    probes — is a side request.
+
+    Evidence (claude 2.1.332, headless flags as in the module docstring): see the
+    report in ``tests/test_anthropic_standin.py`` (``test_request_classification``).
+    """
+    if not isinstance(body, dict):
+        return False
+    if not body.get("tools"):
+        return False
+    max_tokens = body.get("max_tokens")
+    return not (isinstance(max_tokens, int) and max_tokens <= 1)
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def _estimate_tokens(obj: Any) -> int:
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return max(1, len(text) // 4)
+
+
+def _usage_for(body: Any, output_blocks: list[dict[str, Any]]) -> dict[str, int]:
+    """Plausible usage: ~4 chars/token of the request, plus a cache split if cache_control used."""
+    prompt = {}
+    if isinstance(body, dict):
+        prompt = {k: body.get(k) for k in ("system", "messages", "tools")}
+    total_in = _estimate_tokens(prompt)
+    out = sum(_estimate_tokens(b.get("text") or b.get("input") or "") for b in output_blocks)
+    out = max(out + 5, 10)
+    return {
+        "input_tokens": total_in,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": out,
+    }
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    standin: AnthropicStandIn
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "AnthropicStandIn/1.0"
+    sys_version = ""
+    server: _Server
+
+    # no stderr logging (paths only, but keep test output clean and secret-free)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.server.standin._handle(self)
+
+    # -- body / response helpers -------------------------------------------------
+
+    def read_body(self) -> bytes:
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            chunks = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # trailers until blank line
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            data = b"".join(chunks)
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length) if length else b""
+        enc = (self.headers.get("Content-Encoding") or "").lower()
+        if enc == "gzip":
+            data = gzip.decompress(data)
+        elif enc == "deflate":
+            data = zlib.decompress(data)
+        return data
+
+    def send_json(self, status: int, obj: Any, extra_headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+    def start_sse(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        self._chunked = self.request_version == "HTTP/1.1"
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.flush()
+
+    def send_event(self, event: str, data: dict[str, Any]) -> None:
+        frame = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        if self._chunked:
+            frame = f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+        self.wfile.write(frame)
+        self.wfile.flush()
+
+    def end_sse(self) -> None:
+        if self._chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def _error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+class AnthropicStandIn:
+    """Scripted Anthropic Messages API on ``http://127.0.0.1:<port>``."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        expected_api_key: str | None = None,
+        side_text: str = "OK",
+        model: str | None = None,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.expected_api_key = expected_api_key
+        self.side_text = side_text
+        self.model = model  # overrides the model echoed back (default: the request's)
+        self._lock = threading.Lock()
+        self._turns: list[Turn] = []
+        self._fail_counts: dict[int, int] = {}
+        self._requests: list[RecordedRequest] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> AnthropicStandIn:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self._port), _Handler)
+        server.standin = self
+        self._server = server
+        self._port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"anthropic-standin:{self._port}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> AnthropicStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self._port}"
+
+    # -- scripting -----------------------------------------------------------------
+
+    def script(self, turns: Sequence[Turn]) -> None:
+        """Replace the queue of main-loop turns."""
+        turns = list(turns)
+        for t in turns:
+            _validate_turn(t)
+        with self._lock:
+            self._turns = turns
+            self._fail_counts = {}
+
+    def add_turns(self, *turns: Turn) -> None:
+        for t in turns:
+            _validate_turn(t)
+        with self._lock:
+            self._turns.extend(turns)
+
+    @property
+    def remaining_turns(self) -> list[Turn]:
+        with self._lock:
+            return list(self._turns)
+
+    # -- recorded requests -----------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def main_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind == "main"]
+
+    def side_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind == "side"]
+
+    def message_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind in ("main", "side")]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._turns = []
+            self._fail_counts = {}
+
+    # -- request handling -------------------------------------------------------------
+
+    def _handle(self, h: _Handler) -> None:
+        split = urlsplit(h.path)
+        path = split.path.rstrip("/") or "/"
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        try:
+            raw = h.read_body()
+        except Exception:  # malformed framing: answer and drop the connection
+            h.close_connection = True
+            h.send_json(400, _error_body("invalid_request_error", "unreadable request body"))
+            return
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        rec = RecordedRequest(
+            method=h.command, path=path, query=parse_qs(split.query), headers=headers,
+            body=body, kind="other",
+        )
+        with self._lock:
+            self._requests.append(rec)
+
+        is_messages = h.command == "POST" and path == "/v1/messages"
+        is_count = h.command == "POST" and path == "/v1/messages/count_tokens"
+        if not (is_messages or is_count):
+            rec.status = 404
+            h.send_json(404, _error_body("not_found_error", f"Not found: {h.command} {path}"))
+            return
+
+        if self.expected_api_key is not None and _presented_key(headers) != self.expected_api_key:
+            rec.kind, rec.status = "rejected", 401
+            h.send_json(401, _error_body("authentication_error", "invalid x-api-key"))
+            return
+
+        if not isinstance(body, dict):
+            rec.kind, rec.status = "rejected", 400
+            h.send_json(400, _error_body("invalid_request_error", "request body is not JSON"))
+            return
+
+        if is_count:
+            rec.kind, rec.status = "count_tokens", 200
+            h.send_json(200, {"input_tokens": _usage_for(body, [])["input_tokens"]})
+            return
+
+        main = is_main_loop_request(body)
+        rec.kind = "main" if main else "side"
+        turn = self._next_turn(main)
+
+        if isinstance(turn, Fail):
+            rec.status = turn.status
+            extra = {"retry-after": "0"} if turn.status in (429, 529, 500, 503) else None
+            h.send_json(turn.status, _error_body(turn.error_type, turn.message), extra)
+            return
+
+        blocks: list[Block] = list(turn) if isinstance(turn, list | tuple) else [turn]
+        delay = max((b.delay for b in blocks), default=0.0)
+        if delay:
+            time.sleep(delay)
+        if len(blocks) == 1 and isinstance(blocks[0], Text):
+            stop_reason = blocks[0].stop_reason
+        else:
+            stop_reason = "tool_use" if any(isinstance(b, ToolUse) for b in blocks) else "end_turn"
+        content = [_block_json(b) for b in blocks]
+        model = self.model or body.get("model") or "claude-sonnet-4-5"
+        usage = _usage_for(body, content)
+        message = {
+            "id": "msg_" + uuid.uuid4().hex[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        rec.status = 200
+        try:
+            if body.get("stream"):
+                _stream_message(h, message)
+            else:
+                h.send_json(200, message)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            h.close_connection = True
+
+    def _next_turn(self, main: bool) -> Turn:
+        with self._lock:
+            head = self._turns[0] if self._turns else None
+            if isinstance(head, Fail):
+                if main and head.times is not None:
+                    n = self._fail_counts.get(id(head), 0) + 1
+                    self._fail_counts[id(head)] = n
+                    if n >= head.times:
+                        self._turns.pop(0)
+                return head
+            if not main:
+                return Text(self.side_text)
+            if head is None:
+                return Text("done")
+            return self._turns.pop(0)
+
+
+def _validate_turn(t: Any) -> None:
+    if isinstance(t, Text | ToolUse | Fail):
+        return
+    if isinstance(t, list | tuple) and t and all(isinstance(b, Text | ToolUse) for b in t):
+        return
+    raise TypeError(f"not a turn: {t!r} (Text, ToolUse, Fail, or a non-empty list of Text/ToolUse)")
+
+
+def _block_json(b: Block) -> dict[str, Any]:
+    if isinstance(b, Text):
+        return {"type": "text", "text": b.text}
+    return {
+        "type": "tool_use",
+        "id": b.id or "toolu_" + uuid.uuid4().hex[:24],
+        "name": b.name,
+        "input": b.input,
+    }
+
+
+def _pieces(s: str, n: int = 3) -> Iterator[str]:
+    """Split into up to n non-empty pieces (to exercise delta accumulation)."""
+    if len(s) <= n:
+        yield from (c for c in s)
+        return
+    step = -(-len(s) // n)
+    for i in range(0, len(s), step):
+        yield s[i : i + step]
+
+
+def _stream_message(h: _Handler, message: dict[str, Any]) -> None:
+    usage = message["usage"]
+    start = dict(message, content=[], stop_reason=None, stop_sequence=None)
+    start["usage"] = dict(usage, output_tokens=1)
+    h.start_sse()
+    h.send_event("message_start", {"type": "message_start", "message": start})
+    h.send_event("ping", {"type": "ping"})
+    for i, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            h.send_event("content_block_start", {
+                "type": "content_block_start", "index": i,
+                "content_block": {"type": "text", "text": ""},
+            })
+            for piece in _pieces(block["text"]):
+                h.send_event("content_block_delta", {
+                    "type": "content_block_delta", "index": i,
+                    "delta": {"type": "text_delta", "text": piece},
+                })
+        else:
+            h.send_event("content_block_start", {
+                "type": "content_block_start", "index": i,
+                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
+                                  "input": {}},
+            })
+            h.send_event("content_block_delta", {
+                "type": "content_block_delta", "index": i,
+                "delta": {"type": "input_json_delta", "partial_json": ""},
+            })
+            for piece in _pieces(json.dumps(block["input"])):
+                h.send_event("content_block_delta", {
+                    "type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                })
+        h.send_event("content_block_stop", {"type": "content_block_stop", "index": i})
+    h.send_event("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    })
+    h.send_event("message_stop", {"type": "message_stop"})
+    h.end_sse()
