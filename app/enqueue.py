@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
@@ -61,7 +62,7 @@ def enqueue_session(queue: Queue, request: SessionRequest, timeout: int) -> Enqu
     except DuplicateJobError:
         return Enqueued(session_id, duplicate=True)
     except BaseException:
-        # Release the claim so GitHub's redelivery of this failed delivery can be queued.
-        redis.delete(claim)
+        # Release the claim, and any half-saved job, so GitHub's redelivery can be queued.
+        redis.delete(claim, Job.key_for(session_id))
         raise
     return Enqueued(session_id, duplicate=False)

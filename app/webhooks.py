@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 
-def _reply(status: int, **body: object):
-    return jsonify(body), status
+def _reply(code: int, **body: object):
+    return jsonify(body), code
 
 
 @bp.post("/webhooks")

@@ -1,0 +1,231 @@
+"""The front door against a real Redis: verify, decide, enqueue once, answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from app import create_app
+from app.config import load_settings
+from tests.support import (
+    delivery_headers,
+    free_port,
+    issue_comment_payload,
+    npm_package,
+    sign,
+    webhook_example,
+)
+
+SECRET = "It's a Secret to Everybody"
+REPO = "octo-org/hello-world"
+
+
+def make_client(redis_url: str):
+    settings = load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_url)
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def client(redis_url):
+    return make_client(redis_url)
+
+
+def queued(redis_url: str) -> list[str]:
+    return Queue("sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer).job_ids
+
+
+def post(client, event: str, payload, delivery: str | None = None, secret: str = SECRET):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return client.post("/webhooks", data=body, headers=delivery_headers(event, body, secret, delivery))
+
+
+def trigger(body="/claude add a CONTRIBUTING.md", **kw) -> dict:
+    return issue_comment_payload(REPO, 7, body, installation_id=42, **kw)
+
+
+def test_github_documented_signature_vector():
+    # From GitHub's "Validating webhook deliveries" page.
+    assert sign(SECRET, b"Hello, World!") == (
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
+
+
+def test_signature_matches_octokit_reference_implementation():
+    body = json.dumps(trigger()).encode()
+    methods = npm_package("@octokit/webhooks-methods")
+    script = (
+        "import(process.argv[1]).then(async m => {"
+        " process.stdout.write(await m.sign(process.argv[2], process.argv[3])) })"
+    )
+    out = subprocess.run(
+        ["node", "-e", script, str(methods / "dist-node" / "index.js"), SECRET, body.decode()],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == sign(SECRET, body)
+
+
+def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_url):
+    resp = post(client, "issue_comment", trigger("/claude add a CONTRIBUTING.md\nwith tests"), "d-1")
+    assert resp.status_code == 202
+    assert resp.json == {"status": "queued", "session": "session-d-1"}
+    assert queued(redis_url) == ["session-d-1"]
+    job = Queue("sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    kwargs = job.fetch_job("session-d-1").kwargs
+    assert kwargs == {
+        "delivery_id": "d-1", "installation_id": 42, "repo": REPO, "number": 7,
+        "comment_id": 1_000_007, "requester": "octocat", "requester_id": 583231,
+        "instruction": "add a CONTRIBUTING.md\nwith tests",
+    }  # fmt: skip
+
+
+def test_same_delivery_three_times_is_one_session(client, redis_url):
+    answers = [post(client, "issue_comment", trigger(), "same").status_code for _ in range(3)]
+    assert answers == [202, 200, 200]
+    assert queued(redis_url) == ["session-same"]
+
+
+@pytest.mark.parametrize(
+    "signature", [None, "", "sha256=" + "0" * 64, "sha1=abc", "garbage"], ids=str
+)
+def test_bad_or_missing_signature_is_401_and_queues_nothing(client, redis_url, signature):
+    body = json.dumps(trigger()).encode()
+    headers = delivery_headers("issue_comment", body, SECRET)
+    if signature is None:
+        del headers["X-Hub-Signature-256"]
+    else:
+        headers["X-Hub-Signature-256"] = signature
+    resp = client.post("/webhooks", data=body, headers=headers)
+    assert resp.status_code == 401
+    assert queued(redis_url) == []
+
+
+def test_signature_with_another_secret_is_401(client, redis_url):
+    assert post(client, "issue_comment", trigger(), secret="not the secret").status_code == 401
+    assert queued(redis_url) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_malformed_body_is_400(client, redis_url, body, reason):
+    resp = post(client, "issue_comment", body)
+    assert resp.status_code == 400
+    assert reason in resp.json["error"]
+    assert queued(redis_url) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "missing"),
+    [
+        (lambda p: p.pop("installation"), "installation"),
+        (lambda p: p["issue"].pop("number"), "issue.number"),
+        (lambda p: p["comment"]["user"].update(id="seven"), "comment.user.id"),
+        (lambda p: p.update(comment="text"), "comment"),
+    ],
+)
+def test_triggering_payload_of_unknown_shape_is_400(client, redis_url, mutate, missing):
+    payload = trigger()
+    mutate(payload)
+    resp = post(client, "issue_comment", payload)
+    assert resp.status_code == 400
+    assert missing in resp.json["error"]
+    assert queued(redis_url) == []
+
+
+def test_ping_is_200(client):
+    resp = post(client, "ping", webhook_example("ping", None))
+    assert resp.status_code == 200
+    assert resp.json == {"status": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("issue_comment", lambda: {**trigger(), "action": "edited"}),
+        ("issue_comment", lambda: {**trigger(), "action": "deleted"}),
+        ("issues", lambda: webhook_example("issues", "opened")),
+        ("star", lambda: {"action": "created"}),
+        ("made_up_event", lambda: {}),
+    ],
+)
+def test_unhandled_events_are_ignored_with_2xx(client, redis_url, event, payload):
+    resp = post(client, event, payload())
+    assert resp.status_code == 200
+    assert resp.json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda: trigger("please fix this"),
+        lambda: trigger("/claudex do it"),
+        lambda: trigger("I typed `/claude fix` inline"),
+        lambda: trigger("/claude fix", login="helper[bot]", user_type="Bot"),
+        lambda: trigger("/claude fix", login="claudecluster[bot]", user_type="User"),
+    ],
+    ids=["no-command", "other-command", "not-line-start", "bot", "bot-suffix"],
+)
+def test_comments_that_must_not_trigger(client, redis_url, payload):
+    resp = post(client, "issue_comment", payload())
+    assert resp.status_code == 200
+    assert resp.json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+def test_pull_request_comment_is_not_the_issue_flow(client, redis_url):
+    payload = trigger()
+    payload["issue"]["pull_request"] = {"url": "https://api.github.com/repos/o/r/pulls/7"}
+    assert post(client, "issue_comment", payload).json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+def test_example_without_fields_we_do_not_read_is_accepted(client, redis_url):
+    payload = trigger()
+    # GHES deliveries and GitHub's own examples lack newer fields; none of them may matter.
+    for key in ("archived_at", "labels", "reactions", "performed_via_github_app"):
+        payload["issue"].pop(key, None)
+        payload["comment"].pop(key, None)
+    payload["repository"] = {"full_name": REPO}
+    assert post(client, "issue_comment", payload).status_code == 202
+
+
+def test_oversized_body_is_refused_before_reading(client, redis_url):
+    body = b"{" + b" " * (25 * 1024 * 1024) + b"}"
+    resp = client.post("/webhooks", data=body, headers=delivery_headers("issue_comment", body, SECRET))
+    assert resp.status_code == 413
+    assert queued(redis_url) == []
+
+
+def test_dead_redis_answers_503_and_health_says_so():
+    client = make_client(f"redis://127.0.0.1:{free_port()}/0")
+    resp = post(client, "issue_comment", trigger())
+    assert resp.status_code == 503
+    assert client.get("/healthz").status_code == 503
+
+
+def test_failed_enqueue_releases_the_delivery_claim(redis_url):
+    client = make_client(redis_url)
+    redis = Redis.from_url(redis_url)
+    # A wrong-type key where RQ keeps its queue makes the enqueue itself fail after the claim.
+    redis.set("rq:queue:sessions", "not a list")
+    assert post(client, "issue_comment", trigger(), "retry-me").status_code == 503
+    redis.delete("rq:queue:sessions")
+    assert post(client, "issue_comment", trigger(), "retry-me").status_code == 202
+    assert queued(redis_url) == ["session-retry-me"]
+
+
+def test_healthz_reports_redis(client):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json["redis"] == "ok"
