@@ -16,8 +16,9 @@ from jobs.transcript import Outcome
 MAX_TEXT = 60_000
 
 
-def marker(session_id: str) -> str:
-    return f"<!-- claudecluster:session {session_id} -->"
+def marker(session_id: str, state: str = "working") -> str:
+    """Hidden in the body: which session the comment tracks and whether it is final."""
+    return f"<!-- claudecluster:session {session_id} state={state} -->"
 
 
 def fit(text: str, limit: int = MAX_TEXT) -> str:
@@ -50,30 +51,33 @@ class TrackingComment:
 
     def start(self, trigger_comment_id: int) -> None:
         self.github.react(trigger_comment_id, "eyes")
-        created = self.github.comment(self.number, self._body("👀 **Claude is working on this…**"))
+        working = self._body("👀 **Claude is working on this…**", state="working")
+        created = self.github.comment(self.number, working)
         self.comment_id = created["id"]
 
     def pull_request_opened(self, pull: dict, outcome: Outcome, seconds: float) -> None:
         self._final(
             f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}",
-            outcome.result, stats(outcome, seconds),
+            outcome.result, stats(outcome, seconds), state="done",
         )  # fmt: skip
 
     def no_changes(self, outcome: Outcome, seconds: float) -> None:
-        self._final("💬 **No changes were needed.**", outcome.result, stats(outcome, seconds))
+        self._final(
+            "💬 **No changes were needed.**", outcome.result, stats(outcome, seconds), "done"
+        )
 
     def failed(self, reason: str, outcome: Outcome | None = None, seconds: float = 0) -> None:
         footer = stats(outcome, seconds) if outcome else ""
-        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", footer)
+        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", footer, "failed")
 
-    def _final(self, headline: str, text: str, footer: str) -> None:
-        self.github.edit_comment(self.comment_id, self._body(headline, text, footer))
+    def _final(self, headline: str, text: str, footer: str, state: str) -> None:
+        self.github.edit_comment(self.comment_id, self._body(headline, text, footer, state))
 
-    def _body(self, headline: str, text: str = "", footer: str = "") -> str:
+    def _body(self, headline: str, text: str = "", footer: str = "", state: str = "") -> str:
         parts = [headline, f"**Request:**\n{quote(fit(self.instruction, 2_000))}"]
         if text:
             parts.append(fit(text))
         if footer:
             parts.append(footer)
-        parts.append(marker(self.session_id))
+        parts.append(marker(self.session_id, state))
         return redactor("\n\n".join(parts))

@@ -1,0 +1,187 @@
+"""The whole service on real parts: gunicorn and an RQ worker started from the Procfile, a real
+Redis, dockerd and the agent image running the real `claude` CLI. Only GitHub and the Anthropic
+API are stand-ins, each a real HTTP server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+from docker.errors import DockerException, ImageNotFound
+
+from jobs.sandbox import LABEL
+from tests.standins.anthropic import AnthropicStandIn
+from tests.standins.github import GitHubStandIn
+from tests.support import ROOT, delivery_headers, free_port, issue_comment_payload, wait_for
+
+INSTALLATION = 4242
+REPO = "octo-org/hello-world"
+SECRET = "e2e-webhook-secret-0123456789"
+MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
+FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
+ANY_STATE = re.compile(r"<!-- claudecluster:session (\S+) state=\w+ -->")
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    image = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
+    try:
+        docker.from_env().images.get(image)
+    except ImageNotFound:
+        pytest.fail(f"agent image {image} is missing: run `bash scripts/build-images.sh`")
+    except DockerException as exc:
+        pytest.fail(f"the Docker engine is not reachable: {exc}")
+    return image
+
+
+@pytest.fixture(scope="session")
+def github(tmp_path_factory):
+    with GitHubStandIn(tmp_path_factory.mktemp("github")) as gh:
+        gh.add_installation(
+            INSTALLATION,
+            "octo-org",
+            permissions={
+                "contents": "write", "issues": "write", "pull_requests": "write",
+                "metadata": "read", "administration": "write",
+            },
+        )  # fmt: skip
+        gh.add_repo(
+            REPO,
+            INSTALLATION,
+            files={
+                "README.md": "# hello-world\n\nA tiny project.\n",
+                "tests/test_math.py": "def test_add():\n    assert 1 + 1 == 2\n",
+            },
+        )
+        gh.add_user("octocat", 583231)
+        yield gh
+
+
+@pytest.fixture(scope="session")
+def anthropic():
+    with AnthropicStandIn(expected_api_key=MODEL_KEY) as api:
+        yield api
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+@dataclass
+class Service:
+    url: str
+    github: GitHubStandIn
+    anthropic: AnthropicStandIn
+    logs: dict[str, Path]
+    redis_url: str
+    issues: list[int] = field(default_factory=list)
+
+    def new_issue(self, title: str, body: str = "Please help.") -> int:
+        number = 100 + len(self.issues)
+        self.github.add_issue(REPO, number, title, body, "octocat", 583231)
+        self.issues.append(number)
+        return number
+
+    def deliver(
+        self,
+        payload: dict,
+        delivery: str | None = None,
+        event: str = "issue_comment",
+        secret: str = SECRET,
+    ) -> httpx.Response:
+        body = json.dumps(payload).encode()
+        headers = delivery_headers(event, body, secret, delivery)
+        return httpx.post(f"{self.url}/webhooks", content=body, headers=headers, timeout=10)
+
+    def comment(self, number: int, body: str, delivery: str | None = None) -> httpx.Response:
+        return self.deliver(issue_comment_payload(REPO, number, body, INSTALLATION), delivery)
+
+    def tracking_comments(self, number: int) -> list[dict]:
+        return [c for c in self.github.issue_comments(REPO, number) if ANY_STATE.search(c["body"])]
+
+    def wait_final(self, number: int, timeout: float = 240) -> dict:
+        def final():
+            done = [c for c in self.tracking_comments(number) if FINAL.search(c["body"])]
+            return done[0] if done else None
+
+        try:
+            return wait_for(final, timeout, what=f"a final tracking comment on #{number}")
+        except AssertionError:
+            raise AssertionError(
+                f"no final comment; worker log tail:\n{self.tail('worker')}"
+            ) from None
+
+    def tail(self, name: str, lines: int = 60) -> str:
+        return "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.logs.values())
+
+
+def leftover_containers(session_id: str | None = None) -> list:
+    label = f"{LABEL}={session_id}" if session_id else LABEL
+    return docker.from_env().containers.list(all=True, filters={"label": label})
+
+
+@pytest.fixture(scope="session")
+def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
+    port = free_port()
+    logdir = tmp_path_factory.mktemp("service-logs")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "ANTHROPIC_"))},
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "GITHUB_APP_ID": str(github.app_id),
+        "GITHUB_PRIVATE_KEY": github.private_key_pem,
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_API_URL": github.api_url,
+        "REDIS_URL": redis_server,
+        "ANTHROPIC_API_KEY": MODEL_KEY,
+        "ANTHROPIC_BASE_URL": anthropic.url,
+        "AGENT_IMAGE": agent_image,
+        "WORKSPACE_ROOT": str(tmp_path_factory.mktemp("workspaces")),
+        "SESSION_TIMEOUT": "240",
+        "CLAUDE_MAX_TURNS": "10",
+    }
+    procs, logs = {}, {}
+    for name, command in procfile().items():
+        logs[name] = logdir / f"{name}.log"
+        procs[name] = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
+            stdout=logs[name].open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, redis_server)
+
+    def healthy():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited early:\n{svc.tail(name)}")
+        try:
+            return httpx.get(f"{svc.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 30, what="the web process")
+    wait_for(lambda: "Listening on" in logs["worker"].read_text() or
+             "*** Listening" in logs["worker"].read_text(), 30, what="the worker")  # fmt: skip
+    yield svc
+    for proc in procs.values():
+        os.killpg(proc.pid, 15)
+    for proc in procs.values():
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+    time.sleep(0)

@@ -1,0 +1,140 @@
+"""`/claude` on an issue, end to end: comment → queue → worker → sandboxed claude → PR + comment."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from redis import Redis
+from rq.job import Job
+
+from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, REPO, leftover_containers
+from tests.standins.anthropic import Fail, Text, ToolUse
+from tests.support import issue_comment_payload
+
+CONTRIBUTING = "# Contributing\n\nRun the tests with `pytest -q` from the repository root.\n"
+SUMMARY = "Added CONTRIBUTING.md, which explains how to run the tests with `pytest -q`."
+
+
+def session_of(comment: dict) -> str:
+    return FINAL.search(comment["body"]).group(1)
+
+
+def test_comment_opens_a_pull_request_with_the_scripted_change(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Document how to run the tests")
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
+        Text(SUMMARY),
+    ])  # fmt: skip
+    instruction = "add a CONTRIBUTING.md that explains how to run the tests"
+    resp = service.comment(number, f"/claude {instruction}")
+    assert resp.status_code == 202, resp.text
+
+    final = service.wait_final(number)
+    session_id = session_of(final)
+    pulls = [p for p in gh.pull_requests(REPO) if f"Closes #{number}" in (p["body"] or "")]
+    assert len(pulls) == 1, service.tail("worker")
+    pull = pulls[0]
+    branch = pull["head"]["ref"]
+    assert re.fullmatch(rf"claude/issue-{number}-document-how-to-run-the-tests", branch)
+    assert pull["base"]["ref"] == "main"
+    assert SUMMARY in pull["body"]
+    assert gh.read_file(REPO, branch, "CONTRIBUTING.md") == CONTRIBUTING
+    assert gh.read_file(REPO, "main", "CONTRIBUTING.md") is None
+
+    # The tracking comment was edited into the outcome: PR link, summary, turns, cost.
+    body = final["body"]
+    assert f"#{pull['number']}" in body and pull["html_url"] in body
+    assert SUMMARY in body
+    assert re.search(r"· 2 turns · \$0\.\d{4}", body), body
+    assert "working on this" not in body
+    assert len(service.tracking_comments(number)) == 1
+    assert any(r["content"] == "eyes" for r in gh.reactions_on_comment(REPO, 1_000_000 + number))
+
+    # The commit is the bot's, crediting the person who asked.
+    log = gh.git(REPO, "log", "-1", "--format=%an <%ae>%n%B", branch)
+    assert log.startswith(f"{gh.app_slug}[bot] <")
+    assert "Co-authored-by: octocat <583231+octocat@users.noreply" in log
+
+    # The token was scoped to this repository and the session's permissions, then revoked.
+    mint = [t for t in gh.token_requests if t["installation_id"] == INSTALLATION][-1]
+    assert mint["body"]["repositories"] == ["hello-world"]
+    assert mint["body"]["permissions"] == {
+        "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read",
+    }  # fmt: skip
+    assert gh.revoked_tokens, "the installation token was not revoked"
+
+    # The model saw the instruction, and only the gateway held the real key.
+    main = api.main_requests()
+    assert main and instruction in main[0].user_text()
+    assert all(r.api_key == MODEL_KEY for r in api.requests)
+    assert not leftover_containers(session_id)
+    assert not [p for p in gh.pushes if p.forced]
+
+
+def test_answer_without_edits_opens_nothing(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Is there a test suite?")
+    before = gh.branches(REPO)
+    answer = "Yes: tests/test_math.py holds the suite, run it with pytest. Nothing to change."
+    api.script([Text(answer)])
+    assert service.comment(number, "/claude is there a test suite?").status_code == 202
+
+    final = service.wait_final(number)
+    assert "No changes were needed" in final["body"]
+    assert answer in final["body"]
+    assert gh.branches(REPO) == before
+    assert not [p for p in gh.pull_requests(REPO) if f"#{number}" in (p["body"] or "")]
+    assert not leftover_containers(session_of(final))
+
+
+def test_model_api_failure_is_reported_and_cleaned_up(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Break things")
+    before = gh.branches(REPO)
+    api.script([Fail(401, "authentication_error", "invalid x-api-key")])
+    assert service.comment(number, "/claude make a change").status_code == 202
+
+    final = service.wait_final(number)
+    body = final["body"]
+    assert "could not finish" in body and "state=failed" in body
+    assert MODEL_KEY not in body and "ccgw-" not in body
+    assert gh.branches(REPO) == before
+    assert not [p for p in gh.pull_requests(REPO) if f"#{number}" in (p["body"] or "")]
+    assert not leftover_containers(session_of(final))
+    api.script([])
+
+
+def test_same_delivery_three_times_runs_one_session(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Add a changelog")
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/CHANGELOG.md", "content": "# Changelog\n"}),
+        Text("Added CHANGELOG.md."),
+    ])  # fmt: skip
+    delivery = f"redelivered-{number}"
+    codes = [service.comment(number, "/claude add a changelog", delivery).status_code
+             for _ in range(3)]  # fmt: skip
+    assert codes == [202, 200, 200]
+
+    service.wait_final(number)
+    time.sleep(2)  # a duplicate session would have posted its own comment by now
+    assert len(service.tracking_comments(number)) == 1
+    assert len([p for p in gh.pull_requests(REPO) if f"Closes #{number}" in p["body"]]) == 1
+    assert len([b for b in gh.branches(REPO) if b.startswith(f"claude/issue-{number}-")]) == 1
+
+
+def test_bad_signature_is_refused_and_starts_nothing(service):
+    gh = service.github
+    number = service.new_issue("Unsigned")
+    mints = len(gh.token_requests)
+    payload = issue_comment_payload(REPO, number, "/claude do it", INSTALLATION)
+    resp = service.deliver(payload, delivery=f"forged-{number}", secret="someone-elses-secret")
+    assert resp.status_code == 401
+    redis = Redis.from_url(service.redis_url)
+    assert not Job.exists(f"session-forged-{number}", connection=redis)
+    assert not redis.exists(f"claudecluster:delivery:forged-{number}")
+    time.sleep(3)  # had anything been queued, the worker would have commented by now
+    assert gh.issue_comments(REPO, number) == []
+    assert len(gh.token_requests) == mints
