@@ -21,6 +21,7 @@ from docker.errors import DockerException, ImageNotFound
 from jobs.sandbox import LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
+from tests.standins.github_objects import Comment, PullRequest
 from tests.support import ROOT, delivery_headers, free_port, issue_comment_payload, wait_for
 
 INSTALLATION = 4242
@@ -45,7 +46,7 @@ def agent_image() -> str:
 
 @pytest.fixture(scope="session")
 def github(tmp_path_factory):
-    with GitHubStandIn(tmp_path_factory.mktemp("github")) as gh:
+    with GitHubStandIn() as gh:
         gh.add_installation(
             INSTALLATION,
             "octo-org",
@@ -104,14 +105,24 @@ class Service:
         return httpx.post(f"{self.url}/webhooks", content=body, headers=headers, timeout=10)
 
     def comment(self, number: int, body: str, delivery: str | None = None) -> httpx.Response:
-        return self.deliver(issue_comment_payload(REPO, number, body, INSTALLATION), delivery)
+        """Post `body` as octocat on the stand-in, then deliver GitHub's webhook for it."""
+        seeded = self.github.add_comment(REPO, number, body, "octocat")
+        payload = issue_comment_payload(REPO, number, body, INSTALLATION)
+        payload["comment"]["id"] = seeded.id
+        return self.deliver(payload, delivery)
 
-    def tracking_comments(self, number: int) -> list[dict]:
-        return [c for c in self.github.issue_comments(REPO, number) if ANY_STATE.search(c["body"])]
+    def comments(self, number: int) -> list[Comment]:
+        return [c for c in self.github.comments if c.full_name == REPO and c.issue_number == number]
 
-    def wait_final(self, number: int, timeout: float = 240) -> dict:
+    def tracking_comments(self, number: int) -> list[Comment]:
+        return [c for c in self.comments(number) if ANY_STATE.search(c.body)]
+
+    def pulls_for(self, number: int) -> list[PullRequest]:
+        return [p for p in self.github.pulls if f"Closes #{number}" in (p.body or "")]
+
+    def wait_final(self, number: int, timeout: float = 240) -> Comment:
         def final():
-            done = [c for c in self.tracking_comments(number) if FINAL.search(c["body"])]
+            done = [c for c in self.tracking_comments(number) if FINAL.search(c.body)]
             return done[0] if done else None
 
         try:

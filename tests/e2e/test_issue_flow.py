@@ -16,8 +16,8 @@ CONTRIBUTING = "# Contributing\n\nRun the tests with `pytest -q` from the reposi
 SUMMARY = "Added CONTRIBUTING.md, which explains how to run the tests with `pytest -q`."
 
 
-def session_of(comment: dict) -> str:
-    return FINAL.search(comment["body"]).group(1)
+def session_of(comment) -> str:
+    return FINAL.search(comment.body).group(1)
 
 
 def test_comment_opens_a_pull_request_with_the_scripted_change(service):
@@ -33,24 +33,26 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
 
     final = service.wait_final(number)
     session_id = session_of(final)
-    pulls = [p for p in gh.pull_requests(REPO) if f"Closes #{number}" in (p["body"] or "")]
+    pulls = service.pulls_for(number)
     assert len(pulls) == 1, service.tail("worker")
     pull = pulls[0]
-    branch = pull["head"]["ref"]
+    branch = pull.head_ref
     assert re.fullmatch(rf"claude/issue-{number}-document-how-to-run-the-tests", branch)
-    assert pull["base"]["ref"] == "main"
-    assert SUMMARY in pull["body"]
+    assert pull.base_ref == "main"
+    assert pull.user.login == gh.bot_login
+    assert SUMMARY in pull.body
     assert gh.read_file(REPO, branch, "CONTRIBUTING.md") == CONTRIBUTING
     assert gh.read_file(REPO, "main", "CONTRIBUTING.md") is None
 
     # The tracking comment was edited into the outcome: PR link, summary, turns, cost.
-    body = final["body"]
-    assert f"#{pull['number']}" in body and pull["html_url"] in body
+    body = final.body
+    assert f"Claude opened #{pull.number}" in body and f"/pull/{pull.number}" in body
     assert SUMMARY in body
     assert re.search(r"· 2 turns · \$0\.\d{4}", body), body
     assert "working on this" not in body
     assert len(service.tracking_comments(number)) == 1
-    assert any(r["content"] == "eyes" for r in gh.reactions_on_comment(REPO, 1_000_000 + number))
+    trigger = service.comments(number)[0]
+    assert [r.content for r in gh.reactions if r.comment_id == trigger.id] == ["eyes"]
 
     # The commit is the bot's, crediting the person who asked.
     log = gh.git(REPO, "log", "-1", "--format=%an <%ae>%n%B", branch)
@@ -58,12 +60,12 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     assert "Co-authored-by: octocat <583231+octocat@users.noreply" in log
 
     # The token was scoped to this repository and the session's permissions, then revoked.
-    mint = [t for t in gh.token_requests if t["installation_id"] == INSTALLATION][-1]
-    assert mint["body"]["repositories"] == ["hello-world"]
-    assert mint["body"]["permissions"] == {
+    mint = [t for t in gh.token_requests if t.installation_id == INSTALLATION][-1]
+    assert mint.body["repositories"] == ["hello-world"]
+    assert mint.body["permissions"] == {
         "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read",
     }  # fmt: skip
-    assert gh.revoked_tokens, "the installation token was not revoked"
+    assert gh.token_info(mint.token).revoked, "the installation token was not revoked"
 
     # The model saw the instruction, and only the gateway held the real key.
     main = api.main_requests()
@@ -82,10 +84,10 @@ def test_answer_without_edits_opens_nothing(service):
     assert service.comment(number, "/claude is there a test suite?").status_code == 202
 
     final = service.wait_final(number)
-    assert "No changes were needed" in final["body"]
-    assert answer in final["body"]
+    assert "No changes were needed" in final.body
+    assert answer in final.body
     assert gh.branches(REPO) == before
-    assert not [p for p in gh.pull_requests(REPO) if f"#{number}" in (p["body"] or "")]
+    assert not service.pulls_for(number)
     assert not leftover_containers(session_of(final))
 
 
@@ -97,11 +99,11 @@ def test_model_api_failure_is_reported_and_cleaned_up(service):
     assert service.comment(number, "/claude make a change").status_code == 202
 
     final = service.wait_final(number)
-    body = final["body"]
+    body = final.body
     assert "could not finish" in body and "state=failed" in body
     assert MODEL_KEY not in body and "ccgw-" not in body
     assert gh.branches(REPO) == before
-    assert not [p for p in gh.pull_requests(REPO) if f"#{number}" in (p["body"] or "")]
+    assert not service.pulls_for(number)
     assert not leftover_containers(session_of(final))
     api.script([])
 
@@ -121,7 +123,7 @@ def test_same_delivery_three_times_runs_one_session(service):
     service.wait_final(number)
     time.sleep(2)  # a duplicate session would have posted its own comment by now
     assert len(service.tracking_comments(number)) == 1
-    assert len([p for p in gh.pull_requests(REPO) if f"Closes #{number}" in p["body"]]) == 1
+    assert len(service.pulls_for(number)) == 1
     assert len([b for b in gh.branches(REPO) if b.startswith(f"claude/issue-{number}-")]) == 1
 
 
@@ -136,5 +138,5 @@ def test_bad_signature_is_refused_and_starts_nothing(service):
     assert not Job.exists(f"session-forged-{number}", connection=redis)
     assert not redis.exists(f"claudecluster:delivery:forged-{number}")
     time.sleep(3)  # had anything been queued, the worker would have commented by now
-    assert gh.issue_comments(REPO, number) == []
+    assert service.comments(number) == []
     assert len(gh.token_requests) == mints
