@@ -20,7 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         except ConfigError as exc:
             # One line naming the variable, instead of a traceback from deep inside gunicorn.
             print(f"configuration: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
+            raise SystemExit(3) from None
 
     from app import health, webhooks
     from app.enqueue import session_queue

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 from rq import Queue
-from rq.job import Job
 from rq.exceptions import DuplicateJobError
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from jobs.request import SessionRequest

@@ -1,0 +1,90 @@
+"""Start-up with missing or malformed configuration: one line naming the variable, no start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.config import ConfigError, load_settings
+from tests.support import ROOT, free_port
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GITHUB_", "ANTHROPIC_", "REDIS_", "AGENT_"))}  # fmt: skip
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
+    env.update(values)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def problem_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("configuration:")]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, "GITHUB_APP_ID is not set"),
+        ({"GITHUB_APP_ID": "twelve"}, "GITHUB_APP_ID: Input should be a valid integer"),
+        ({"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY": "not a key"},
+         "GITHUB_PRIVATE_KEY: not a PEM private key"),
+        ({"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent/key.pem"},
+         "GITHUB_PRIVATE_KEY_PATH: cannot read the key file"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL: Value error, must be a redis://"),
+        ({"GITHUB_API_URL": "api.github.com"}, "GITHUB_API_URL: Value error, must be an http"),
+    ],
+)  # fmt: skip
+def test_worker_refuses_to_start_naming_the_variable(tmp_path, values, expected):
+    result = run([sys.executable, "-m", "jobs.worker"], clean_env(**values), tmp_path)
+    assert result.returncode == 2
+    lines = problem_lines(result.stderr)
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_web_refuses_to_start_without_a_webhook_secret(tmp_path):
+    env = clean_env(PYTHONPATH=str(ROOT))
+    cmd = ["gunicorn", "--bind", f"127.0.0.1:{free_port()}", "app:create_app()"]
+    result = run(cmd, env, tmp_path)
+    assert result.returncode != 0
+    assert problem_lines(result.stderr) == ["configuration: GITHUB_WEBHOOK_SECRET is not set"]
+
+
+def test_dotenv_file_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("GITHUB_WEBHOOK_SECRET", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("GITHUB_WEBHOOK_SECRET=from-dotenv\nREDIS_URL=redis://r:1/2\n")
+    settings = load_settings("GITHUB_WEBHOOK_SECRET")
+    assert settings.github_webhook_secret == "from-dotenv"
+    assert settings.redis_url == "redis://r:1/2"
+
+
+def test_private_key_with_escaped_newlines_is_accepted(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()  # fmt: skip
+    flat = pem.strip().replace("\n", "\\n")
+    settings = load_settings(GITHUB_PRIVATE_KEY=flat)
+    assert settings.private_key.strip() == pem.strip()
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(pem)
+    assert load_settings(GITHUB_PRIVATE_KEY_PATH=str(key_file)).private_key == pem
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ConfigError) as error:
+        load_settings("GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY", GITHUB_WEBHOOK_SECRET="",
+                      ANTHROPIC_API_KEY="")  # fmt: skip
+    assert str(error.value) == "GITHUB_WEBHOOK_SECRET is not set; ANTHROPIC_API_KEY is not set"
