@@ -122,7 +122,8 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, SandboxError | GitError):
         reason = str(exc)
     elif isinstance(exc, RequestFailed):
-        reason = f"GitHub answered {exc.response.status_code} to {exc.response.raw_request.method}"
+        sent = exc.response.raw_request
+        reason = f"GitHub answered {exc.response.status_code} to {sent.method} {sent.url.path}"
     elif isinstance(exc, GitHubException):
         reason = "GitHub could not be reached"
     else:
