@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     session_timeout: int = Field(1800, alias="SESSION_TIMEOUT", gt=0)
     max_turns: int = Field(40, alias="CLAUDE_MAX_TURNS", gt=0)
     model: str | None = Field(None, alias="CLAUDE_MODEL")
+    # The CLI's own default (10 retries, backoff to ~40 s) keeps a dead API busy for 3 minutes.
+    model_retries: int = Field(4, alias="CLAUDE_MAX_RETRIES", ge=0)
     sandbox_memory: str = Field("4g", alias="SANDBOX_MEMORY")
     sandbox_cpus: float = Field(1.0, alias="SANDBOX_CPUS", gt=0)
     sandbox_pids: int = Field(512, alias="SANDBOX_PIDS", gt=0)

@@ -103,6 +103,7 @@ class Sandbox:
                     "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{RELAY_PORT}",
                     "ANTHROPIC_API_KEY": session_key,
                     "CLAUDECLUSTER_RELAY_PORT": str(RELAY_PORT),
+                    "CLAUDE_CODE_MAX_RETRIES": str(self.settings.model_retries),
                     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                     "DISABLE_TELEMETRY": "1",
                     "DISABLE_AUTOUPDATER": "1",

@@ -10,6 +10,8 @@ packages=(
   "@octokit/openapi@23.0.2"
   "@octokit/webhooks-examples@7.6.1"
   "@octokit/webhooks-methods@6.0.0"
+  # The real CLI, for the stand-in's own tests on the host (the agent image has its own copy).
+  "@anthropic-ai/claude-code@2.1.332"
 )
 
 installed_version() {

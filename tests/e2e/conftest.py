@@ -165,6 +165,7 @@ def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
         "WORKSPACE_ROOT": str(tmp_path_factory.mktemp("workspaces")),
         "SESSION_TIMEOUT": "240",
         "CLAUDE_MAX_TURNS": "10",
+        "CLAUDE_MAX_RETRIES": "1",
     }
     procs, logs = {}, {}
     for name, command in procfile().items():

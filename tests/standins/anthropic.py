@@ -20,15 +20,44 @@ Scripting::
 A turn is a ``ToolUse`` (stop_reason ``tool_use``), a ``Text`` (stop_reason
 ``end_turn`` unless given), a list/tuple of ``Text``/``ToolUse`` blocks (one assistant
 message; ``tool_use`` if it holds any tool use), or a ``Fail``.  A ``Fail`` stays at the
-head of the script (every further messages request, main or side, gets that HTTP error,
-so CLI retries fail too) unless ``times`` limits how many main-loop requests it fails.
-When the script is exhausted every main-loop request gets ``Text("done")``.
+head of its queue, so CLI retries fail too, unless ``times`` limits how many requests of
+that queue it fails.  While a ``Fail`` heads the main script, *every* messages request
+(main, subagent, side) gets that error; one in the subagent queue fails only subagent
+requests.  When a script is exhausted its requests get ``Text("done")``.
 
-Request classification (what consumes scripted turns), found empirically with
-claude 2.1.332, ``-p ... --output-format stream-json --verbose
---dangerously-skip-permissions --max-turns N`` and
-``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` / ``DISABLE_TELEMETRY=1`` /
-``DISABLE_AUTOUPDATER=1``: see ``is_main_loop_request`` for the rule and the evidence.
+Request classification (``classify_messages_request``): a ``POST /v1/messages`` is
+
+* ``"subagent"`` if it has an ``x-claude-code-agent-id`` header -> answered from the
+  separate ``script_subagents()`` queue (``Text("done")`` when empty);
+* ``"main"`` if otherwise it has a non-empty ``tools`` list and ``max_tokens`` > 1 ->
+  consumes ``script()`` turns;
+* ``"side"`` otherwise (no tools, or a ``max_tokens: 1`` probe) -> ``Text(side_text)``
+  (default "OK"), never consuming the script.
+
+Evidence (claude 2.1.332 as root with ``IS_SANDBOX=1``, ``-p ... --output-format
+stream-json --verbose --dangerously-skip-permissions --max-turns N``,
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1``):
+every request was ``POST /v1/messages?beta=true`` with ``stream: true``, ``max_tokens:
+128000``, the session model (``claude-opus-5-5``) and 12 tools (Agent, Bash, Edit,
+ListAgents, Read, ReportFindings, ScheduleWakeup, Skill, ToolSearch, Workflow,
+DeferredToolPlaceholder, Write; the rest are deferred behind ToolSearch) — for Write,
+Bash, Read, Edit, multi-tool turns, git repos, ``--max-turns`` exhaustion, 401/5xx
+failures.  No title/summary/topic/quota side request and no ``count_tokens`` call was
+ever seen, so in this configuration every request without the agent-id header is
+main-loop; the "side" branch is a guard for other versions/configurations.  A subagent
+(``Agent`` tool, runs asynchronously, concurrently with the main loop) sends requests
+with ``x-claude-code-agent-id: <id>``, 8 tools and its own system prompt; without a
+separate queue it raced the main loop for scripted turns.  Without
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC`` the CLI additionally sends ``HEAD
+/api/hello`` (answered 404 here; harmless).  A gateway in front of the stand-in must pass
+``x-claude-code-agent-id`` through for subagent classification to work.
+
+Retries (observed): with default settings the CLI retried both a 401
+``authentication_error`` and a 529 ``overloaded_error`` 10 times (``system/api_retry``
+events, backoff 0.55, 1.1, 2, 4.3, 8.4, 18, then ~34-40 s; a ``retry-after: 0`` header did
+not shorten it), ending after ~190 s (401) / ~175 s (529).  ``CLAUDE_CODE_MAX_RETRIES``
+sets the count: with ``0`` a 401, 500 or 529 run ends after one request in ~1 s; with
+``2``, three requests in ~4 s.  Each retry is a new request, which a ``Fail`` also fails.
 
 Secrets: request headers are recorded verbatim (tests compare API keys), but nothing is
 logged, and ``RecordedRequest.__repr__`` redacts credential headers.
@@ -38,7 +67,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import threading
 import time
 import uuid
@@ -55,6 +83,7 @@ __all__ = [
     "RecordedRequest",
     "Text",
     "ToolUse",
+    "classify_messages_request",
     "is_main_loop_request",
 ]
 
@@ -112,8 +141,9 @@ class RecordedRequest:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None
-    kind: str  # "main", "side", "count_tokens", "other", "rejected"
+    kind: str  # "main", "subagent", "side", "count_tokens", "other" (404), "rejected"
     status: int = 0  # HTTP status answered
+    client: tuple[str, int] = ("", 0)  # peer address: same value = same (kept-alive) connection
     received_at: float = field(default_factory=time.time)
 
     def __repr__(self) -> str:
@@ -170,7 +200,9 @@ class RecordedRequest:
         for m in self.messages:
             content = m.get("content")
             if isinstance(content, list):
-                out.extend(b for b in content if isinstance(b, dict) and b.get("type") == "tool_result")
+                out.extend(
+                    b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"
+                )
         return out
 
 
@@ -195,23 +227,32 @@ def _presented_key(headers: dict[str, str]) -> str | None:
     return None
 
 
-def is_main_loop_request(body: Any) -> bool:
-    """Whether a ``/v1/messages`` request belongs to the main agent loop.
+def classify_messages_request(headers: dict[str, str], body: Any) -> str:
+    """``"main"``, ``"subagent"`` or ``"side"`` for a ``POST /v1/messages`` request.
 
-    Rule: a request is main-loop iff it offers tools (non-empty ``tools``) AND is not a
-    tiny probe (``max_tokens`` > 1 or absent).  Everything else — requests without tools
-    (title / topic / summary generation on the small model), ``max_tokens: 1`` quota
-    probes — is a side request.
+    * ``"subagent"``: the request carries an ``x-claude-code-agent-id`` header (sent by the
+      CLI for every request of an ``Agent``/Task subagent; the main loop never sends it).
+    * ``"main"``: otherwise, if it offers tools (non-empty ``tools``) and is not a
+      ``max_tokens <= 1`` probe.
+    * ``"side"``: everything else (no tools: title/topic/summary calls on the small model,
+      quota probes).  Answered with a short text, never consuming the script.
 
-    Evidence (claude 2.1.332, headless flags as in the module docstring): see the
-    report in ``tests/test_anthropic_standin.py`` (``test_request_classification``).
+    ``headers`` must have lower-cased names.  The module docstring has the evidence.
     """
     if not isinstance(body, dict):
-        return False
+        return "side"
+    if headers.get("x-claude-code-agent-id"):
+        return "subagent"
     if not body.get("tools"):
-        return False
+        return "side"
     max_tokens = body.get("max_tokens")
-    return not (isinstance(max_tokens, int) and max_tokens <= 1)
+    if isinstance(max_tokens, int) and max_tokens <= 1:
+        return "side"
+    return "main"
+
+
+def is_main_loop_request(headers: dict[str, str], body: Any) -> bool:
+    return classify_messages_request(headers, body) == "main"
 
 
 # --------------------------------------------------------------------------- usage
@@ -364,8 +405,8 @@ class AnthropicStandIn:
         self.side_text = side_text
         self.model = model  # overrides the model echoed back (default: the request's)
         self._lock = threading.Lock()
-        self._turns: list[Turn] = []
-        self._fail_counts: dict[int, int] = {}
+        self._queues: dict[str, list[Turn]] = {"main": [], "subagent": []}
+        self._fail_hits: dict[str, int] = {"main": 0, "subagent": 0}
         self._requests: list[RecordedRequest] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -414,45 +455,59 @@ class AnthropicStandIn:
 
     def script(self, turns: Sequence[Turn]) -> None:
         """Replace the queue of main-loop turns."""
-        turns = list(turns)
-        for t in turns:
-            _validate_turn(t)
-        with self._lock:
-            self._turns = turns
-            self._fail_counts = {}
+        self._set_queue("main", turns)
+
+    def script_subagents(self, turns: Sequence[Turn]) -> None:
+        """Replace the queue of turns answered to subagent requests (all subagents share it)."""
+        self._set_queue("subagent", turns)
 
     def add_turns(self, *turns: Turn) -> None:
+        """Append turns to the main-loop queue."""
         for t in turns:
             _validate_turn(t)
         with self._lock:
-            self._turns.extend(turns)
+            self._queues["main"].extend(turns)
 
     @property
     def remaining_turns(self) -> list[Turn]:
         with self._lock:
-            return list(self._turns)
+            return list(self._queues["main"])
+
+    def _set_queue(self, name: str, turns: Sequence[Turn]) -> None:
+        turns = list(turns)
+        for t in turns:
+            _validate_turn(t)
+        with self._lock:
+            self._queues[name] = turns
+            self._fail_hits[name] = 0
 
     # -- recorded requests -----------------------------------------------------------
 
     @property
     def requests(self) -> list[RecordedRequest]:
+        """Every request received, in arrival order (including 404s and rejected ones)."""
         with self._lock:
             return list(self._requests)
 
     def main_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.kind == "main"]
 
+    def subagent_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.kind == "subagent"]
+
     def side_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.kind == "side"]
 
     def message_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.kind in ("main", "side")]
+        """All ``POST /v1/messages`` requests that passed the key check."""
+        return [r for r in self.requests if r.kind in ("main", "subagent", "side")]
 
     def reset(self) -> None:
+        """Forget recorded requests and empty both scripts."""
         with self._lock:
             self._requests.clear()
-            self._turns = []
-            self._fail_counts = {}
+            self._queues = {"main": [], "subagent": []}
+            self._fail_hits = {"main": 0, "subagent": 0}
 
     # -- request handling -------------------------------------------------------------
 
@@ -474,7 +529,7 @@ class AnthropicStandIn:
                 body = None
         rec = RecordedRequest(
             method=h.command, path=path, query=parse_qs(split.query), headers=headers,
-            body=body, kind="other",
+            body=body, kind="other", client=tuple(h.client_address[:2]),
         )
         with self._lock:
             self._requests.append(rec)
@@ -501,14 +556,12 @@ class AnthropicStandIn:
             h.send_json(200, {"input_tokens": _usage_for(body, [])["input_tokens"]})
             return
 
-        main = is_main_loop_request(body)
-        rec.kind = "main" if main else "side"
-        turn = self._next_turn(main)
+        rec.kind = classify_messages_request(headers, body)
+        turn = self._next_turn(rec.kind)
 
         if isinstance(turn, Fail):
             rec.status = turn.status
-            extra = {"retry-after": "0"} if turn.status in (429, 529, 500, 503) else None
-            h.send_json(turn.status, _error_body(turn.error_type, turn.message), extra)
+            h.send_json(turn.status, _error_body(turn.error_type, turn.message))
             return
 
         blocks: list[Block] = list(turn) if isinstance(turn, list | tuple) else [turn]
@@ -521,7 +574,6 @@ class AnthropicStandIn:
             stop_reason = "tool_use" if any(isinstance(b, ToolUse) for b in blocks) else "end_turn"
         content = [_block_json(b) for b in blocks]
         model = self.model or body.get("model") or "claude-sonnet-4-5"
-        usage = _usage_for(body, content)
         message = {
             "id": "msg_" + uuid.uuid4().hex[:24],
             "type": "message",
@@ -530,7 +582,7 @@ class AnthropicStandIn:
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": usage,
+            "usage": _usage_for(body, content),
         }
         rec.status = 200
         try:
@@ -538,24 +590,29 @@ class AnthropicStandIn:
                 _stream_message(h, message)
             else:
                 h.send_json(200, message)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
 
-    def _next_turn(self, main: bool) -> Turn:
+    def _next_turn(self, kind: str) -> Turn:
+        """The turn answering a request of ``kind`` ("main", "subagent" or "side")."""
         with self._lock:
-            head = self._turns[0] if self._turns else None
-            if isinstance(head, Fail):
-                if main and head.times is not None:
-                    n = self._fail_counts.get(id(head), 0) + 1
-                    self._fail_counts[id(head)] = n
-                    if n >= head.times:
-                        self._turns.pop(0)
-                return head
-            if not main:
+            main_head = self._queues["main"][0] if self._queues["main"] else None
+            # A Fail heading the main script fails every messages request.
+            if isinstance(main_head, Fail) and kind != "main":
+                return main_head
+            if kind == "side":
                 return Text(self.side_text)
-            if head is None:
+            queue = self._queues[kind]
+            if not queue:
                 return Text("done")
-            return self._turns.pop(0)
+            head = queue[0]
+            if isinstance(head, Fail):
+                self._fail_hits[kind] += 1
+                if head.times is not None and self._fail_hits[kind] >= head.times:
+                    queue.pop(0)
+                    self._fail_hits[kind] = 0
+                return head
+            return queue.pop(0)
 
 
 def _validate_turn(t: Any) -> None:
