@@ -1,0 +1,835 @@
+"""Drive the GitHub stand-in the way the worker will: githubkit (App JWT → installation token →
+typed REST calls, ``.parsed_data``) and the git CLI over smart HTTP with a credential helper.
+
+Every response the stand-in sends during a test is validated against GitHub's OpenAPI
+description (GHES 3.19 and api.github.com) when the test ends; the last tests run every
+endpoint once more and prove that the validator rejects broken bodies.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import re
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+from githubkit.cache import MemCacheStrategy
+from githubkit.exception import RequestFailed
+from githubkit.utils import UNSET
+from jsonschema import Draft202012Validator
+
+from tests.standins import openapi
+from tests.standins.github import ROUTES, GitHubStandIn
+
+OWNER = "octo-org"
+REPO = "widgets"
+FULL = f"{OWNER}/{REPO}"
+OTHER = "gadgets"
+INSTALLATION = 4242
+ISSUE = 7
+WRITE_PERMS = {"contents": "write", "issues": "write", "pull_requests": "write"}
+FILES = {
+    "README.md": "# widgets\n",
+    "src/widgets/__init__.py": "VERSION = '1.0'\n",
+    ".github/workflows/ci.yml": "on: push\njobs: {}\n",
+}
+TOKEN_RE = re.compile(r"^ghs_[A-Za-z0-9]{36}$")
+REALISTIC_HEADERS = (
+    "X-GitHub-Request-Id",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-RateLimit-Used",
+    "X-RateLimit-Resource",
+)
+
+# The credential helper answers `get` from $GH_TOKEN; git never writes the token anywhere.
+CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; echo username="${GH_USER:-x-access-token}"; '
+    'echo password="$GH_TOKEN"; }; f'
+)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def openapi_specs():
+    """Fail (never skip) when the OpenAPI description is not installed."""
+    try:
+        for spec in openapi.SPECS:
+            openapi.load_spec(spec)
+    except openapi.OpenAPISpecMissing as exc:
+        pytest.fail(str(exc))
+    return openapi.SPECS
+
+
+def validate_all(standin: GitHubStandIn, specs) -> int:
+    failures = []
+    for resp in standin.responses:
+        for spec in specs:
+            try:
+                openapi.validate_response(
+                    resp.method, resp.template, resp.status, resp.body, spec=spec
+                )
+            except openapi.OpenAPIValidationError as exc:
+                failures.append(str(exc))
+    assert not failures, "responses not matching GitHub's OpenAPI description:\n" + "\n".join(
+        failures
+    )
+    return len(standin.responses)
+
+
+@pytest.fixture
+def github(openapi_specs):
+    with GitHubStandIn() as standin:
+        standin.add_installation(INSTALLATION, OWNER, permissions=dict(WRITE_PERMS))
+        standin.add_repo(FULL, INSTALLATION, files=FILES)
+        standin.add_repo(f"{OWNER}/{OTHER}", INSTALLATION, private=True)
+        standin.add_issue(
+            FULL, ISSUE, "Crash on start", "It crashes.\n\n/claude fix it", "alice", 5001
+        )
+        standin.add_collaborator(FULL, "alice", "write")
+        standin.add_user("mallory", 6666)
+        yield standin
+        assert standin.errors == [], "stand-in raised:\n" + "\n".join(standin.errors)
+        validate_all(standin, openapi_specs)
+
+
+# githubkit notes: (1) its default cache (JWTs, installation tokens) is process-wide and keyed
+# by app id only, so every client here gets its own MemCacheStrategy; (2) `.rest` holds a weak
+# reference to the client, so keep the client in a variable (no `app_client(...).rest...`).
+
+
+def app_client(standin: GitHubStandIn, private_key: str | None = None) -> GitHub:
+    return GitHub(
+        AppAuthStrategy(standin.app_id, private_key or standin.private_key_pem),
+        base_url=standin.api_url,
+        http_cache=False,
+        auto_retry=False,
+        cache_strategy=MemCacheStrategy(),
+    )
+
+
+def token_client(standin: GitHubStandIn, token: str) -> GitHub:
+    return GitHub(
+        TokenAuthStrategy(token),
+        base_url=standin.api_url,
+        http_cache=False,
+        auto_retry=False,
+        cache_strategy=MemCacheStrategy(),
+    )
+
+
+def mint(standin: GitHubStandIn, repositories=(REPO,), permissions=None) -> str:
+    app = app_client(standin)
+    resp = app.rest.apps.create_installation_access_token(
+        INSTALLATION,
+        repositories=list(repositories),
+        permissions=dict(permissions or WRITE_PERMS),
+    )
+    return resp.parsed_data.token
+
+
+def failure(call) -> RequestFailed:
+    with pytest.raises(RequestFailed) as info:
+        call()
+    return info.value
+
+
+def git_env(home: Path, token: str | None, user: str | None = None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "ClaudeCluster",
+        "GIT_AUTHOR_EMAIL": "bot@claudecluster.example.test",
+        "GIT_COMMITTER_NAME": "ClaudeCluster",
+        "GIT_COMMITTER_EMAIL": "bot@claudecluster.example.test",
+        "LC_ALL": "C",
+    }
+    if token is not None:
+        env.update(
+            {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "credential.helper",
+                "GIT_CONFIG_VALUE_0": CREDENTIAL_HELPER,
+                "GH_TOKEN": token,
+            }
+        )
+        if user is not None:
+            env["GH_USER"] = user
+    return env
+
+
+def git(env: dict[str, str], *args: str, cwd: Path, check: bool = True):
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def clone(standin: GitHubStandIn, tmp_path: Path, token: str | None, name: str = "work"):
+    env = git_env(tmp_path / "home", token)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    git(env, "clone", "--quiet", f"{standin.url}/{FULL}.git", name, cwd=tmp_path)
+    return env, tmp_path / name
+
+
+def commit_file(env, work: Path, path: str, text: str, message: str) -> str:
+    target = work / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    git(env, "add", path, cwd=work)
+    git(env, "commit", "--quiet", "-m", message, cwd=work)
+    return git(env, "rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+# --------------------------------------------------------------------------- app (JWT) side
+
+
+def test_app_identity_and_token_minting(github):
+    app = app_client(github)
+    me = app.rest.apps.get_authenticated().parsed_data
+    assert me.id == github.app_id
+    assert me.slug == github.app_slug == "claudecluster-test"
+
+    installation = app.rest.apps.get_repo_installation(OWNER, REPO).parsed_data
+    assert installation.id == INSTALLATION
+    assert installation.account.login == OWNER
+
+    before = datetime.now(UTC)
+    resp = app.rest.apps.create_installation_access_token(
+        INSTALLATION, repositories=[REPO], permissions={"contents": "read", "issues": "write"}
+    )
+    assert resp.status_code == 201
+    token = resp.parsed_data
+    assert TOKEN_RE.match(token.token)
+    expires = datetime.strptime(token.expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=59) <= expires - before <= timedelta(minutes=61)
+    assert token.repository_selection == "selected"
+    assert [r.full_name for r in token.repositories] == [FULL]
+    assert token.repositories[0].clone_url == f"{github.url}/{FULL}.git"
+    assert token.permissions.contents == "read"
+    assert token.permissions.issues == "write"
+    assert token.permissions.metadata == "read"
+
+    # no body: every repository and permission of the installation
+    everything = app.rest.apps.create_installation_access_token(INSTALLATION).parsed_data
+    info = github.token_info(everything.token)
+    assert info.repository_ids is None
+    assert info.permissions == {**WRITE_PERMS, "metadata": "read"}
+
+    assert [(r.installation_id, r.body, r.status) for r in github.token_requests] == [
+        (
+            INSTALLATION,
+            {"repositories": [REPO], "permissions": {"contents": "read", "issues": "write"}},
+            201,
+        ),
+        (INSTALLATION, {}, 201),
+    ]
+    jwt_requests = [r for r in github.requests if r.auth == "jwt"]
+    assert len(jwt_requests) == 4
+
+
+def test_token_minting_refuses_more_than_the_installation_has(github):
+    app = app_client(github)
+    not_installed = failure(
+        lambda: app.rest.apps.create_installation_access_token(
+            INSTALLATION, repositories=["not-installed"]
+        )
+    )
+    assert not_installed.response.status_code == 422
+    assert "not accessible to the parent installation" in not_installed.response.json()["message"]
+
+    too_much = failure(
+        lambda: app.rest.apps.create_installation_access_token(
+            INSTALLATION, permissions={"administration": "write"}
+        )
+    )
+    assert too_much.response.status_code == 422
+    assert too_much.response.json()["message"] == (
+        "The permissions requested are not granted to this installation."
+    )
+
+    unknown_id = failure(
+        lambda: app.rest.apps.create_installation_access_token(INSTALLATION, repository_ids=[1])
+    )
+    assert unknown_id.response.status_code == 422
+
+    missing = failure(lambda: app.rest.apps.create_installation_access_token(999))
+    assert missing.response.status_code == 404
+
+    assert [r.status for r in github.token_requests] == [422, 422, 422, 404]
+    assert all(r.token is None for r in github.token_requests)
+
+
+def test_bad_app_jwts_are_refused(github):
+    other_key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    impostor = app_client(github, other_key)
+    wrong_key = failure(lambda: impostor.rest.apps.get_authenticated())
+    assert wrong_key.response.status_code == 401
+    assert wrong_key.response.json()["message"] == "A JSON web token could not be decoded"
+
+    moment = time.time()
+    cases = {
+        "expired": github.app_jwt(iat=moment - 1200, exp=moment - 600),
+        "too far": github.app_jwt(iat=moment, exp=moment + 3600),
+        "future iat": github.app_jwt(iat=moment + 600, exp=moment + 660),
+        "wrong iss": github.app_jwt(iss="999999"),
+        "garbage": "abc.def.ghi",
+    }
+    messages = {}
+    for name, token in cases.items():
+        resp = httpx.get(f"{github.api_url}/app", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 401, name
+        messages[name] = resp.json()["message"]
+    assert "'Expiration time' claim ('exp') must be a numeric value" in messages["expired"]
+    assert messages["too far"] == "'Expiration time' claim ('exp') is too far in the future"
+    assert "'Issued at' claim ('iat')" in messages["future iat"]
+    assert messages["garbage"] == "A JSON web token could not be decoded"
+
+    # iss may be the app id as int or str
+    for iss in (github.app_id, str(github.app_id)):
+        ok = httpx.get(
+            f"{github.api_url}/app",
+            headers={"Authorization": f"Bearer {github.app_jwt(iss=iss)}"},
+        )
+        assert ok.status_code == 200
+
+    # an installation token is not a JWT; a JWT is not an installation token
+    token = mint(github)
+    as_token = httpx.get(f"{github.api_url}/app", headers={"Authorization": f"token {token}"})
+    assert as_token.status_code == 401
+    jwt_on_repo = httpx.get(
+        f"{github.api_url}/repos/{FULL}",
+        headers={"Authorization": f"Bearer {github.app_jwt()}"},
+    )
+    assert jwt_on_repo.status_code == 403
+    assert github.token_requests[-1].status == 201
+
+
+# --------------------------------------------------------------------------- installation side
+
+
+def test_installation_flow_with_typed_githubkit_calls(github):
+    """What the worker does, through githubkit's own App → installation auth flow."""
+    app = app_client(github)
+    inst = app.with_auth(
+        app.auth.as_installation(INSTALLATION, repositories=[REPO], permissions=WRITE_PERMS)
+    )
+
+    repo = inst.rest.repos.get(OWNER, REPO).parsed_data
+    assert repo.full_name == FULL
+    assert repo.default_branch == "main"
+    assert repo.clone_url == f"{github.url}/{FULL}.git"
+    assert repo.private is False
+    assert repo.permissions.push is True
+    # githubkit minted the token itself, exactly as asked
+    assert github.token_requests[0].body == {"repositories": [REPO], "permissions": WRITE_PERMS}
+
+    issue = inst.rest.issues.get(OWNER, REPO, ISSUE).parsed_data
+    assert issue.title == "Crash on start"
+    assert issue.user.login == "alice"
+    assert issue.author_association == "COLLABORATOR"
+    assert issue.pull_request is UNSET  # a plain issue, not a pull request
+
+    trigger = github.add_comment(FULL, ISSUE, "/claude please fix", "alice")
+    reaction = inst.rest.reactions.create_for_issue_comment(OWNER, REPO, trigger.id, content="eyes")
+    assert reaction.status_code == 201
+    assert reaction.parsed_data.content == "eyes"
+    assert reaction.parsed_data.user.login == github.bot_login
+    again = inst.rest.reactions.create_for_issue_comment(OWNER, REPO, trigger.id, content="eyes")
+    assert again.status_code == 200
+    assert again.parsed_data.id == reaction.parsed_data.id
+    assert len(github.reactions) == 1
+
+    created = inst.rest.issues.create_comment(OWNER, REPO, ISSUE, body="Working on it…")
+    assert created.status_code == 201
+    comment = created.parsed_data
+    assert comment.user.login == "claudecluster-test[bot]"
+    assert comment.user.type == "Bot"
+    assert created.headers["location"] == comment.url
+
+    fetched = inst.rest.issues.get_comment(OWNER, REPO, comment.id).parsed_data
+    assert fetched.body == "Working on it…"
+    updated = inst.rest.issues.update_comment(OWNER, REPO, comment.id, body="Done.").parsed_data
+    assert updated.body == "Done."
+    assert [c.body for c in github.comments] == ["/claude please fix", "Done."]
+
+    listed = inst.rest.issues.list_comments(OWNER, REPO, ISSUE).parsed_data
+    assert [c.id for c in listed] == [trigger.id, comment.id]
+    assert listed[0].reactions.eyes == 1
+    assert inst.rest.issues.get(OWNER, REPO, ISSUE).parsed_data.comments == 2
+
+    alice = inst.rest.users.get_by_username("alice").parsed_data
+    assert (alice.login, alice.id, alice.type) == ("alice", 5001, "User")
+    bot = inst.rest.users.get_by_username(github.bot_login).parsed_data
+    assert bot.type == "Bot"
+
+    perm = inst.rest.repos.get_collaborator_permission_level(OWNER, REPO, "alice").parsed_data
+    assert (perm.permission, perm.role_name, perm.user.login) == ("write", "write", "alice")
+    stranger = inst.rest.repos.get_collaborator_permission_level(OWNER, REPO, "mallory")
+    assert stranger.parsed_data.permission == "read"  # public repository, not a collaborator
+    outside = failure(
+        lambda: inst.rest.repos.get_collaborator_permission_level(OWNER, OTHER, "mallory")
+    )
+    assert outside.response.status_code == 404  # OTHER is not in this token's scope
+
+    assert inst.rest.pulls.list(OWNER, REPO).parsed_data == []
+
+    for resp in github.responses:
+        for header in REALISTIC_HEADERS:
+            assert header in resp.headers, (resp.path, header)
+        if resp.body is not None:
+            assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_scope_permissions_expiry_and_revocation(github):
+    other_only = token_client(github, mint(github, repositories=[OTHER]))
+    outside = failure(lambda: other_only.rest.repos.get(OWNER, REPO))
+    assert outside.response.status_code == 404
+    assert outside.response.json()["message"] == "Not Found"
+    assert other_only.rest.repos.get(OWNER, OTHER).parsed_data.private is True
+    assert (
+        failure(
+            lambda: other_only.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x")
+        ).response.status_code
+        == 404
+    )
+
+    read_only = token_client(
+        github, mint(github, permissions={"issues": "read", "pull_requests": "read"})
+    )
+    assert read_only.rest.issues.get(OWNER, REPO, ISSUE).parsed_data.number == ISSUE
+    denied = failure(lambda: read_only.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x"))
+    assert denied.response.status_code == 403
+    assert denied.response.json()["message"] == "Resource not accessible by integration"
+    assert denied.response.headers["x-accepted-github-permissions"] == "issues=write"
+    no_pr = failure(
+        lambda: read_only.rest.pulls.create(OWNER, REPO, title="t", head="main", base="main")
+    )
+    assert no_pr.response.status_code == 403
+    no_issues = token_client(github, mint(github, permissions={"contents": "read"}))
+    assert (
+        failure(lambda: no_issues.rest.issues.get(OWNER, REPO, ISSUE)).response.status_code == 403
+    )
+    assert github.comments == []
+
+    token = mint(github)
+    client = token_client(github, token)
+    assert client.rest.repos.get(OWNER, REPO).status_code == 200
+    github.expire_token(token)
+    expired = failure(lambda: client.rest.repos.get(OWNER, REPO))
+    assert expired.response.status_code == 401
+    assert expired.response.json()["message"] == "Bad credentials"
+
+    token = mint(github)
+    client = token_client(github, token)
+    assert client.rest.apps.revoke_installation_access_token().status_code == 204
+    revoked = failure(lambda: client.rest.repos.get(OWNER, REPO))
+    assert revoked.response.status_code == 401
+
+    anonymous = httpx.get(f"{github.api_url}/repos/{FULL}")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["message"] == "Requires authentication"
+    bogus = httpx.get(f"{github.api_url}/repos/{FULL}", headers={"Authorization": "token nope"})
+    assert bogus.status_code == 401
+
+
+def test_comment_and_reaction_validation(github):
+    client = token_client(github, mint(github))
+    too_long = failure(
+        lambda: client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x" * 65537)
+    )
+    assert too_long.response.status_code == 422
+    assert "body is too long" in too_long.response.json()["errors"][0]["message"]
+    assert (
+        failure(
+            lambda: client.rest.issues.create_comment(OWNER, REPO, 999, body="x")
+        ).response.status_code
+        == 404
+    )
+    assert failure(lambda: client.rest.issues.get_comment(OWNER, REPO, 1)).response.status_code == (
+        404
+    )
+    comment = client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="hi").parsed_data
+    bad = httpx.post(
+        f"{github.api_url}/repos/{FULL}/issues/comments/{comment.id}/reactions",
+        headers={"Authorization": f"token {mint(github)}"},
+        json={"content": "thumbs"},
+    )
+    assert bad.status_code == 422
+    assert github.reactions == []
+
+
+def test_unknown_routes_and_fault_injection(github):
+    token = mint(github)
+    headers = {"Authorization": f"token {token}"}
+    unknown = httpx.get(f"{github.api_url}/repos/{FULL}/nonsense", headers=headers)
+    assert unknown.status_code == 404
+    assert unknown.json()["message"] == "Not Found"
+    assert unknown.json()["documentation_url"].startswith("https://docs.github.com/")
+    assert "x-github-request-id" in unknown.headers
+
+    client = token_client(github, token)
+    github.fail_next("POST", r"/issues/\d+/comments$", 502, times=2)
+    for _ in range(2):
+        assert (
+            failure(
+                lambda: client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x")
+            ).response.status_code
+            == 502
+        )
+    assert client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x").status_code == 201
+    assert len(github.comments) == 1
+
+    reset = str(int(time.time()) + 30)
+    github.fail_next(
+        "GET",
+        rf"/repos/{FULL}$",
+        403,
+        headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+        body={"message": "API rate limit exceeded for installation ID 4242."},
+    )
+    limited = httpx.get(f"{github.api_url}/repos/{FULL}", headers=headers)
+    assert limited.status_code == 403
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert limited.headers["x-ratelimit-reset"] == reset
+    assert httpx.get(f"{github.api_url}/repos/{FULL}", headers=headers).status_code == 200
+    templates = [r.template for r in github.responses if r.status == 502]
+    assert templates == ["/repos/{owner}/{repo}/issues/{issue_number}/comments"] * 2
+
+
+# --------------------------------------------------------------------------- git over HTTP
+
+
+def test_clone_commit_push_branch_then_open_pull_request(github, tmp_path):
+    token = mint(github)
+    env, work = clone(github, tmp_path, token)
+    assert (work / "src/widgets/__init__.py").read_text() == FILES["src/widgets/__init__.py"]
+    # the token reached git only through the helper: nothing on disk holds it
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    assert git(env, "remote", "get-url", "origin", cwd=work).stdout.strip() == (
+        f"{github.url}/{FULL}.git"
+    )
+
+    main_before = github.branches(FULL)["main"]
+    git(env, "checkout", "--quiet", "-b", "claude/issue-7", cwd=work)
+    sha = commit_file(env, work, "src/widgets/fix.py", "FIXED = True\n", "Fix the crash")
+    git(env, "push", "--quiet", "origin", "claude/issue-7", cwd=work)
+
+    assert github.branches(FULL) == {"main": main_before, "claude/issue-7": sha}
+    assert github.read_file(FULL, "claude/issue-7", "src/widgets/fix.py") == "FIXED = True\n"
+    assert github.read_file(FULL, "main", "src/widgets/fix.py") is None
+    [push] = github.pushes
+    assert push.repo == FULL and push.token == token
+    assert push.refs == ["refs/heads/claude/issue-7"]
+    assert not push.forced
+    assert push.updates[0].created
+    assert all(u.branch != "main" for u in push.updates)
+
+    client = token_client(github, token)
+    created = client.rest.pulls.create(
+        OWNER, REPO, title="Fix crash on start", head="claude/issue-7", base="main",
+        body="Closes #7",
+    )  # fmt: skip
+    assert created.status_code == 201
+    pr = created.parsed_data
+    assert pr.number == 8  # issues and pull requests share numbers
+    assert (pr.head.ref, pr.head.sha, pr.base.ref) == ("claude/issue-7", sha, "main")
+    assert pr.base.sha == main_before
+    assert pr.user.login == github.bot_login and pr.user.type == "Bot"
+    assert (pr.commits, pr.changed_files, pr.additions, pr.deletions) == (1, 1, 1, 0)
+    assert pr.state == "open" and pr.merged is False and pr.draft is False
+    assert created.headers["location"] == pr.url
+
+    listed = client.rest.pulls.list(OWNER, REPO, head=f"{OWNER}:claude/issue-7").parsed_data
+    assert [p.number for p in listed] == [8]
+    assert client.rest.pulls.list(OWNER, REPO, head=f"{OWNER}:other").parsed_data == []
+    assert client.rest.pulls.list(OWNER, REPO, state="closed").parsed_data == []
+    assert client.rest.pulls.get(OWNER, REPO, 8).parsed_data.title == "Fix crash on start"
+    as_issue = client.rest.issues.get(OWNER, REPO, 8).parsed_data
+    assert as_issue.pull_request is not None
+    client.rest.issues.create_comment(OWNER, REPO, 8, body="Ready for review")
+    assert client.rest.pulls.get(OWNER, REPO, 8).parsed_data.comments == 1
+
+    duplicate = failure(
+        lambda: client.rest.pulls.create(
+            OWNER, REPO, title="again", head="claude/issue-7", base="main"
+        )
+    )
+    assert duplicate.response.status_code == 422
+    assert duplicate.response.json()["errors"][0]["message"] == (
+        f"A pull request already exists for {OWNER}:claude/issue-7."
+    )
+    no_branch = failure(
+        lambda: client.rest.pulls.create(OWNER, REPO, title="t", head="nope", base="main")
+    )
+    assert no_branch.response.json()["errors"][0]["field"] == "head"
+    same = failure(
+        lambda: client.rest.pulls.create(OWNER, REPO, title="t", head="main", base="main")
+    )
+    assert same.response.status_code == 422
+    assert len(github.pulls) == 1
+
+    # a later push moves the pull request's head
+    sha2 = commit_file(env, work, "src/widgets/fix.py", "FIXED = 2\n", "Refine")
+    git(env, "push", "--quiet", "origin", "claude/issue-7", cwd=work)
+    assert client.rest.pulls.get(OWNER, REPO, 8).parsed_data.head.sha == sha2
+    assert [p.forced for p in github.pushes] == [False, False]
+    assert github.branches(FULL)["main"] == main_before
+
+
+def test_git_auth_like_github(github, tmp_path):
+    (tmp_path / "home").mkdir()
+    url = f"{github.url}/{FULL}.git"
+
+    anonymous = httpx.get(f"{url}/info/refs", params={"service": "git-upload-pack"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == 'Basic realm="GitHub"'
+
+    no_helper = git(git_env(tmp_path / "home", None), "clone", url, "a", cwd=tmp_path, check=False)
+    assert no_helper.returncode != 0
+
+    token = mint(github)
+    wrong_user = git_env(tmp_path / "home", token, user="octocat")
+    proc = git(wrong_user, "clone", url, "b", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Invalid username or token" in proc.stderr
+
+    other_repo = git_env(tmp_path / "home", mint(github, repositories=[OTHER]))
+    proc = git(other_repo, "clone", url, "c", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Repository not found" in proc.stderr
+
+    no_contents = git_env(tmp_path / "home", mint(github, permissions={"issues": "write"}))
+    proc = git(no_contents, "clone", url, "d", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "denied" in proc.stderr
+
+    expired = mint(github)
+    github.expire_token(expired)
+    proc = git(git_env(tmp_path / "home", expired), "clone", url, "e", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Authentication failed" in proc.stderr
+
+    read_only = mint(github, permissions={"contents": "read"})
+    env = git_env(tmp_path / "home", read_only)
+    git(env, "clone", "--quiet", url, "f", cwd=tmp_path)
+    work = tmp_path / "f"
+    before = github.branches(FULL)
+    git(env, "checkout", "--quiet", "-b", "sneaky", cwd=work)
+    commit_file(env, work, "x.txt", "x\n", "x")
+    proc = git(env, "push", "origin", "sneaky", cwd=work, check=False)
+    assert proc.returncode != 0
+    assert f"Permission to {FULL}.git denied to {github.bot_login}" in proc.stderr
+    assert github.branches(FULL) == before
+    assert github.pushes == []
+
+    bad = httpx.get(
+        f"{url}/info/refs",
+        params={"service": "git-upload-pack"},
+        auth=("x-access-token", "ghs_" + "a" * 36),
+    )
+    assert bad.status_code == 401
+
+
+def test_push_rules_force_pushes_workflows_and_big_bodies(github, tmp_path):
+    token = mint(github)
+    env, work = clone(github, tmp_path, token)
+    git(env, "checkout", "--quiet", "-b", "topic", cwd=work)
+    first = commit_file(env, work, "a.txt", "a\n", "a")
+    git(env, "push", "--quiet", "origin", "topic", cwd=work)
+
+    # a workflow change needs `workflows: write`, like on GitHub
+    commit_file(env, work, ".github/workflows/ci.yml", "on: pull_request\n", "ci")
+    proc = git(env, "push", "origin", "topic", cwd=work, check=False)
+    assert proc.returncode != 0
+    assert "without `workflows` permission" in proc.stderr
+    assert github.branches(FULL)["topic"] == first
+    assert github.pushes[-1].refs == []
+
+    # a force push is allowed (as on GitHub) and recorded as forced
+    git(env, "reset", "--quiet", "--hard", "HEAD~2", cwd=work)
+    rewritten = commit_file(env, work, "b.txt", "b\n", "b")
+    git(env, "push", "--quiet", "--force", "origin", "topic", cwd=work)
+    assert github.branches(FULL)["topic"] == rewritten
+    assert github.pushes[-1].forced
+
+    # a body larger than http.postBuffer travels chunked
+    blob = base64.b64encode(os.urandom(3 * 1024 * 1024)).decode()
+    big = commit_file(env, work, "big.txt", blob, "big")
+    git(env, "push", "--quiet", "origin", "topic", cwd=work)
+    assert github.branches(FULL)["topic"] == big
+    assert github.read_file(FULL, "topic", "big.txt") == blob
+    assert not github.pushes[-1].forced
+    assert any(
+        r.headers.get("Transfer-Encoding") == "chunked"
+        for r in github.requests
+        if r.path.endswith("/git-receive-pack")
+    )
+
+    # deleting a branch is a ref update with a zero new sha
+    git(env, "push", "--quiet", "origin", "--delete", "topic", cwd=work)
+    assert "topic" not in github.branches(FULL)
+    assert github.pushes[-1].updates[0].deleted
+
+
+def test_gzip_encoded_fetch_negotiation(github, tmp_path):
+    token = mint(github)
+    env, work = clone(github, tmp_path, token)
+    for number in range(40):  # many local commits -> many "have" lines -> gzip request
+        commit_file(env, work, "local.txt", f"{number}\n", f"local {number}")
+    env2, work2 = clone(github, tmp_path, token, name="second")
+    git(env2, "checkout", "--quiet", "-b", "fresh", cwd=work2)
+    fresh = commit_file(env2, work2, "fresh.txt", "fresh\n", "fresh")
+    git(env2, "push", "--quiet", "origin", "fresh", cwd=work2)
+
+    git(env, "fetch", "--quiet", "origin", cwd=work)
+    assert git(env, "rev-parse", "origin/fresh", cwd=work).stdout.strip() == fresh
+    assert any(
+        r.headers.get("Content-Encoding") == "gzip"
+        for r in github.requests
+        if r.path.endswith("/git-upload-pack")
+    )
+
+    # and a hand-made gzip body straight to git-upload-pack (protocol v0)
+    want = github.branches(FULL)["main"]
+    pkt = f"want {want} side-band-64k\n"
+    request = f"{len(pkt) + 4:04x}{pkt}0000" + "0009done\n"
+    resp = httpx.post(
+        f"{github.url}/{FULL}.git/git-upload-pack",
+        content=gzip.compress(request.encode()),
+        headers={
+            "Content-Type": "application/x-git-upload-pack-request",
+            "Content-Encoding": "gzip",
+        },
+        auth=("x-access-token", token),
+    )
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/x-git-upload-pack-result"
+    assert b"PACK" in resp.content
+
+
+# --------------------------------------------------------------------------- OpenAPI checks
+
+
+def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
+    """Exercise every endpoint (successes and typical errors) once."""
+    app = app_client(standin)
+    app.rest.apps.get_authenticated()
+    app.rest.apps.get_repo_installation(OWNER, REPO)
+    token = mint(standin)
+    client = token_client(standin, token)
+    client.rest.repos.get(OWNER, REPO)
+    client.rest.issues.get(OWNER, REPO, ISSUE)
+    comment = client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x").parsed_data
+    client.rest.issues.list_comments(OWNER, REPO, ISSUE)
+    client.rest.issues.get_comment(OWNER, REPO, comment.id)
+    client.rest.issues.update_comment(OWNER, REPO, comment.id, body="y")
+    client.rest.reactions.create_for_issue_comment(OWNER, REPO, comment.id, content="rocket")
+    client.rest.reactions.create_for_issue_comment(OWNER, REPO, comment.id, content="rocket")
+    client.rest.users.get_by_username("alice")
+    client.rest.repos.get_collaborator_permission_level(OWNER, REPO, "alice")
+    env, work = clone(standin, tmp_path, token)
+    git(env, "checkout", "--quiet", "-b", "feature", cwd=work)
+    commit_file(env, work, "f.txt", "f\n", "f")
+    git(env, "push", "--quiet", "origin", "feature", cwd=work)
+    pr = client.rest.pulls.create(OWNER, REPO, title="t", head="feature", base="main").parsed_data
+    client.rest.pulls.list(OWNER, REPO, head=f"{OWNER}:feature", per_page=1)
+    client.rest.pulls.get(OWNER, REPO, pr.number)
+    bogus = token_client(standin, "ghs_bad")
+    for call in (
+        lambda: client.rest.pulls.create(OWNER, REPO, title="t", head="feature", base="main"),
+        lambda: client.rest.issues.get(OWNER, REPO, 404),
+        lambda: client.rest.users.get_by_username("nobody-here"),
+        lambda: app.rest.apps.create_installation_access_token(INSTALLATION, repositories=["x"]),
+        lambda: bogus.rest.repos.get(OWNER, REPO),
+    ):
+        failure(call)
+    client.rest.apps.revoke_installation_access_token()
+
+
+def test_every_recorded_response_matches_openapi(github, openapi_specs, tmp_path):
+    _all_endpoints(github, tmp_path)
+    count = validate_all(github, openapi_specs)
+    assert count == len(github.responses) >= 20
+    seen = {(r.method, r.template) for r in github.responses if 200 <= r.status < 300}
+    missing = set(ROUTES) - seen
+    assert not missing, f"endpoints never answered successfully: {sorted(missing)}"
+    statuses = {r.status for r in github.responses}
+    assert {200, 201, 204, 401, 404, 422} <= statuses
+
+
+def test_validator_rejects_broken_bodies(github, openapi_specs):
+    client = token_client(github, mint(github))
+    comment = client.rest.issues.create_comment(OWNER, REPO, ISSUE, body="x")
+    good = comment.json()
+    template = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
+    for spec in openapi_specs:
+        openapi.validate_response("POST", template, 201, good, spec=spec)
+
+    broken = dict(good, user=dict(good["user"], login=None))
+    with pytest.raises(openapi.OpenAPIValidationError, match=r"\$\.user") as info:
+        openapi.validate_response("POST", template, 201, broken)
+    assert "login" in str(info.value) or "None" in str(info.value)
+
+    no_id = {k: v for k, v in good.items() if k != "id"}
+    with pytest.raises(openapi.OpenAPIValidationError, match="'id' is a required property"):
+        openapi.validate_response("POST", template, 201, no_id)
+
+    bad_date = dict(good, created_at="yesterday")
+    with pytest.raises(openapi.OpenAPIValidationError, match=r"\$\.created_at"):
+        openapi.validate_response("POST", template, 201, bad_date)
+
+    bad_enum = dict(good, author_association="FRIEND")
+    with pytest.raises(openapi.OpenAPIValidationError, match=r"\$\.author_association"):
+        openapi.validate_response("POST", template, 201, bad_enum)
+
+    # nullable handled: null allowed where the description says nullable, refused elsewhere
+    openapi.validate_response("POST", template, 201, dict(good, performed_via_github_app=None))
+    with pytest.raises(openapi.OpenAPIValidationError, match=r"\$\.node_id"):
+        openapi.validate_response("POST", template, 201, dict(good, node_id=None))
+
+    # the translated schemas are valid JSON Schema 2020-12
+    for method, path, status in [
+        ("POST", template, 201),
+        ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", 200),
+        ("GET", "/users/{username}", 200),
+    ]:
+        Draft202012Validator.check_schema(openapi.response_schema(method, path, status))
+
+    with pytest.raises(openapi.OpenAPIValidationError, match="does not document"):
+        openapi.validate_response("POST", template, 299, good)
+    with pytest.raises(openapi.OpenAPIValidationError, match="expected no body"):
+        openapi.validate_response("DELETE", "/installation/token", 204, {"x": 1})
+
+
+def test_missing_openapi_package_fails_with_instructions(monkeypatch, tmp_path):
+    monkeypatch.setattr(openapi, "PACKAGE_DIR", tmp_path / "nowhere")
+    with pytest.raises(openapi.OpenAPISpecMissing, match=r"bash scripts/test-deps\.sh"):
+        openapi._check_installed(openapi.DEFAULT_SPEC)
