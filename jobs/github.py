@@ -73,14 +73,11 @@ class RepoSession:
         self, settings: Settings, installation_id: int, repo: str, permissions: dict[str, str]
     ) -> None:
         self.owner, self.name = repo.split("/", 1)
-        minted = (
-            app_client(settings)
-            .rest.apps.create_installation_access_token(
-                installation_id,
-                data={"repositories": [self.name], "permissions": permissions},
-            )
-            .json()
-        )
+        # Keep the client in a variable: `.rest` holds only a weak reference to it.
+        app = app_client(settings)
+        minted = app.rest.apps.create_installation_access_token(
+            installation_id, data={"repositories": [self.name], "permissions": permissions}
+        ).json()
         self.token: str = minted["token"]
         redactor.add(self.token)
         self.gh = _client(settings.github_api_url, TokenAuthStrategy(self.token))
