@@ -34,7 +34,15 @@ def run_session(**job: object) -> dict:
     session_id = current.id if current else session_id_for(request.delivery_id)
     started = time.monotonic()
 
-    github = RepoSession(settings, request.installation_id, request.repo, ISSUE_SESSION_PERMISSIONS)
+    try:
+        github = RepoSession(
+            settings, request.installation_id, request.repo, ISSUE_SESSION_PERMISSIONS
+        )
+    except Exception as exc:
+        # Without a token nothing can be posted: the log is the only place to say why.
+        reason = describe_failure(exc)
+        log.error("session %s: no token for %s: %s", session_id, request.repo, reason)
+        return {"status": "failed", "reason": reason}
     tracking = TrackingComment(github, request.number, session_id, request.instruction)
     try:
         tracking.start(request.comment_id)
