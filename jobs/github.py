@@ -7,7 +7,6 @@ session needs, registers it with the redactor, and revokes it when the session e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import urlparse
 
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
@@ -52,18 +51,21 @@ def noreply_domain(api_url: str) -> str:
     return f"users.noreply.{host}"
 
 
-@lru_cache(maxsize=4)
-def _bot_identity(api_url: str, app_id: int, pem: str) -> BotIdentity:
-    gh = _client(api_url, AppAuthStrategy(str(app_id), pem))
-    slug = gh.rest.apps.get_authenticated().json()["slug"]
-    login = f"{slug}[bot]"
-    user_id = gh.rest.users.get_by_username(login).json()["id"]
-    return BotIdentity(login, user_id, noreply_domain(api_url))
+_bots: dict[tuple[str, int], BotIdentity] = {}
 
 
-def bot_identity(settings: Settings) -> BotIdentity:
-    """The App's bot user, which authors commits; asked once per worker process."""
-    return _bot_identity(settings.github_api_url, settings.github_app_id, settings.private_key)
+def bot_identity(settings: Settings, session: RepoSession) -> BotIdentity:
+    """The App's bot user, which authors commits; asked once per worker process.
+
+    The slug needs the App's JWT (`GET /app`); the user lookup needs an installation token.
+    """
+    key = (settings.github_api_url, settings.github_app_id or 0)
+    if key not in _bots:
+        app = app_client(settings)
+        login = f"{app.rest.apps.get_authenticated().json()['slug']}[bot]"
+        user_id = session.gh.rest.users.get_by_username(login).json()["id"]
+        _bots[key] = BotIdentity(login, user_id, noreply_domain(settings.github_api_url))
+    return _bots[key]
 
 
 class RepoSession:

@@ -87,7 +87,7 @@ def _issue_to_pull_request(
             tracking.failed(outcome.failure, outcome, elapsed)
             return {"status": "failed", "reason": redactor(outcome.failure)}
 
-        bot = bot_identity(settings)
+        bot = bot_identity(settings, github)
         change = workspace.commit(commit_message(request, outcome.result), bot.login, bot.email)
         if change is None:
             tracking.no_changes(outcome, elapsed)

@@ -44,9 +44,15 @@ def webhook_example(event: str, action: str | None) -> dict:
     return copy.deepcopy(found[0])
 
 
-def issue_comment_payload(repo: str, number: int, body: str, installation_id: int,
-                          login: str = "octocat", user_id: int = 583231,
-                          user_type: str = "User") -> dict:
+def issue_comment_payload(
+    repo: str,
+    number: int,
+    body: str,
+    installation_id: int,
+    login: str = "octocat",
+    user_id: int = 583231,
+    user_type: str = "User",
+) -> dict:
     """GitHub's `issue_comment.created` example, pointed at a repository and issue of ours."""
     payload = webhook_example("issue_comment", "created")
     owner, name = repo.split("/")

@@ -40,9 +40,15 @@ MESSAGE = {
 
 def test_streams_messages_with_the_real_key_swapped_in(api, gateway):
     api.script([Text("hello from the model")])
-    with client(gateway) as c, c.stream(
-        "POST", "/v1/messages?beta=true", json=MESSAGE, headers={"x-api-key": gateway.session_key}
-    ) as resp:
+    with (
+        client(gateway) as c,
+        c.stream(
+            "POST",
+            "/v1/messages?beta=true",
+            json=MESSAGE,
+            headers={"x-api-key": gateway.session_key},
+        ) as resp,
+    ):
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [line for line in resp.iter_lines() if line.startswith("event:")]

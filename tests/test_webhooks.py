@@ -36,12 +36,16 @@ def client(redis_url):
 
 
 def queued(redis_url: str) -> list[str]:
-    return Queue("sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer).job_ids
+    return Queue(
+        "sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer
+    ).job_ids
 
 
 def post(client, event: str, payload, delivery: str | None = None, secret: str = SECRET):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return client.post("/webhooks", data=body, headers=delivery_headers(event, body, secret, delivery))
+    return client.post(
+        "/webhooks", data=body, headers=delivery_headers(event, body, secret, delivery)
+    )
 
 
 def trigger(body="/claude add a CONTRIBUTING.md", **kw) -> dict:
@@ -70,7 +74,9 @@ def test_signature_matches_octokit_reference_implementation():
 
 
 def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_url):
-    resp = post(client, "issue_comment", trigger("/claude add a CONTRIBUTING.md\nwith tests"), "d-1")
+    resp = post(
+        client, "issue_comment", trigger("/claude add a CONTRIBUTING.md\nwith tests"), "d-1"
+    )
     assert resp.status_code == 202
     assert resp.json == {"status": "queued", "session": "session-d-1"}
     assert queued(redis_url) == ["session-d-1"]
@@ -202,7 +208,9 @@ def test_example_without_fields_we_do_not_read_is_accepted(client, redis_url):
 
 def test_oversized_body_is_refused_before_reading(client, redis_url):
     body = b"{" + b" " * (25 * 1024 * 1024) + b"}"
-    resp = client.post("/webhooks", data=body, headers=delivery_headers("issue_comment", body, SECRET))
+    resp = client.post(
+        "/webhooks", data=body, headers=delivery_headers("issue_comment", body, SECRET)
+    )
     assert resp.status_code == 413
     assert queued(redis_url) == []
 

@@ -88,7 +88,9 @@ class Service:
     issues: list[int] = field(default_factory=list)
 
     def new_issue(self, title: str, body: str = "Please help.") -> int:
-        number = 100 + len(self.issues)
+        # Issues and pull requests share one sequence of numbers, as on GitHub.
+        taken = [i.number for i in self.github.issues] + [p.number for p in self.github.pulls]
+        number = max([99, *taken]) + 1
         self.github.add_issue(REPO, number, title, body, "octocat", 583231)
         self.issues.append(number)
         return number

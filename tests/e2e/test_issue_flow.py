@@ -10,6 +10,7 @@ from rq.job import Job
 
 from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, REPO, leftover_containers
 from tests.standins.anthropic import Fail, Text, ToolUse
+from tests.standins.openapi import validate_response
 from tests.support import issue_comment_payload
 
 CONTRIBUTING = "# Contributing\n\nRun the tests with `pytest -q` from the repository root.\n"
@@ -140,3 +141,22 @@ def test_bad_signature_is_refused_and_starts_nothing(service):
     time.sleep(3)  # had anything been queued, the worker would have commented by now
     assert service.comments(number) == []
     assert len(gh.token_requests) == mints
+
+
+def test_every_github_answer_of_these_flows_matches_githubs_openapi(service):
+    # Runs after the flows above (file order): the stand-in must not have taught the service
+    # anything GitHub would not say.
+    responses = [r for r in service.github.responses if r.template]
+    operations = {(r.method, r.template) for r in responses}
+    assert ("POST", "/app/installations/{installation_id}/access_tokens") in operations
+    assert ("POST", "/repos/{owner}/{repo}/pulls") in operations
+    assert ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}") in operations
+    failures = []
+    for spec in ("ghes-3.19", "api.github.com"):
+        for r in responses:
+            try:
+                validate_response(r.method, r.template, r.status, r.body, spec=spec)
+            except AssertionError as exc:
+                failures.append(str(exc))
+    assert not failures, "\n".join(failures[:5])
+    assert not service.github.errors, service.github.errors
