@@ -120,8 +120,8 @@ def load_settings(*required: str, **overrides: object) -> Settings:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m app.config check [web|worker|all]`: the run script's one-line answer."""
-    role = argv[1] if len(argv) > 1 else "all"
+    """`python -m app check [web|worker|all]`: the run script's one-line answer."""
+    role = argv[2] if len(argv) > 2 else "all"
     names = {"web": WEB_REQUIRED, "worker": WORKER_REQUIRED}.get(
         role, WEB_REQUIRED + WORKER_REQUIRED
     )
@@ -131,7 +131,3 @@ def main(argv: list[str]) -> int:
         print(f"configuration: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["check"]))

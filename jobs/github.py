@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+from githubkit.exception import GitHubException
 
 from app.config import Settings
 from jobs.redact import redactor
@@ -36,12 +37,13 @@ def app_client(settings: Settings) -> GitHub:
 @dataclass(frozen=True)
 class BotIdentity:
     login: str
-    user_id: int
+    user_id: int | None
     noreply_domain: str
 
     @property
     def email(self) -> str:
-        return f"{self.user_id}+{self.login}@{self.noreply_domain}"
+        prefix = f"{self.user_id}+" if self.user_id else ""
+        return f"{prefix}{self.login}@{self.noreply_domain}"
 
 
 def noreply_domain(api_url: str) -> str:
@@ -63,7 +65,11 @@ def bot_identity(settings: Settings, session: RepoSession) -> BotIdentity:
     if key not in _bots:
         app = app_client(settings)
         login = f"{app.rest.apps.get_authenticated().json()['slug']}[bot]"
-        user_id = session.gh.rest.users.get_by_username(login).json()["id"]
+        try:
+            user_id = session.gh.rest.users.get_by_username(login).json()["id"]
+        except GitHubException:
+            # Attribution still works by login; GitHub links the id-less noreply form too.
+            return BotIdentity(login, None, noreply_domain(settings.github_api_url))
         _bots[key] = BotIdentity(login, user_id, noreply_domain(settings.github_api_url))
     return _bots[key]
 

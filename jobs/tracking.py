@@ -6,11 +6,16 @@ to tell it apart from a user quoting it) and never mistakes it for a command.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+from githubkit.exception import GitHubException
 
 from jobs.github import RepoSession
 from jobs.redact import redactor
 from jobs.transcript import Outcome
+
+log = logging.getLogger(__name__)
 
 # GitHub refuses bodies over 65,536 characters; leave room for the header and footer.
 MAX_TEXT = 60_000
@@ -50,7 +55,11 @@ class TrackingComment:
     comment_id: int = 0
 
     def start(self, trigger_comment_id: int) -> None:
-        self.github.react(trigger_comment_id, "eyes")
+        try:
+            self.github.react(trigger_comment_id, "eyes")
+        except GitHubException as exc:
+            # The 👀 is a courtesy; the tracking comment is what the user waits for.
+            log.warning("session %s: reaction failed (%s)", self.session_id, type(exc).__name__)
         working = self._body("👀 **Claude is working on this…**", state="working")
         created = self.github.comment(self.number, working)
         self.comment_id = created["id"]

@@ -71,7 +71,8 @@ class ClaudeRun:
 
     def of_type(self, type_: str, subtype: str | None = None) -> list[dict[str, Any]]:
         return [
-            e for e in self.events
+            e
+            for e in self.events
             if e.get("type") == type_ and (subtype is None or e.get("subtype") == subtype)
         ]
 
@@ -108,12 +109,24 @@ def run_claude(
     }
     full_env.update(env or {})
     cmd = [
-        claude_bin, "-p", prompt, "--output-format", "stream-json", "--verbose",
-        "--dangerously-skip-permissions", "--max-turns", str(max_turns),
+        claude_bin,
+        "-p",
+        prompt,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--dangerously-skip-permissions",
+        "--max-turns",
+        str(max_turns),
     ]
     started = time.monotonic()
     proc = subprocess.run(
-        cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cmd,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     seconds = time.monotonic() - started
@@ -140,10 +153,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_write_tool_then_text_writes_file(claude_bin, api, workdir, tmp_path):
     target = workdir / "CONTRIBUTING.md"
     content = "# Contributing\n\nOpen a pull request.\n"
-    api.script([
-        ToolUse("Write", {"file_path": str(target), "content": content}),
-        Text("Added the file"),
-    ])
+    api.script(
+        [
+            ToolUse("Write", {"file_path": str(target), "content": content}),
+            Text("Added the file"),
+        ]
+    )
 
     run = run_claude(claude_bin, api, workdir, tmp_path / "home")
 
@@ -182,16 +197,18 @@ def test_text_only_changes_no_file(claude_bin, api, workdir, tmp_path):
 
 def test_several_tool_uses_in_one_turn_and_bash(claude_bin, api, workdir, tmp_path):
     a, b = workdir / "a.txt", workdir / "b.txt"
-    api.script([
+    api.script(
         [
-            Text("Writing two files."),
-            ToolUse("Write", {"file_path": str(a), "content": "A\n"}),
-            ToolUse("Write", {"file_path": str(b), "content": "B\n"}),
-        ],
-        ToolUse("Bash", {"command": "cat a.txt b.txt > c.txt", "description": "concat"}),
-        ToolUse("Edit", {"file_path": str(a), "old_string": "A", "new_string": "AA"}),
-        Text("Three files"),
-    ])
+            [
+                Text("Writing two files."),
+                ToolUse("Write", {"file_path": str(a), "content": "A\n"}),
+                ToolUse("Write", {"file_path": str(b), "content": "B\n"}),
+            ],
+            ToolUse("Bash", {"command": "cat a.txt b.txt > c.txt", "description": "concat"}),
+            ToolUse("Edit", {"file_path": str(a), "old_string": "A", "new_string": "AA"}),
+            Text("Three files"),
+        ]
+    )
 
     run = run_claude(claude_bin, api, workdir, tmp_path / "home", max_turns=10)
 
@@ -312,12 +329,19 @@ def test_expected_api_key_rejects_other_keys(claude_bin, workdir, tmp_path):
 
 
 def test_subagent_requests_use_their_own_queue(claude_bin, api, workdir, tmp_path):
-    api.script([
-        ToolUse("Agent", {
-            "description": "survey", "prompt": "List the files", "subagent_type": "general-purpose",
-        }),
-        Text("Main finished"),
-    ])
+    api.script(
+        [
+            ToolUse(
+                "Agent",
+                {
+                    "description": "survey",
+                    "prompt": "List the files",
+                    "subagent_type": "general-purpose",
+                },
+            ),
+            Text("Main finished"),
+        ]
+    )
     api.script_subagents([Text("Subagent report")])
 
     run = run_claude(claude_bin, api, workdir, tmp_path / "home", max_turns=10)
@@ -331,7 +355,9 @@ def test_subagent_requests_use_their_own_queue(claude_bin, api, workdir, tmp_pat
     # main loop consumed its own turns only (further main requests, if any, get "done")
     assert api.remaining_turns == []
     texts = [
-        c.get("text") for e in run.of_type("assistant") for c in e["message"]["content"]
+        c.get("text")
+        for e in run.of_type("assistant")
+        for c in e["message"]["content"]
         if c.get("type") == "text"
     ]
     assert "Main finished" in texts
@@ -379,11 +405,13 @@ def test_http_streaming_shape_and_keepalive(api):
     start = events[0][1]["message"]
     assert start["usage"]["input_tokens"] > 0
     text = "".join(
-        d["delta"]["text"] for n, d in events
+        d["delta"]["text"]
+        for n, d in events
         if n == "content_block_delta" and d["delta"]["type"] == "text_delta"
     )
     partial = "".join(
-        d["delta"]["partial_json"] for n, d in events
+        d["delta"]["partial_json"]
+        for n, d in events
         if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
     )
     assert text == "Let me write."
@@ -423,7 +451,8 @@ def test_http_errors_404_count_tokens_and_fail(api):
     for r in (f1, f2):
         assert r.status_code == 529
         assert r.json() == {
-            "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": "Overloaded"},
         }
 
 

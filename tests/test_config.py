@@ -88,3 +88,13 @@ def test_every_problem_is_named_at_once():
         load_settings("GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY", GITHUB_WEBHOOK_SECRET="",
                       ANTHROPIC_API_KEY="")  # fmt: skip
     assert str(error.value) == "GITHUB_WEBHOOK_SECRET is not set; ANTHROPIC_API_KEY is not set"
+
+
+def test_run_script_check_names_everything_missing(tmp_path):
+    result = run([sys.executable, "-m", "app", "check", "all"], clean_env(PYTHONPATH=str(ROOT)),
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert problem_lines(result.stderr) == [
+        "configuration: GITHUB_WEBHOOK_SECRET is not set; GITHUB_APP_ID is not set; "
+        "GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set; ANTHROPIC_API_KEY is not set"
+    ]

@@ -421,8 +421,10 @@ class AnthropicStandIn:
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"anthropic-standin:{self._port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"anthropic-standin:{self._port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -528,8 +530,13 @@ class AnthropicStandIn:
             except ValueError:
                 body = None
         rec = RecordedRequest(
-            method=h.command, path=path, query=parse_qs(split.query), headers=headers,
-            body=body, kind="other", client=tuple(h.client_address[:2]),
+            method=h.command,
+            path=path,
+            query=parse_qs(split.query),
+            headers=headers,
+            body=body,
+            kind="other",
+            client=tuple(h.client_address[:2]),
         )
         with self._lock:
             self._requests.append(rec)
@@ -653,35 +660,62 @@ def _stream_message(h: _Handler, message: dict[str, Any]) -> None:
     h.send_event("ping", {"type": "ping"})
     for i, block in enumerate(message["content"]):
         if block["type"] == "text":
-            h.send_event("content_block_start", {
-                "type": "content_block_start", "index": i,
-                "content_block": {"type": "text", "text": ""},
-            })
+            h.send_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": i,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             for piece in _pieces(block["text"]):
-                h.send_event("content_block_delta", {
-                    "type": "content_block_delta", "index": i,
-                    "delta": {"type": "text_delta", "text": piece},
-                })
+                h.send_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
         else:
-            h.send_event("content_block_start", {
-                "type": "content_block_start", "index": i,
-                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
-                                  "input": {}},
-            })
-            h.send_event("content_block_delta", {
-                "type": "content_block_delta", "index": i,
-                "delta": {"type": "input_json_delta", "partial_json": ""},
-            })
+            h.send_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": i,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": block["id"],
+                        "name": block["name"],
+                        "input": {},
+                    },
+                },
+            )
+            h.send_event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": ""},
+                },
+            )
             for piece in _pieces(json.dumps(block["input"])):
-                h.send_event("content_block_delta", {
-                    "type": "content_block_delta", "index": i,
-                    "delta": {"type": "input_json_delta", "partial_json": piece},
-                })
+                h.send_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
         h.send_event("content_block_stop", {"type": "content_block_stop", "index": i})
-    h.send_event("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-        "usage": {"output_tokens": usage["output_tokens"]},
-    })
+    h.send_event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+    )
     h.send_event("message_stop", {"type": "message_stop"})
     h.end_sse()

@@ -1,0 +1,7 @@
+"""`python -m app check [web|worker|all]`: say which configuration is missing, then exit."""
+
+import sys
+
+from app.config import main
+
+sys.exit(main(sys.argv))
