@@ -39,5 +39,6 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 def redis_url(redis_server):
-    Redis.from_url(redis_server).flushall()
+    """Database 0, emptied for each test; the e2e service keeps database 1 to itself."""
+    Redis.from_url(redis_server).flushdb()
     return redis_server

@@ -160,7 +160,7 @@ def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
         "GITHUB_PRIVATE_KEY": github.private_key_pem,
         "GITHUB_WEBHOOK_SECRET": SECRET,
         "GITHUB_API_URL": github.api_url,
-        "REDIS_URL": redis_server,
+        "REDIS_URL": redis_server.removesuffix("/0") + "/1",
         "ANTHROPIC_API_KEY": MODEL_KEY,
         "ANTHROPIC_BASE_URL": anthropic.url,
         "AGENT_IMAGE": agent_image,
@@ -176,7 +176,7 @@ def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
             ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
             stdout=logs[name].open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, redis_server)
+    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, env["REDIS_URL"])
 
     def healthy():
         for name, proc in procs.items():
