@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     sandbox_pids: int = Field(512, alias="SANDBOX_PIDS", gt=0)
     workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
     queue_name: str = Field("sessions", alias="QUEUE_NAME")
+    # The web process (gunicorn.conf.py reads these, so `.env` can set them too).
+    host: str = Field("0.0.0.0", alias="HOST")
+    port: int = Field(8000, alias="PORT", gt=0, lt=65536)
+    web_concurrency: int = Field(2, alias="WEB_CONCURRENCY", gt=0)
 
     @field_validator("github_api_url", "anthropic_base_url")
     @classmethod
