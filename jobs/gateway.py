@@ -33,6 +33,9 @@ _HOP_BY_HOP = {
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # A full Unix-socket backlog refuses at once (no SYN retry as with TCP); the CLI opens
+    # several connections together.
+    request_queue_size = 128
     gateway: ModelGateway
 
 

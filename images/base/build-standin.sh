@@ -16,7 +16,8 @@
 #   STANDIN_IMAGE    default tag (see above)
 #   EXTRA_CA_BUNDLE  PEM file with extra CA certificates (TLS-intercepting
 #                    proxies, corporate CAs) to trust inside the image;
-#                    defaults to $SSL_CERT_FILE when that is set
+#                    defaults to $SSL_CERT_FILE when that is set; set it to
+#                    the empty string to add none
 #   DEBIAN_MIRROR    default http://deb.debian.org/debian
 #   DEBIAN_SECURITY_MIRROR  default http://deb.debian.org/debian-security
 #
@@ -46,7 +47,10 @@ extra_ca="${EXTRA_CA_BUNDLE-${SSL_CERT_FILE:-}}"
 # Claude Code install and the relay, git for the workspace, CA certificates
 # for npm over TLS. bash, coreutils, grep, sed, findutils, tar, gzip come with
 # minbase. Nothing else: the agent image adds what it needs.
-packages=nodejs,npm,git,ca-certificates
+# npm itself is installed with apt inside the root, not with debootstrap's
+# --include: debootstrap's own resolver ignores virtual packages (Provides)
+# and leaves Debian's npm (~400 node-* packages) unconfigured.
+packages=nodejs,git,ca-certificates
 
 log() { printf 'build-standin: %s\n' "$*" >&2; }
 
@@ -61,7 +65,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "debootstrap missing, installing it with apt-get"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi
 if [ -n "$extra_ca" ] && [ ! -r "$extra_ca" ]; then
     log "EXTRA_CA_BUNDLE=$extra_ca is not a readable file"
@@ -72,23 +77,38 @@ start=$(date +%s)
 # /var/tmp rather than /tmp: /tmp is often a nodev/noexec tmpfs, which breaks
 # debootstrap (it creates device nodes and runs binaries inside the root).
 rootfs=$(mktemp -d /var/tmp/claudecluster-standin.XXXXXX)
+# Every path below is built from $rootfs; refuse to go on if it is not a
+# fresh private directory, so a bug can never turn "$rootfs/usr" into /usr.
+case "$rootfs" in /var/tmp/claudecluster-standin.?*) ;; *) log "bad temp dir '$rootfs'"; exit 1 ;; esac
 cleanup() {
     # Unmount anything still mounted below the root before deleting it, so a
     # failed run can never make rm descend into the host's /proc.
-    if [ -d "$rootfs" ]; then
-        grep -o " $rootfs/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
-        rm -rf --one-file-system "$rootfs"
-    fi
+    if mountpoint -q "$rootfs/proc"; then umount -l "$rootfs/proc" || true; fi
+    rm -rf --one-file-system "$rootfs" "$rootfs.log"
 }
 trap cleanup EXIT
 
-log "debootstrap $suite (minbase + $packages) from $mirror"
-debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" \
-    >"$rootfs.log" 2>&1 || { tail -n 30 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
-rm -f "$rootfs.log"
+# Run a noisy step with its output in a log, shown only when the step fails.
+quiet() {
+    if ! "$@" >>"$rootfs.log" 2>&1; then
+        tail -n 30 "$rootfs.log" >&2
+        log "failed: $*"
+        exit 1
+    fi
+}
+elapsed() { echo "$(( $(date +%s) - start ))s"; }
 
-in_root() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
+log "debootstrap $suite (minbase + $packages) from $mirror"
+quiet debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror"
+log "debootstrap done at $(elapsed)"
+
+in_root() {
+    chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"
+}
+# No /dev/pts and a root-owned apt cache in the chroot: tell apt not to try
+# a pty or the _apt sandbox user (both only cause warnings).
+apt_opts=(-qq -o Dpkg::Use-Pty=0 -o APT::Sandbox::User=root)
 
 # debootstrap only knows the release suite; add updates and security so the
 # image gets current fixes (the real node image is rebuilt on every update).
@@ -98,48 +118,95 @@ deb $mirror $suite-updates main
 deb $security_mirror $suite-security main
 EOF
 
-# Extra CA first, so that npm inside the image (and any later apt over https)
-# trusts TLS-intercepting proxies the same way the host does.
-if [ -n "$extra_ca" ]; then
-    log "installing extra CA bundle $extra_ca"
-    install -m 0644 "$extra_ca" "$rootfs/usr/local/share/ca-certificates/claudecluster-extra-ca.crt"
-fi
+# Like debian:bookworm-slim: keep docs, man pages and translations out of the
+# image (copyright files stay). Applies to everything apt installs from here
+# on, including later layers of the agent image.
+cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+EOF
+# Build time only: skip dpkg's fsyncs (a crash just means rebuilding).
+echo force-unsafe-io >"$rootfs/etc/dpkg/dpkg.cfg.d/zz-build-unsafe-io"
 
 mount -t proc proc "$rootfs/proc"
-log "applying $suite-updates / $suite-security"
-in_root apt-get update -qq
-in_root apt-get -y -qq -o Dpkg::Options::=--force-confold dist-upgrade >/dev/null
-in_root update-ca-certificates >/dev/null
+log "apt: $suite-updates + $suite-security upgrade, npm"
+quiet in_root apt-get "${apt_opts[@]}" update
+quiet in_root apt-get "${apt_opts[@]}" -y -o Dpkg::Options::=--force-confold dist-upgrade
+
+# Extra CA (apt above used plain http), so that npm inside the image trusts
+# TLS-intercepting proxies the same way the host does. EXTRA_CA_BUNDLE is
+# often a whole system bundle (e.g. $SSL_CERT_FILE): only the certificates
+# not already in the (upgraded) Debian store are installed, one per file as
+# update-ca-certificates expects. The image then trusts exactly what the
+# bundle trusts plus Debian's store; pass a file holding only the extra CA
+# to add just that.
+extra_count=0
+if [ -n "$extra_ca" ]; then
+    extra_count=$(awk -v dir="$rootfs/usr/local/share/ca-certificates" '
+        FNR == 1 { fileno++ }
+        /-----BEGIN CERTIFICATE-----/ { inpem = 1; pem = ""; body = "" }
+        inpem { pem = pem $0 "\n"; if ($0 !~ /-----/) { gsub(/[ \t\r]/, ""); body = body $0 } }
+        /-----END CERTIFICATE-----/ {
+            inpem = 0
+            if (fileno == 1) known[body] = 1
+            else if (!(body in known)) {
+                known[body] = 1; n++
+                f = sprintf("%s/claudecluster-extra-ca-%03d.crt", dir, n)
+                printf "%s", pem > f; close(f)
+            }
+        }
+        END { print n + 0 }' "$rootfs/etc/ssl/certs/ca-certificates.crt" "$extra_ca")
+    log "extra CA bundle $extra_ca: $extra_count certificate(s) not already in Debian's store"
+fi
+
+quiet in_root apt-get "${apt_opts[@]}" -y --no-install-recommends install npm
+quiet in_root update-ca-certificates
+log "apt done at $(elapsed)"
 
 # The official node image's user: uid/gid 1000, home /home/node, bash.
 in_root groupadd --gid 1000 node
 in_root useradd --uid 1000 --gid node --shell /bin/bash --create-home node
 
 node_version=$(in_root node --version)
+npm_version=$(in_root npm --version)
 
-# Keep the image lean and free of host state.
+# Keep the image lean and free of build-host state.
 in_root apt-get clean
 umount "$rootfs/proc"
-rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
-    "$rootfs"/var/cache/debconf/*-old "$rootfs"/var/lib/dpkg/*-old \
-    "$rootfs"/var/log/* "$rootfs"/tmp/* "$rootfs"/root/.npm
+rm -f "$rootfs/etc/dpkg/dpkg.cfg.d/zz-build-unsafe-io"
+# Docs unpacked by debootstrap before the exclude list existed.
+find "$rootfs/usr/share/doc" -mindepth 1 -not -type d -not -name copyright -delete
+find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$rootfs/usr/share/info/"* "$rootfs/usr/share/locale/"* "$rootfs/usr/share/man/"*
+rm -rf "$rootfs/var/lib/apt/lists/"* "$rootfs/var/cache/apt/"*.bin
+rm -rf "$rootfs/var/cache/debconf/"*-old "$rootfs/var/lib/dpkg/"*-old
+rm -rf "$rootfs/var/log/"* "$rootfs/tmp/"* "$rootfs/root/.npm"
+rm -f "$rootfs.log"
 # Docker provides these at run time; do not bake the build host's into the image.
 : >"$rootfs/etc/resolv.conf"
 : >"$rootfs/etc/hostname"
 
 # Image config mirrors the official image where it matters (PATH, CMD node).
-# NODE_EXTRA_CA_CERTS makes every node binary (not only Debian's, which uses
-# the system store) trust the extra CA.
+# NODE_EXTRA_CA_CERTS makes every node binary (not only Debian's, which
+# already reads the system store) trust the extra CA.
 changes=(-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-         -c 'CMD ["node"]')
-if [ -n "$extra_ca" ]; then
+         -c 'CMD ["node"]'
+         -c "LABEL claudecluster.standin=$suite claudecluster.node-version=$node_version claudecluster.npm-version=$npm_version")
+if [ "$extra_count" -gt 0 ]; then
     changes+=(-c 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt')
 fi
 
-log "importing into docker as $tag (node $node_version)"
+old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+log "importing into docker as $tag (node $node_version, npm $npm_version)"
 # --numeric-owner: keep uid/gid numbers, never remap them through host names.
-tar --numeric-owner -C "$rootfs" -c . | docker import "${changes[@]}" \
-    -c "LABEL claudecluster.standin=bookworm claudecluster.node-version=$node_version" \
-    -m "claudecluster stand-in for node:20 (debootstrap $suite)" - "$tag" >/dev/null
+tar --numeric-owner -C "$rootfs" -c . \
+    | docker import "${changes[@]}" -m "claudecluster stand-in for node:20 (debootstrap $suite)" - "$tag" >/dev/null
 
-log "built $tag in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))"
+# With --force, the image the tag pointed at is now unreferenced: drop it
+# rather than leave it behind (fails harmlessly while something uses it).
+if [ -n "$old_id" ]; then docker image rm "$old_id" >/dev/null 2>&1 || true; fi
+size=$(docker image inspect -f '{{.Size}}' "$tag")
+log "built $tag in $(elapsed), $(( size / 1000000 )) MB"
