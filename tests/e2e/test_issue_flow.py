@@ -11,7 +11,7 @@ from rq.job import Job
 from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, REPO, leftover_containers
 from tests.standins.anthropic import Fail, Text, ToolUse
 from tests.standins.openapi import validate_response
-from tests.support import issue_comment_payload
+from tests.support import issue_comment_payload, wait_for
 
 CONTRIBUTING = "# Contributing\n\nRun the tests with `pytest -q` from the repository root.\n"
 SUMMARY = "Added CONTRIBUTING.md, which explains how to run the tests with `pytest -q`."
@@ -66,7 +66,8 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     assert mint.body["permissions"] == {
         "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read",
     }  # fmt: skip
-    assert gh.token_info(mint.token).revoked, "the installation token was not revoked"
+    # Revocation is the session's last step, just after the final edit.
+    wait_for(lambda: gh.token_info(mint.token).revoked, 15, what="the token's revocation")
 
     # The model saw the instruction, and only the gateway held the real key.
     main = api.main_requests()
