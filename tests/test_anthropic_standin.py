@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.standins.anthropic import AnthropicStandIn, Fail, Text, ToolUse
+from tests.standins.anthropic import AnthropicStandIn, Fail, Structured, Text, ToolUse
 from tests.support import NPM
 
 API_KEY = "sk-ant-standin-test-key"
@@ -88,6 +88,7 @@ def run_claude(
     max_turns: int = 5,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    extra_args: list[str] | None = None,
 ) -> ClaudeRun:
     """Run ``claude -p`` headless against the stand-in, with its own HOME/config dir."""
     home.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,7 @@ def run_claude(
         "--dangerously-skip-permissions",
         "--max-turns",
         str(max_turns),
+        *(extra_args or []),
     ]
     started = time.monotonic()
     proc = subprocess.run(
@@ -469,3 +471,118 @@ def test_http_bearer_token_and_fixed_port():
     assert ok.status_code == 200
     assert bad.status_code == 401
     assert bad.json()["error"]["type"] == "authentication_error"
+
+
+# --------------------------------------------------------------------------- --json-schema
+
+SUMMARY_SCHEMA = {
+    "type": "object",
+    "properties": {"summary": {"type": "string"}, "score": {"type": "integer"}},
+    "required": ["summary"],
+    "additionalProperties": False,
+}
+
+
+def _schema_args(schema: dict[str, Any] = SUMMARY_SCHEMA) -> list[str]:
+    return ["--json-schema", json.dumps(schema), "--tools", "Read"]
+
+
+def test_structured_turn_is_the_runs_structured_output(claude_bin, api, workdir, tmp_path):
+    answer = {"summary": "Looks good", "score": 3}
+    api.script([Structured(answer), Text("never asked for")])
+
+    run = run_claude(claude_bin, api, workdir, tmp_path / "home", extra_args=_schema_args())
+
+    res = run.result
+    assert res["is_error"] is False, res
+    assert res["subtype"] == "success"
+    assert res["structured_output"] == answer
+    assert json.loads(res["result"]) == answer
+    assert run.returncode == 0
+    # the CLI ends the run as soon as the object validates: one request, one turn left over
+    (req,) = api.main_requests()
+    assert api.remaining_turns == [Text("never asked for")]
+    assert req.structured_output_schema == SUMMARY_SCHEMA
+    tool = next(t for t in req.tools if t["name"] == "StructuredOutput")
+    assert "structured format" in tool["description"]
+    assert "tool_choice" not in req.body
+    (call,) = [
+        c
+        for e in run.of_type("assistant")
+        for c in e["message"]["content"]
+        if c["type"] == "tool_use"
+    ]
+    assert call["name"] == "StructuredOutput" and call["input"] == answer
+
+
+def test_no_schema_means_no_structured_output_tool(claude_bin, api, workdir, tmp_path):
+    api.script([Text("plain")])
+    run = run_claude(claude_bin, api, workdir, tmp_path / "home")
+    assert run.result["is_error"] is False
+    assert "structured_output" not in run.result
+    assert api.main_requests()[0].structured_output_schema is None
+
+
+def test_structured_invalid_answer_is_retried(claude_bin, api, workdir, tmp_path):
+    api.script([Structured({"summary": 3}), Structured({"summary": "fixed"})])
+
+    run = run_claude(claude_bin, api, workdir, tmp_path / "home", extra_args=_schema_args())
+
+    res = run.result
+    assert res["is_error"] is False, res
+    assert res["structured_output"] == {"summary": "fixed"}
+    first, second = api.main_requests()
+    (feedback,) = second.tool_results()
+    assert feedback["is_error"] is True
+    assert "does not match required schema" in str(feedback["content"])
+    assert "/summary: must be string" in str(feedback["content"])
+
+
+def test_structured_invalid_five_times_fails_the_run(claude_bin, api, workdir, tmp_path):
+    api.script([Structured({"wrong": 1})] * 6)
+
+    run = run_claude(
+        claude_bin, api, workdir, tmp_path / "home", max_turns=10, extra_args=_schema_args()
+    )
+
+    res = run.result
+    assert res["is_error"] is True, res
+    assert res["subtype"] == "error_max_structured_output_retries"
+    assert res["terminal_reason"] == "structured_output_retry_exhausted"
+    assert "after 5 attempts" in res["errors"][0]
+    assert "structured_output" not in res
+    assert run.returncode == 1
+    assert len(api.main_requests()) == 5
+    assert len(api.remaining_turns) == 1
+
+
+def test_text_answer_gets_one_nudge_then_ends_without_output(claude_bin, api, workdir, tmp_path):
+    api.script([Text("I think it is fine"), Text("Still just text"), Text("unused")])
+
+    run = run_claude(claude_bin, api, workdir, tmp_path / "home", extra_args=_schema_args())
+
+    res = run.result
+    # a success without the object: callers must check for structured_output themselves
+    assert res["is_error"] is False and res["subtype"] == "success", res
+    assert "structured_output" not in res
+    assert res["result"] == "Still just text"
+    first, second = api.main_requests()
+    assert "[structured-output-enforce]" in second.user_text()
+    assert "StructuredOutput tool" in second.user_text()
+    assert api.remaining_turns == [Text("unused")]
+
+
+def test_http_structured_block_streams_a_structured_output_tool_use(api):
+    api.script([[Text("Here it is."), Structured({"summary": "s"}, id="toolu_fixed")]])
+    with httpx.Client(base_url=api.url) as client:
+        r = client.post("/v1/messages", json=_body(False))
+    msg = r.json()
+    assert msg["stop_reason"] == "tool_use"
+    assert msg["content"][1] == {
+        "type": "tool_use",
+        "id": "toolu_fixed",
+        "name": "StructuredOutput",
+        "input": {"summary": "s"},
+    }
+    with pytest.raises(TypeError):
+        api.script([[Structured({}), Fail(500, "api_error", "x")]])

@@ -18,7 +18,8 @@ Scripting::
         assert api.main_requests()[0].user_text() == "..."
 
 A turn is a ``ToolUse`` (stop_reason ``tool_use``), a ``Text`` (stop_reason
-``end_turn`` unless given), a list/tuple of ``Text``/``ToolUse`` blocks (one assistant
+``end_turn`` unless given), a ``Structured`` (the final answer of a ``--json-schema`` run,
+see below), a list/tuple of ``Text``/``ToolUse``/``Structured`` blocks (one assistant
 message; ``tool_use`` if it holds any tool use), or a ``Fail``.  A ``Fail`` stays at the
 head of its queue, so CLI retries fail too, unless ``times`` limits how many requests of
 that queue it fails.  While a ``Fail`` heads the main script, *every* messages request
@@ -59,6 +60,24 @@ not shorten it), ending after ~190 s (401) / ~175 s (529).  ``CLAUDE_CODE_MAX_RE
 sets the count: with ``0`` a 401, 500 or 529 run ends after one request in ~1 s; with
 ``2``, three requests in ~4 s.  Each retry is a new request, which a ``Fail`` also fails.
 
+Structured output (``claude -p --json-schema '<schema>'``, observed with 2.1.332): the CLI
+adds one tool to every main-loop request, ``{"name": "StructuredOutput", "description": "Use
+this tool to return your final response in the requested structured format. You MUST call
+this tool exactly once at the end of your response ...", "input_schema": <the schema,
+verbatim>}``; no ``tool_choice``, no system-prompt text.  The model answers by calling that
+tool with the object as its input -- ``Structured(obj)`` is exactly that ``tool_use``.  The
+CLI validates it against the schema: if it fits, the tool result is "Structured output
+provided successfully", the run ends at once (no further request) and the ``result`` event
+carries ``structured_output: <obj>`` (and ``result``: the object as a JSON string).  If not,
+the tool result is ``is_error`` "Output does not match required schema: /summary: must be
+string" (ajv messages) and the model may try again; after 5 invalid calls the run ends with
+``subtype: error_max_structured_output_retries``, ``is_error: true``, ``terminal_reason:
+structured_output_retry_exhausted``, exit 1.  A text-only answer gets one synthetic user
+message "[structured-output-enforce] You MUST call the StructuredOutput tool to complete
+this request. Call this tool now."; a second text-only answer ends the run as ``success``
+with NO ``structured_output`` key.  ``RecordedRequest.structured_output_schema`` is the
+schema the CLI offered (None without ``--json-schema``).
+
 Secrets: request headers are recorded verbatim (tests compare API keys), but nothing is
 logged, and ``RecordedRequest.__repr__`` redacts credential headers.
 """
@@ -81,6 +100,8 @@ __all__ = [
     "AnthropicStandIn",
     "Fail",
     "RecordedRequest",
+    "STRUCTURED_OUTPUT_TOOL",
+    "Structured",
     "Text",
     "ToolUse",
     "classify_messages_request",
@@ -88,6 +109,7 @@ __all__ = [
 ]
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # the tool ``--json-schema`` adds (CLI 2.1.332)
 
 
 # --------------------------------------------------------------------------- turn types
@@ -127,8 +149,24 @@ class Fail:
     times: int | None = None
 
 
-Block = Text | ToolUse
-Turn = Text | ToolUse | Fail | Sequence[Block]
+@dataclass(frozen=True)
+class Structured:
+    """The structured answer of a ``--json-schema`` run: a ``StructuredOutput`` tool use.
+
+    ``output`` is what the CLI validates against the schema and reports as the ``result``
+    event's ``structured_output``; it need not be valid (to exercise the CLI's retries).
+    """
+
+    output: Any
+    id: str | None = None  # generated (``toolu_…``) when None
+    delay: float = 0.0
+
+    def as_tool_use(self) -> ToolUse:
+        return ToolUse(STRUCTURED_OUTPUT_TOOL, self.output, id=self.id, delay=self.delay)
+
+
+Block = Text | ToolUse | Structured
+Turn = Text | ToolUse | Structured | Fail | Sequence[Block]
 
 
 # --------------------------------------------------------------------------- recording
@@ -190,6 +228,14 @@ class RecordedRequest:
     def user_text(self) -> str:
         """All text of all user messages (string content and ``text`` blocks), joined."""
         return "\n".join(_texts(m.get("content")) for m in self.messages if m.get("role") == "user")
+
+    @property
+    def structured_output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of the ``StructuredOutput`` tool offered (``--json-schema`` runs)."""
+        for tool in self.tools:
+            if tool.get("name") == STRUCTURED_OUTPUT_TOOL:
+                return tool.get("input_schema")
+        return None
 
     def system_text(self) -> str:
         return _texts((self.body or {}).get("system")) if isinstance(self.body, dict) else ""
@@ -572,6 +618,7 @@ class AnthropicStandIn:
             return
 
         blocks: list[Block] = list(turn) if isinstance(turn, list | tuple) else [turn]
+        blocks = [b.as_tool_use() if isinstance(b, Structured) else b for b in blocks]
         delay = max((b.delay for b in blocks), default=0.0)
         if delay:
             time.sleep(delay)
@@ -623,11 +670,17 @@ class AnthropicStandIn:
 
 
 def _validate_turn(t: Any) -> None:
-    if isinstance(t, Text | ToolUse | Fail):
+    if isinstance(t, Text | ToolUse | Structured | Fail):
         return
-    if isinstance(t, list | tuple) and t and all(isinstance(b, Text | ToolUse) for b in t):
+    if (
+        isinstance(t, list | tuple)
+        and t
+        and all(isinstance(b, Text | ToolUse | Structured) for b in t)
+    ):
         return
-    raise TypeError(f"not a turn: {t!r} (Text, ToolUse, Fail, or a non-empty list of Text/ToolUse)")
+    raise TypeError(
+        f"not a turn: {t!r} (Text, ToolUse, Structured, Fail, or a non-empty list of blocks)"
+    )
 
 
 def _block_json(b: Block) -> dict[str, Any]:
