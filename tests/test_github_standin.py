@@ -74,9 +74,16 @@ def openapi_specs():
 
 
 def validate_all(standin: GitHubStandIn, specs) -> int:
+    """Check every recorded response against the OpenAPI description. A non-JSON answer (a
+    diff, raw content) must use a media type the operation's description documents."""
     failures = []
     for resp in standin.responses:
         for spec in specs:
+            if resp.body is not None and resp.media_type != "application/json":
+                operation = openapi.load_spec(spec)["paths"][resp.template][resp.method.lower()]
+                if resp.status != 200 or resp.media_type not in operation["description"]:
+                    failures.append(f"{resp.method} {resp.template}: {resp.media_type} [{spec}]")
+                continue
             try:
                 openapi.validate_response(
                     resp.method, resp.template, resp.status, resp.body, spec=spec
@@ -735,6 +742,507 @@ def test_gzip_encoded_fetch_negotiation(github, tmp_path):
     assert b"PACK" in resp.content
 
 
+# --------------------------------------------------------------------------- pull requests
+
+CORE = "src/widgets/core.py"
+CORE_TEXT = "".join(f"value_{i} = {i}\n" for i in range(1, 41))
+TUNED = (
+    CORE_TEXT.replace("value_10 = 10\n", "value_10 = 100\n").replace(
+        "value_30 = 30\n", "value_30 = 300\n"
+    )
+    + "value_41 = 41\n"
+)
+FIRST_HUNK = "@@ -7,7 +7,7 @@ value_6 = 6\n value_7 = 7\n value_8 = 8\n value_9 = 9\n-value_10 = 10"
+
+
+def open_pull(standin: GitHubStandIn):
+    """alice's pull request: two changed lines and one added line in CORE (three hunks), an
+    added file and a removed one."""
+    standin.add_commit(FULL, "main", {CORE: CORE_TEXT}, "Add core", "alice")
+    return standin.add_pull(
+        FULL,
+        "alice/tune",
+        "main",
+        "Tune values",
+        "Tunes two values.",
+        "alice",
+        files={CORE: TUNED, "docs/tuning.md": "# Tuning\n", "README.md": None},
+        labels=["enhancement"],
+    )
+
+
+def test_repository_contents(github):
+    pr = open_pull(github)
+    client = token_client(github, mint(github, permissions={"contents": "read"}))
+
+    readme = client.rest.repos.get_content(OWNER, REPO, "README.md").parsed_data
+    assert type(readme).__name__ == "ContentFile"
+    assert (readme.type, readme.encoding, readme.name, readme.path) == (
+        "file",
+        "base64",
+        "README.md",
+        "README.md",
+    )
+    assert base64.b64decode(readme.content) == FILES["README.md"].encode()
+    assert all(len(line) <= 60 for line in readme.content.splitlines())
+    assert readme.sha == github.git(FULL, "rev-parse", "main:README.md").strip()
+    assert readme.size == len(FILES["README.md"])
+    assert readme.url == f"{github.api_url}/repos/{FULL}/contents/README.md?ref=main"
+    assert readme.git_url == f"{github.api_url}/repos/{FULL}/git/blobs/{readme.sha}"
+
+    # a ref may be a branch or a commit; the head branch has the pull request's version
+    for ref in ("alice/tune", pr.head_sha):
+        core = client.rest.repos.get_content(OWNER, REPO, CORE, ref=ref).parsed_data
+        assert base64.b64decode(core.content).decode() == TUNED
+    gone = failure(lambda: client.rest.repos.get_content(OWNER, REPO, "README.md", ref=pr.head_sha))
+    assert gone.response.status_code == 404
+    assert gone.response.json()["message"] == "Not Found"
+    bad_ref = failure(lambda: client.rest.repos.get_content(OWNER, REPO, CORE, ref="nope"))
+    assert bad_ref.response.status_code == 404
+    assert bad_ref.response.json()["message"] == "No commit found for the ref nope"
+
+    listing = client.rest.repos.get_content(OWNER, REPO, "src/widgets").parsed_data
+    assert [(e.name, e.type) for e in listing] == [("__init__.py", "file"), ("core.py", "file")]
+    top = client.rest.repos.get_content(OWNER, REPO, ".github").parsed_data
+    assert [(e.path, e.type, e.download_url) for e in top] == [(".github/workflows", "dir", None)]
+
+    raw = client.rest.repos.get_content(
+        OWNER, REPO, CORE, headers={"Accept": "application/vnd.github.raw+json"}
+    )
+    assert raw.text == CORE_TEXT
+    assert raw.headers["content-type"].startswith("application/vnd.github.raw")
+
+    big = b"x" * (1024 * 1024 + 1)  # over 1 MB: no inline content, like GitHub
+    github.add_commit(FULL, "main", {"big.bin": big}, "Big file", "alice")
+    large = client.rest.repos.get_content(OWNER, REPO, "big.bin").parsed_data
+    assert (large.encoding, large.content, large.size) == ("none", "", len(big))
+
+    no_contents = token_client(github, mint(github, permissions={"issues": "read"}))
+    denied = failure(lambda: no_contents.rest.repos.get_content(OWNER, REPO, "README.md"))
+    assert denied.response.status_code == 403
+    assert denied.response.headers["x-accepted-github-permissions"] == "contents=read"
+    other = token_client(github, mint(github, repositories=[OTHER]))
+    outside = failure(lambda: other.rest.repos.get_content(OWNER, REPO, "README.md"))
+    assert outside.response.status_code == 404
+
+
+def test_pull_request_files_diff_commits_and_labels(github):
+    pr = open_pull(github)
+    assert pr.number == ISSUE + 1  # issues and pull requests share numbers
+    assert github.pull(FULL, pr.number) is pr and pr in github.pulls
+    reader = token_client(
+        github, mint(github, permissions={"pull_requests": "read", "issues": "read"})
+    )
+
+    got = reader.rest.pulls.get(OWNER, REPO, pr.number).parsed_data
+    assert (got.head.ref, got.head.sha, got.base.ref) == ("alice/tune", pr.head_sha, "main")
+    assert got.head.sha == github.branches(FULL)["alice/tune"]
+    assert got.base.sha == github.branches(FULL)["main"]
+    assert got.head.repo.full_name == got.base.repo.full_name == FULL
+    assert got.head.repo.fork is False and got.head.label == f"{OWNER}:alice/tune"
+    assert (got.user.login, got.author_association) == ("alice", "COLLABORATOR")
+    assert (got.title, got.body) == ("Tune values", "Tunes two values.")
+    assert [label.name for label in got.labels] == ["enhancement"]
+    assert (got.commits, got.changed_files, got.additions, got.deletions) == (1, 3, 4, 3)
+
+    files = {
+        f.filename: f for f in reader.rest.pulls.list_files(OWNER, REPO, pr.number).parsed_data
+    }
+    assert {name: f.status for name, f in files.items()} == {
+        CORE: "modified",
+        "docs/tuning.md": "added",
+        "README.md": "removed",
+    }
+    core = files[CORE]
+    assert (core.additions, core.deletions, core.changes) == (3, 2, 5)
+    assert core.patch.startswith(FIRST_HUNK + "\n+value_10 = 100\n")
+    assert core.patch.count("@@ -") == 3 and not core.patch.endswith("\n")
+    assert core.sha == github.git(FULL, "rev-parse", f"{pr.head_sha}:{CORE}").strip()
+    assert core.contents_url == (f"{github.api_url}/repos/{FULL}/contents/{CORE}?ref={pr.head_sha}")
+    assert files["docs/tuning.md"].patch == "@@ -0,0 +1 @@\n+# Tuning"
+    assert files["README.md"].patch == "@@ -1 +0,0 @@\n-# widgets"
+
+    diff = reader.rest.pulls.get(
+        OWNER, REPO, pr.number, headers={"Accept": "application/vnd.github.diff"}
+    )
+    assert diff.headers["content-type"] == "application/vnd.github.diff; charset=utf-8"
+    assert diff.text == github.git(FULL, "diff", f"main...{pr.head_sha}")
+    assert diff.text.startswith("diff --git a/README.md b/README.md\ndeleted file mode 100644\n")
+    assert f"diff --git a/{CORE} b/{CORE}\n" in diff.text and "+value_41 = 41\n" in diff.text
+
+    [commit] = reader.rest.pulls.list_commits(OWNER, REPO, pr.number).parsed_data
+    assert commit.sha == pr.head_sha
+    assert commit.commit.message == "Tune values"
+    assert commit.author.login == commit.committer.login == "alice"
+    alice = github.add_user("alice")
+    assert commit.commit.author.email == github.noreply_email(alice)
+    assert [p.sha for p in commit.parents] == [github.branches(FULL)["main"]]
+
+    # a pull request is an issue: labels, and the conversation lives in its issue comments
+    as_issue = reader.rest.issues.get(OWNER, REPO, pr.number).parsed_data
+    assert as_issue.pull_request is not None
+    assert [label.name for label in as_issue.labels] == ["enhancement"]
+    talk = github.add_comment(FULL, pr.number, "Looks reasonable", "alice")
+    [listed] = reader.rest.issues.list_comments(OWNER, REPO, pr.number).parsed_data
+    assert listed.id == talk.id and f"/pull/{pr.number}#issuecomment-" in listed.html_url
+    assert reader.rest.pulls.get(OWNER, REPO, pr.number).parsed_data.comments == 1
+    [simple] = reader.rest.pulls.list(OWNER, REPO).parsed_data
+    assert simple.number == pr.number and [label.name for label in simple.labels] == ["enhancement"]
+
+    # the author pushes again: the pull request and refs/pull/N/head follow
+    again = github.add_commit(
+        FULL, "alice/tune", {CORE: TUNED + "value_42 = 42\n"}, "More", "alice"
+    )
+    moved = reader.rest.pulls.get(OWNER, REPO, pr.number).parsed_data
+    assert (moved.head.sha, moved.commits) == (again, 2)
+    assert github.git(FULL, "rev-parse", f"refs/pull/{pr.number}/head").strip() == again
+    assert github.pull(FULL, pr.number).head_sha == again
+
+    no_pulls = token_client(github, mint(github, permissions={"issues": "read"}))
+    for call in (
+        lambda: no_pulls.rest.pulls.get(OWNER, REPO, pr.number),
+        lambda: no_pulls.rest.pulls.list_files(OWNER, REPO, pr.number),
+        lambda: no_pulls.rest.pulls.list_commits(OWNER, REPO, pr.number),
+    ):
+        denied = failure(call).response
+        assert denied.status_code == 403
+        assert denied.headers["x-accepted-github-permissions"] == "pull_requests=read"
+    assert failure(lambda: reader.rest.pulls.get(OWNER, REPO, 999)).response.status_code == 404
+
+
+def test_fork_pull_request_head_comes_through_the_base_repository(github, tmp_path):
+    pr = github.add_pull(
+        FULL,
+        "fix-typo",
+        title="Fix typo",
+        user_login="mallory",
+        files={"README.md": "# widgets!\n"},
+        fork_full_name="mallory/widgets",
+    )
+    assert pr.is_fork and pr in github.pulls
+    assert github.repo("mallory/widgets").parent is github.repo(FULL)
+    token = mint(github)
+    client = token_client(github, token)
+
+    got = client.rest.pulls.get(OWNER, REPO, pr.number).parsed_data
+    assert got.head.repo.full_name == "mallory/widgets" and got.head.repo.fork is True
+    assert got.head.repo.clone_url == f"{github.url}/mallory/widgets.git"
+    assert got.head.repo.owner.login == got.head.user.login == got.user.login == "mallory"
+    assert got.head.repo.permissions is UNSET  # the installation has no access to the fork
+    assert (got.head.label, got.head.sha) == ("mallory:fix-typo", pr.head_sha)
+    assert got.base.repo.full_name == FULL and got.base.repo.fork is False
+    assert got.base.repo.permissions.push is True
+    assert got.author_association == "NONE"
+    listed = client.rest.pulls.list(OWNER, REPO, head="mallory:fix-typo").parsed_data
+    assert [p.number for p in listed] == [pr.number]
+    assert client.rest.pulls.list(OWNER, REPO, head=f"{OWNER}:fix-typo").parsed_data == []
+    [readme] = client.rest.pulls.list_files(OWNER, REPO, pr.number).parsed_data
+    assert (readme.filename, readme.status) == ("README.md", "modified")
+    assert github.branches("mallory/widgets")["fix-typo"] == pr.head_sha
+    assert "fix-typo" not in github.branches(FULL)
+
+    # the worker fetches the head through the base repository, as on GitHub
+    env, work = clone(github, tmp_path, token)
+    advertised = git(env, "ls-remote", "origin", cwd=work).stdout
+    assert f"{pr.head_sha}\trefs/pull/{pr.number}/head" in advertised.splitlines()
+    pull_ref = f"refs/pull/{pr.number}/head"
+    git(env, "fetch", "--quiet", "--no-tags", "--depth", "1", "origin", pull_ref, cwd=work)
+    assert git(env, "rev-parse", "FETCH_HEAD", cwd=work).stdout.strip() == pr.head_sha
+    git(env, "checkout", "--quiet", "-b", "fork-head", "FETCH_HEAD", cwd=work)
+    assert (work / "README.md").read_text() == "# widgets!\n"
+
+    # … but the fork itself is out of the installation's reach, for REST and for git
+    commit_file(env, work, "README.md", "# widgets?\n", "Push to the fork")
+    fork_url = got.head.repo.clone_url
+    pushed = git(env, "push", fork_url, "HEAD:refs/heads/fix-typo", cwd=work, check=False)
+    assert pushed.returncode != 0 and "Repository not found" in pushed.stderr
+    fetched = git(env, "fetch", fork_url, "fix-typo", cwd=work, check=False)
+    assert fetched.returncode != 0 and "Repository not found" in fetched.stderr
+    assert github.branches("mallory/widgets")["fix-typo"] == pr.head_sha
+    assert failure(lambda: client.rest.repos.get("mallory", "widgets")).response.status_code == 404
+    app = app_client(github)
+    uninstalled = failure(lambda: app.rest.apps.get_repo_installation("mallory", "widgets"))
+    assert uninstalled.response.status_code == 404
+    # refs/pull/* cannot be pushed, as on GitHub
+    hidden = git(env, "push", "origin", f"HEAD:{pull_ref}", cwd=work, check=False)
+    assert hidden.returncode != 0 and "hidden ref" in hidden.stderr
+    assert github.git(FULL, "rev-parse", pull_ref).strip() == pr.head_sha
+
+    # the author pushes to the fork: the pull request and refs/pull/N/head follow
+    again = github.add_commit("mallory/widgets", "fix-typo", {"README.md": "# Widgets\n"}, "Case")
+    assert client.rest.pulls.get(OWNER, REPO, pr.number).parsed_data.head.sha == again
+    git(env, "fetch", "--quiet", "origin", pull_ref, cwd=work)
+    assert git(env, "rev-parse", "FETCH_HEAD", cwd=work).stdout.strip() == again
+
+    # a second pull request from the same fork reuses it; a duplicate is refused
+    second = github.add_pull(
+        FULL,
+        "docs",
+        title="Docs",
+        user_login="mallory",
+        files={"docs/a.md": "a\n"},
+        fork_full_name="mallory/widgets",
+    )
+    assert second.head_repository is pr.head_repository
+    duplicate = failure(
+        lambda: client.rest.pulls.create(OWNER, REPO, title="t", head="mallory:docs", base="main")
+    )
+    assert duplicate.response.json()["errors"][0]["message"] == (
+        "A pull request already exists for mallory:docs."
+    )
+
+
+def test_reviews_with_inline_comments(github):
+    pr = open_pull(github)
+    client = token_client(github, mint(github))
+    head = pr.head_sha
+
+    created = client.rest.pulls.create_review(
+        OWNER,
+        REPO,
+        pr.number,
+        commit_id=head,
+        body="A few notes.",
+        event="REQUEST_CHANGES",
+        comments=[
+            {"path": CORE, "line": 10, "side": "RIGHT", "body": "Why 100?"},
+            {
+                "path": CORE,
+                "start_line": 8,
+                "start_side": "RIGHT",
+                "line": 10,
+                "side": "RIGHT",
+                "body": "This block",
+            },
+            {"path": CORE, "line": 30, "side": "LEFT", "body": "30 was fine"},
+            {"path": "docs/tuning.md", "line": 1, "body": "Title?"},
+        ],
+    )
+    assert created.status_code == 200
+    review = created.parsed_data
+    assert (review.state, review.commit_id, review.body) == (
+        "CHANGES_REQUESTED",
+        head,
+        "A few notes.",
+    )
+    assert review.user.login == github.bot_login and review.submitted_at is not None
+    assert review.html_url.endswith(f"/pull/{pr.number}#pullrequestreview-{review.id}")
+
+    comments = client.rest.pulls.list_comments_for_review(OWNER, REPO, pr.number, review.id)
+    inline = comments.parsed_data
+    assert [(c.path, c.start_line, c.line, c.side) for c in inline] == [
+        (CORE, None, 10, "RIGHT"),
+        (CORE, 8, 10, "RIGHT"),
+        (CORE, None, 30, "LEFT"),
+        ("docs/tuning.md", None, 1, "RIGHT"),
+    ]
+    first, block, left, title = inline
+    assert first.diff_hunk == FIRST_HUNK + "\n+value_10 = 100"
+    assert (first.position, first.original_line, first.commit_id) == (5, 10, head)
+    assert first.pull_request_review_id == review.id and first.in_reply_to_id is UNSET
+    assert (block.start_side, block.diff_hunk) == ("RIGHT", first.diff_hunk)
+    assert left.diff_hunk.endswith("\n-value_30 = 30") and left.diff_hunk.startswith("@@ -27,7")
+    assert title.diff_hunk == "@@ -0,0 +1 @@\n+# Tuning"
+    everything = client.rest.pulls.list_review_comments(OWNER, REPO, pr.number).parsed_data
+    assert [c.id for c in everything] == [c.id for c in inline]
+    assert [c.id for c in github.review_comments] == [c.id for c in inline]
+    fetched = client.rest.pulls.get_review(OWNER, REPO, pr.number, review.id).parsed_data
+    assert fetched.state == "CHANGES_REQUESTED"
+    assert client.rest.pulls.get(OWNER, REPO, pr.number).parsed_data.review_comments == 4
+
+    # the single-comment endpoint: its own COMMENTED review
+    single = client.rest.pulls.create_review_comment(
+        OWNER, REPO, pr.number, body="nit", commit_id=head, path=CORE, line=41, side="RIGHT"
+    )
+    assert single.status_code == 201 and single.headers["location"] == single.parsed_data.url
+    assert single.parsed_data.pull_request_review_id != review.id
+    approved = client.rest.pulls.create_review(OWNER, REPO, pr.number, event="APPROVE")
+    assert approved.parsed_data.state == "APPROVED"
+    states = [r.state for r in client.rest.pulls.list_reviews(OWNER, REPO, pr.number).parsed_data]
+    assert states == ["CHANGES_REQUESTED", "COMMENTED", "APPROVED"]
+    assert [r.state for r in github.reviews] == states
+
+    # a comment outside the diff: the whole review is refused with GitHub's words
+    def refused(comments, **extra):
+        return failure(
+            lambda: client.rest.pulls.create_review(
+                OWNER, REPO, pr.number, body="x", event="COMMENT", comments=comments, **extra
+            )
+        ).response
+
+    outside = refused([{"path": CORE, "line": 20, "body": "not in a hunk"}])
+    assert outside.status_code == 422
+    assert outside.json()["message"] == "Unprocessable Entity"
+    assert outside.json()["errors"] == ["Line could not be resolved"]
+    many = refused(
+        [
+            {"path": CORE, "line": 20, "body": "a"},
+            {"path": "src/widgets/__init__.py", "line": 1, "body": "untouched file"},
+            {"path": CORE, "line": 10, "body": "fine"},
+            {"path": CORE, "line": 10, "side": "LEFT", "body": "fine too"},
+            {"path": CORE, "line": 41, "side": "LEFT", "body": "no such old line"},
+        ]
+    )
+    assert many.json()["errors"] == [
+        "Line could not be resolved, Path could not be resolved, and Line could not be resolved"
+    ]
+    across = refused([{"path": CORE, "start_line": 9, "line": 29, "body": "two hunks"}])
+    assert across.json()["errors"] == ["Start line must be part of the same hunk as the line"]
+    stale = refused([], commit_id="0" * 40)
+    assert stale.json()["errors"] == ["The commitOID is not part of the pull request"]
+    bad_event = httpx.post(
+        f"{github.api_url}/repos/{FULL}/pulls/{pr.number}/reviews",
+        headers={"Authorization": f"token {mint(github)}"},
+        json={"event": "LGTM", "body": "x"},
+    )
+    assert bad_event.status_code == 422
+    assert bad_event.json()["errors"] == [
+        "Variable $event of type PullRequestReviewEvent was provided invalid value"
+    ]
+    outside_single = failure(
+        lambda: client.rest.pulls.create_review_comment(
+            OWNER, REPO, pr.number, body="x", commit_id=head, path=CORE, line=20
+        )
+    ).response
+    assert outside_single.status_code == 422
+    assert outside_single.json()["message"] == "Validation Failed"
+    assert outside_single.json()["errors"][0]["field"] == "pull_request_review_thread.line"
+    assert outside_single.json()["errors"][0]["message"] == (
+        "pull_request_review_thread.line must be part of the diff"
+    )
+    assert len(github.reviews) == 3 and len(github.review_comments) == 5
+
+    # the App cannot approve or request changes on its own pull request
+    own = github.add_pull(
+        FULL, "bot-branch", title="Bot", user_login=github.bot_login, files={"bot.txt": "bot\n"}
+    )
+    for event, words in (("APPROVE", "approve"), ("REQUEST_CHANGES", "request changes on")):
+        refusal = failure(
+            lambda event=event: client.rest.pulls.create_review(
+                OWNER, REPO, own.number, event=event, body="x"
+            )
+        ).response
+        assert refusal.json()["errors"] == [f"Review Can not {words} your own pull request"]
+    assert client.rest.pulls.create_review(OWNER, REPO, own.number, event="COMMENT", body="ok")
+
+    read_only = token_client(github, mint(github, permissions={"pull_requests": "read"}))
+    denied = failure(
+        lambda: read_only.rest.pulls.create_review(
+            OWNER, REPO, pr.number, event="COMMENT", body="x"
+        )
+    ).response
+    assert denied.status_code == 403
+    assert denied.headers["x-accepted-github-permissions"] == "pull_requests=write"
+
+
+def test_review_comment_threads_replies_and_reactions(github):
+    pr = open_pull(github)
+    review = github.add_review(
+        FULL,
+        pr.number,
+        "Please look.",
+        "alice",
+        comments=[
+            {"path": CORE, "line": 10, "body": "Why 100?"},
+            {"path": CORE, "line": 41, "body": "New line"},
+        ],
+    )
+    root = github.add_review_comment(FULL, pr.number, CORE, 30, "/claude explain this", "alice")
+    human = github.add_review_comment(
+        FULL, pr.number, CORE, None, "+1", "mallory", in_reply_to=root.id
+    )
+    assert (human.in_reply_to_id, human.line, human.diff_hunk) == (root.id, 30, root.diff_hunk)
+    assert root.review_id not in (review.id, human.review_id)
+    with pytest.raises(ValueError, match="Line could not be resolved"):
+        github.add_review_comment(FULL, pr.number, CORE, 20, "outside", "alice")
+
+    client = token_client(github, mint(github))
+    listed = client.rest.pulls.list_review_comments(OWNER, REPO, pr.number).parsed_data
+    assert [c.id for c in listed] == [c.id for c in github.review_comments]
+    got = client.rest.pulls.get_review_comment(OWNER, REPO, root.id).parsed_data
+    assert (got.user.login, got.author_association, got.body) == (
+        "alice",
+        "COLLABORATOR",
+        "/claude explain this",
+    )
+    assert got.diff_hunk.startswith("@@ -27,7 +27,7 @@") and got.diff_hunk.endswith(
+        "+value_30 = 300"
+    )
+    assert got.html_url == f"{github.url}/{FULL}/pull/{pr.number}#discussion_r{root.id}"
+    assert got.pull_request_url == f"{github.api_url}/repos/{FULL}/pulls/{pr.number}"
+    for_review = client.rest.pulls.list_comments_for_review(OWNER, REPO, pr.number, review.id)
+    assert [c.body for c in for_review.parsed_data] == ["Why 100?", "New line"]
+
+    created = client.rest.pulls.create_reply_for_review_comment(
+        OWNER, REPO, pr.number, root.id, body="Because it was tuned."
+    )
+    assert created.status_code == 201
+    reply = created.parsed_data
+    assert created.headers["location"] == reply.url
+    assert (reply.in_reply_to_id, reply.path, reply.line, reply.side) == (
+        root.id,
+        CORE,
+        30,
+        "RIGHT",
+    )
+    assert reply.user.login == github.bot_login
+    assert reply.pull_request_review_id not in (root.review_id, human.review_id)
+    nested = client.rest.pulls.create_reply_for_review_comment(
+        OWNER, REPO, pr.number, human.id, body="Thanks"
+    ).parsed_data
+    assert nested.in_reply_to_id == root.id  # a reply to a reply joins the thread
+    for missing_id, number in ((999, pr.number), (root.id, ISSUE)):
+        lost = failure(
+            lambda missing_id=missing_id, number=number: (
+                client.rest.pulls.create_reply_for_review_comment(
+                    OWNER, REPO, number, missing_id, body="?"
+                )
+            )
+        ).response
+        assert lost.status_code == 404
+
+    edited = client.rest.pulls.update_review_comment(OWNER, REPO, reply.id, body="Tuned.")
+    assert edited.parsed_data.body == "Tuned." and edited.parsed_data.id == reply.id
+
+    eyes = client.rest.reactions.create_for_pull_request_review_comment(
+        OWNER, REPO, root.id, content="eyes"
+    )
+    assert eyes.status_code == 201 and eyes.parsed_data.content == "eyes"
+    again = client.rest.reactions.create_for_pull_request_review_comment(
+        OWNER, REPO, root.id, content="eyes"
+    )
+    assert again.status_code == 200 and again.parsed_data.id == eyes.parsed_data.id
+    assert (
+        client.rest.pulls.get_review_comment(OWNER, REPO, root.id).parsed_data.reactions.eyes == 1
+    )
+    assert [(r.subject, r.comment_id) for r in github.reactions] == [("review_comment", root.id)]
+
+    reviews = client.rest.pulls.list_reviews(OWNER, REPO, pr.number).parsed_data
+    assert [(r.user.login, r.state, r.body) for r in reviews] == [
+        ("alice", "COMMENTED", "Please look."),
+        ("alice", "COMMENTED", ""),
+        ("mallory", "COMMENTED", ""),
+        (github.bot_login, "COMMENTED", ""),
+        (github.bot_login, "COMMENTED", ""),
+    ]
+    assert [r.id for r in github.reviews] == [r.id for r in reviews]
+
+    read_only = token_client(github, mint(github, permissions={"pull_requests": "read"}))
+    for call in (
+        lambda: read_only.rest.pulls.create_reply_for_review_comment(
+            OWNER, REPO, pr.number, root.id, body="x"
+        ),
+        lambda: read_only.rest.reactions.create_for_pull_request_review_comment(
+            OWNER, REPO, root.id, content="eyes"
+        ),
+        lambda: read_only.rest.pulls.update_review_comment(OWNER, REPO, reply.id, body="x"),
+    ):
+        assert failure(call).response.status_code == 403
+    other = token_client(github, mint(github, repositories=[OTHER]))
+    outside = failure(lambda: other.rest.pulls.get_review_comment(OWNER, REPO, root.id))
+    assert outside.response.status_code == 404
+
+
 # --------------------------------------------------------------------------- OpenAPI checks
 
 
@@ -762,6 +1270,60 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
     pr = client.rest.pulls.create(OWNER, REPO, title="t", head="feature", base="main").parsed_data
     client.rest.pulls.list(OWNER, REPO, head=f"{OWNER}:feature", per_page=1)
     client.rest.pulls.get(OWNER, REPO, pr.number)
+    client.rest.repos.get_content(OWNER, REPO, "README.md")
+    client.rest.repos.get_content(OWNER, REPO, "src", ref="feature")
+    client.rest.repos.get_content(
+        OWNER, REPO, "f.txt", ref="feature", headers={"Accept": "application/vnd.github.raw+json"}
+    )
+    theirs = open_pull(standin)
+    fork = standin.add_pull(
+        FULL,
+        "fork-fix",
+        title="Fork",
+        user_login="mallory",
+        files={"f.txt": "fork\n"},
+        fork_full_name="mallory/widgets",
+    )
+    client.rest.pulls.list(OWNER, REPO, state="all")
+    for number in (theirs.number, fork.number):
+        client.rest.pulls.get(OWNER, REPO, number)
+        client.rest.pulls.get(
+            OWNER, REPO, number, headers={"Accept": "application/vnd.github.diff"}
+        )
+        client.rest.pulls.list_files(OWNER, REPO, number)
+        client.rest.pulls.list_commits(OWNER, REPO, number)
+    review = client.rest.pulls.create_review(
+        OWNER,
+        REPO,
+        theirs.number,
+        event="REQUEST_CHANGES",
+        body="r",
+        comments=[
+            {"path": CORE, "line": 10, "body": "c"},
+            {"path": CORE, "start_line": 8, "line": 10, "body": "m"},
+        ],
+    ).parsed_data
+    client.rest.pulls.list_reviews(OWNER, REPO, theirs.number)
+    client.rest.pulls.get_review(OWNER, REPO, theirs.number, review.id)
+    client.rest.pulls.list_comments_for_review(OWNER, REPO, theirs.number, review.id)
+    human = standin.add_review_comment(FULL, theirs.number, CORE, 30, "h", "alice")
+    standin.add_review(
+        FULL, theirs.number, "", "alice", comments=[{"path": CORE, "line": 41, "body": "x"}]
+    )
+    client.rest.pulls.list_review_comments(OWNER, REPO, theirs.number)
+    client.rest.pulls.get_review_comment(OWNER, REPO, human.id)
+    reply = client.rest.pulls.create_reply_for_review_comment(
+        OWNER, REPO, theirs.number, human.id, body="r"
+    ).parsed_data
+    client.rest.pulls.update_review_comment(OWNER, REPO, reply.id, body="r2")
+    client.rest.pulls.create_review_comment(
+        OWNER, REPO, theirs.number, body="s", commit_id=theirs.head_sha, path=CORE, line=41
+    )
+    for _ in range(2):
+        client.rest.reactions.create_for_pull_request_review_comment(
+            OWNER, REPO, human.id, content="heart"
+        )
+    read_only = token_client(standin, mint(standin, permissions={"pull_requests": "read"}))
     bogus = token_client(standin, "ghs_bad")
     for call in (
         lambda: client.rest.pulls.create(OWNER, REPO, title="t", head="feature", base="main"),
@@ -769,6 +1331,29 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
         lambda: client.rest.users.get_by_username("nobody-here"),
         lambda: app.rest.apps.create_installation_access_token(INSTALLATION, repositories=["x"]),
         lambda: bogus.rest.repos.get(OWNER, REPO),
+        lambda: client.rest.repos.get_content(OWNER, REPO, "nope.txt"),
+        lambda: read_only.rest.repos.get_content(OWNER, REPO, "README.md"),
+        lambda: client.rest.pulls.get(OWNER, REPO, 999),
+        lambda: client.rest.pulls.create_review(
+            OWNER,
+            REPO,
+            theirs.number,
+            event="COMMENT",
+            body="x",
+            comments=[{"path": CORE, "line": 20, "body": "outside"}],
+        ),
+        lambda: client.rest.pulls.create_review_comment(
+            OWNER, REPO, theirs.number, body="x", commit_id=theirs.head_sha, path=CORE, line=20
+        ),
+        lambda: read_only.rest.pulls.create_review(OWNER, REPO, theirs.number, event="COMMENT"),
+        lambda: client.rest.pulls.create_reply_for_review_comment(
+            OWNER, REPO, theirs.number, 1, body="x"
+        ),
+        lambda: client.rest.pulls.get_review_comment(OWNER, REPO, 1),
+        lambda: client.rest.pulls.list_comments_for_review(OWNER, REPO, theirs.number, 1),
+        lambda: client.rest.reactions.create_for_pull_request_review_comment(
+            OWNER, REPO, 1, content="eyes"
+        ),
     ):
         failure(call)
     client.rest.apps.revoke_installation_access_token()
@@ -782,7 +1367,13 @@ def test_every_recorded_response_matches_openapi(github, openapi_specs, tmp_path
     missing = set(ROUTES) - seen
     assert not missing, f"endpoints never answered successfully: {sorted(missing)}"
     statuses = {r.status for r in github.responses}
-    assert {200, 201, 204, 401, 404, 422} <= statuses
+    assert {200, 201, 204, 401, 403, 404, 422} <= statuses
+    media = {r.media_type for r in github.responses}
+    assert {
+        "application/json",
+        "application/vnd.github.diff",
+        "application/vnd.github.raw",
+    } <= media
 
 
 def test_validator_rejects_broken_bodies(github, openapi_specs):

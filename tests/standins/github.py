@@ -50,10 +50,11 @@ from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
 from .github_git import Push
+from .github_issues import ISSUE_ROUTES, IssuesMixin
 from .github_objects import (
     PERMISSION_LEVELS,
-    REACTION_CONTENTS,
     ROLE_ORDER,
+    ApiError,
     Comment,
     Ids,
     Installation,
@@ -62,12 +63,16 @@ from .github_objects import (
     PullRequest,
     Reaction,
     Repo,
+    Review,
+    ReviewComment,
     Token,
     User,
     now,
 )
+from .github_pulls import PULL_ROUTES, PullRequestsMixin, RawBody
 
 __all__ = [
+    "ApiError",
     "GitHubStandIn",
     "Push",
     "RecordedRequest",
@@ -79,7 +84,6 @@ GHES_VERSION = "3.19.0"
 DOCS = "https://docs.github.com/enterprise-server@3.19/rest"
 API_PREFIX = "/api/v3"
 TOKEN_ALPHABET = string.ascii_letters + string.digits
-MAX_COMMENT_BODY = 65536
 RATE_LIMIT = 5000
 
 DEFAULT_APP_PERMISSIONS = {
@@ -105,55 +109,35 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
         "get_repo_installation",
         "apps/apps#get-a-repository-installation-for-the-authenticated-app",
     ),
-    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}"): (
-        "get_issue",
-        "issues/issues#get-an-issue",
-    ),
-    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/comments"): (
-        "list_comments",
-        "issues/comments#list-issue-comments",
-    ),
-    ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"): (
-        "create_comment",
-        "issues/comments#create-an-issue-comment",
-    ),
-    ("GET", "/repos/{owner}/{repo}/issues/comments/{comment_id}"): (
-        "get_comment",
-        "issues/comments#get-an-issue-comment",
-    ),
-    ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"): (
-        "update_comment",
-        "issues/comments#update-an-issue-comment",
-    ),
-    ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"): (
-        "create_reaction",
-        "reactions/reactions#create-reaction-for-an-issue-comment",
-    ),
-    ("POST", "/repos/{owner}/{repo}/pulls"): ("create_pull", "pulls/pulls#create-a-pull-request"),
-    ("GET", "/repos/{owner}/{repo}/pulls"): ("list_pulls", "pulls/pulls#list-pull-requests"),
-    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"): (
-        "get_pull",
-        "pulls/pulls#get-a-pull-request",
+    ("GET", "/repos/{owner}/{repo}/contents/{path}"): (
+        "get_content",
+        "repos/contents#get-repository-content",
     ),
     ("GET", "/users/{username}"): ("get_user", "users/users#get-a-user"),
     ("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission"): (
         "get_collaborator_permission",
         "collaborators/collaborators#get-repository-permissions-for-a-user",
     ),
+    **ISSUE_ROUTES,
+    **PULL_ROUTES,
 }
 
-_INT_PARAMS = {"installation_id", "issue_number", "comment_id", "pull_number"}
+_INT_PARAMS = {"installation_id", "issue_number", "comment_id", "pull_number", "review_id"}
 
 
 def _werkzeug_rule(template: str) -> str:
     def convert(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name == "path":  # a file path: slashes included
+            return "<path:path>"
         return f"<int:{name}>" if name in _INT_PARAMS else f"<{name}>"
 
     return re.sub(r"\{(\w+)\}", convert, template)
 
 
 _APP_IDS = itertools.count(1001)
+
+RAW_MEDIA = re.compile(r"application/vnd\.github(?:\.v3)?\.raw")
 
 GIT_PATH = re.compile(
     r"^/(?P<owner>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?"
@@ -181,8 +165,14 @@ class RecordedResponse:
     template: str | None  # OpenAPI path template; None when no route matched
     path: str
     status: int
-    body: Any  # decoded JSON (None for an empty body)
+    body: Any  # decoded JSON; text for a diff or raw answer; None for an empty body
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def media_type(self) -> str | None:
+        """``application/json``, ``application/vnd.github.diff`` …; None without a body."""
+        content_type = self.headers.get("Content-Type")
+        return content_type.split(";")[0].strip() if content_type else None
 
 
 @dataclass
@@ -209,21 +199,6 @@ def _request_id() -> str:
     return ":".join(f"{p:X}" for p in parts) + f":{int(time.time()):X}"
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-        self.headers = headers or {}
-
-
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
         pass
@@ -232,8 +207,11 @@ class _QuietHandler(WSGIRequestHandler):
 # --------------------------------------------------------------------------- the stand-in
 
 
-class GitHubStandIn:
-    """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager."""
+class GitHubStandIn(IssuesMixin, PullRequestsMixin):
+    """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
+
+    Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
+    and review comments in ``PullRequestsMixin`` (``github_pulls.py``)."""
 
     def __init__(
         self,
@@ -268,6 +246,8 @@ class GitHubStandIn:
         self._comments: dict[int, Comment] = {}
         self._reactions: list[Reaction] = []
         self._pulls: dict[tuple[str, int], PullRequest] = {}
+        self._reviews: dict[int, Review] = {}
+        self._review_comments: dict[int, ReviewComment] = {}
         self._tokens: dict[str, Token] = {}
         self._rate_used: dict[str, int] = {}
         self._faults: list[_Fault] = []
@@ -307,6 +287,11 @@ class GitHubStandIn:
     @property
     def bot_login(self) -> str:
         return self.bot_user.login
+
+    def noreply_email(self, user: User) -> str:
+        """The commit e-mail GitHub gives an account: ``{id}+{login}@users.noreply.{host}``."""
+        host = self.url.split("://", 1)[-1].split(":", 1)[0] or "127.0.0.1"
+        return f"{user.id}+{user.login}@users.noreply.{host}"
 
     @property
     def git_root(self) -> Path:
@@ -474,49 +459,6 @@ class GitHubStandIn:
             user = self._users.get(login.lower()) or self.add_user(login)
             repo.collaborators[user.login.lower()] = role
 
-    def add_issue(
-        self,
-        full_name: str,
-        number: int,
-        title: str,
-        body: str | None,
-        user_login: str,
-        user_id: int | None = None,
-        *,
-        labels: Iterable[str] = (),
-    ) -> Issue:
-        with self._lock:
-            repo = self._repo(full_name)
-            if (repo.full_name.lower(), number) in self._issues:
-                raise ValueError(f"{full_name}#{number} already exists")
-            user = self.add_user(user_login, user_id)
-            issue = Issue(
-                id=self._ids.next("issue"),
-                repo=repo,
-                number=number,
-                title=title,
-                body=body,
-                user=user,
-                labels=list(labels),
-            )
-            self._issues[(repo.full_name.lower(), number)] = issue
-            return issue
-
-    def add_comment(self, full_name: str, issue_number: int, body: str, user_login: str) -> Comment:
-        """Seed an existing comment (e.g. the ``/claude`` comment that triggers a run)."""
-        with self._lock:
-            issue = self._issue(self._repo(full_name), issue_number)
-            user = self._users.get(user_login.lower()) or self.add_user(user_login)
-            comment = Comment(
-                id=self._ids.next("comment"),
-                repo=issue.repo,
-                issue_number=issue_number,
-                user=user,
-                body=body,
-            )
-            self._comments[comment.id] = comment
-            return comment
-
     # ------------------------------------------------------------------ credentials for tests
 
     def app_jwt(
@@ -582,26 +524,6 @@ class GitHubStandIn:
 
     # ------------------------------------------------------------------ inspection
 
-    @property
-    def comments(self) -> list[Comment]:
-        with self._lock:
-            return sorted(self._comments.values(), key=lambda c: c.id)
-
-    @property
-    def reactions(self) -> list[Reaction]:
-        with self._lock:
-            return list(self._reactions)
-
-    @property
-    def pulls(self) -> list[PullRequest]:
-        with self._lock:
-            return sorted(self._pulls.values(), key=lambda p: p.id)
-
-    @property
-    def issues(self) -> list[Issue]:
-        with self._lock:
-            return sorted(self._issues.values(), key=lambda i: i.id)
-
     def repo(self, full_name: str) -> Repo:
         with self._lock:
             return self._repo(full_name)
@@ -656,16 +578,6 @@ class GitHubStandIn:
         if repo is None:
             raise KeyError(f"unknown repository {full_name}")
         return repo
-
-    def _issue(self, repo: Repo, number: int) -> Issue:
-        issue = self._issues.get((repo.full_name.lower(), number))
-        if issue is None:
-            raise ApiError(404, "Not Found")
-        return issue
-
-    def _next_number(self, repo: Repo) -> int:
-        numbers = [n for (name, n) in self._issues if name == repo.full_name.lower()]
-        return max(numbers, default=0) + 1
 
     def _author_association(self, repo: Repo, user: User) -> str:
         if user.login.lower() == repo.owner.login.lower():
@@ -944,19 +856,27 @@ class GitHubStandIn:
         payload: Any,
         rate_key: str | None,
     ) -> Response:
-        text = "" if body is None else json.dumps(body)
         out_headers = self._common_headers(request, rate_key)
+        if isinstance(body, RawBody):  # a diff, a patch, raw file content
+            data = body.data.encode() if isinstance(body.data, str) else body.data
+            content_type = body.content_type
+            out_headers["X-GitHub-Media-Type"] = f"github.v3; param={body.media_type}"
+            recorded: Any = data.decode("utf-8", errors="replace")
+        else:
+            data = b"" if body is None else json.dumps(body).encode()
+            content_type = "application/json; charset=utf-8"
+            recorded = json.loads(data) if data else None
         out_headers.update(headers)
-        if status == 200 and request.method == "GET" and text:
-            out_headers["ETag"] = f'W/"{hashlib.sha256(text.encode()).hexdigest()}"'
+        if status == 200 and request.method == "GET" and data:
+            out_headers["ETag"] = f'W/"{hashlib.sha256(data).hexdigest()}"'
             out_headers["Cache-Control"] = "private, max-age=60, s-maxage=60"
         response = Response(
-            text,
+            data,
             status=status,
             headers=out_headers,
-            content_type="application/json; charset=utf-8" if text else None,
+            content_type=content_type if data else None,
         )
-        if not text:
+        if not data:
             response.headers.pop("Content-Type", None)
         with self._lock:
             self.responses.append(
@@ -965,7 +885,7 @@ class GitHubStandIn:
                     template=template,
                     path=request.path,
                     status=status,
-                    body=json.loads(text) if text else None,
+                    body=recorded if data else None,
                     headers=dict(response.headers),
                 )
             )
@@ -1082,11 +1002,16 @@ class GitHubStandIn:
             raise ApiError(403, "Resource not accessible by integration")
         return credential
 
+    @staticmethod
+    def _visible(token: Token, repo: Repo) -> bool:
+        """Whether ``token`` reaches ``repo``: installed there, and within the token's scope."""
+        return repo.installation_id == token.installation_id and (
+            token.repository_ids is None or repo.id in token.repository_ids
+        )
+
     def _scoped_repo(self, token: Token, owner: str, repo_name: str) -> Repo:
         repo = self._repos.get(f"{owner}/{repo_name}".lower())
-        if repo is None or repo.installation_id != token.installation_id:
-            raise ApiError(404, "Not Found")
-        if token.repository_ids is not None and repo.id not in token.repository_ids:
+        if repo is None or not self._visible(token, repo):
             raise ApiError(404, "Not Found")
         return repo
 
@@ -1102,12 +1027,6 @@ class GitHubStandIn:
             "Resource not accessible by integration",
             headers={"X-Accepted-GitHub-Permissions": accepted},
         )
-
-    def _issue_permission(self, token: Token, issue: Issue, level: str) -> None:
-        if issue.is_pull:
-            self._need_permission(token, ("issues", level), ("pull_requests", level))
-        else:
-            self._need_permission(token, ("issues", level))
 
     @staticmethod
     def _page(request: Request, items: list[Any], url: str) -> tuple[list[Any], dict[str, str]]:
@@ -1173,7 +1092,7 @@ class GitHubStandIn:
     ) -> tuple[int, Any, dict[str, str]]:
         self._need_jwt(auth)
         found = self._repos.get(f"{owner}/{repo}".lower())
-        if found is None:
+        if found is None or found.installation_id is None:
             raise ApiError(404, "Not Found")
         return 200, self.objects.installation(self._installations[found.installation_id]), {}
 
@@ -1192,6 +1111,42 @@ class GitHubStandIn:
         )
         body = self.objects.full_repository(found, self._repo_permissions(token), open_issues)
         return 200, body, {}
+
+    def _h_get_content(
+        self,
+        *,
+        auth: str | None,
+        credential: Any,
+        request: Request,
+        owner: str,
+        repo: str,
+        path: str,
+        **_: Any,
+    ) -> tuple[int, Any, dict[str, str]]:
+        token = self._need_token(auth, credential)
+        found = self._scoped_repo(token, owner, repo)
+        self._need_permission(token, ("contents", "read"))
+        env = self._git_env
+        ref = request.args.get("ref") or found.default_branch
+        commit = gitops.rev_parse(found.path, ref, env)
+        if commit is None:
+            raise ApiError(404, f"No commit found for the ref {ref}")
+        entry = gitops.tree_entry(found.path, commit, path, env)
+        if entry is None:
+            raise ApiError(404, "Not Found")
+        kind = entry.content_type
+        if kind == "dir":
+            entries = gitops.list_tree(found.path, commit, entry.path, env)
+            return 200, self.objects.content_directory(found, entries, ref), {}
+        if kind == "submodule":
+            raise ApiError(404, "Not Found")
+        data = gitops.read_blob(found.path, entry.sha, env)
+        if RAW_MEDIA.search(request.headers.get("Accept", "")):
+            return 200, RawBody(data, "raw"), {}
+        if kind == "symlink":
+            target = data.decode("utf-8", errors="replace")
+            return 200, self.objects.content_symlink(found, entry, ref, target), {}
+        return 200, self.objects.content_file(found, entry, ref, data), {}
 
     def _h_get_user(
         self, *, auth: str | None, credential: Any, username: str, **_: Any
@@ -1221,391 +1176,6 @@ class GitHubStandIn:
         if user is None or user.type == "Organization":
             raise ApiError(404, "Not Found")
         return 200, self.objects.collaborator_permission(user, self._role(found, user)), {}
-
-    # -------------------------------------------------------- REST: issues & comments
-
-    def _h_get_issue(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        owner: str,
-        repo: str,
-        issue_number: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        issue = self._issue(found, issue_number)
-        self._issue_permission(token, issue, "read")
-        return 200, self._issue_json(issue), {}
-
-    def _issue_json(self, issue: Issue) -> dict[str, Any]:
-        count = sum(
-            1
-            for c in self._comments.values()
-            if c.repo is issue.repo and c.issue_number == issue.number
-        )
-        return self.objects.issue(issue, count, self._author_association(issue.repo, issue.user))
-
-    def _comment_json(self, comment: Comment) -> dict[str, Any]:
-        issue = self._issues.get((comment.repo.full_name.lower(), comment.issue_number))
-        return self.objects.issue_comment(
-            comment,
-            [r for r in self._reactions if r.comment_id == comment.id],
-            self._author_association(comment.repo, comment.user),
-            is_pull=bool(issue and issue.is_pull),
-        )
-
-    def _h_list_comments(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        request: Request,
-        owner: str,
-        repo: str,
-        issue_number: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        issue = self._issue(found, issue_number)
-        self._issue_permission(token, issue, "read")
-        comments = [
-            c
-            for c in sorted(self._comments.values(), key=lambda c: c.id)
-            if c.repo is found and c.issue_number == issue_number
-        ]
-        since = request.args.get("since")
-        if since:
-            comments = [c for c in comments if c.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ") >= since]
-        url = f"{self.api_url}/repos/{found.full_name}/issues/{issue_number}/comments"
-        page, headers = self._page(request, comments, url)
-        return 200, [self._comment_json(c) for c in page], headers
-
-    def _h_create_comment(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        payload: Any,
-        owner: str,
-        repo: str,
-        issue_number: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        issue = self._issue(found, issue_number)
-        self._issue_permission(token, issue, "write")
-        text = self._comment_body(payload)
-        comment = Comment(
-            id=self._ids.next("comment"),
-            repo=found,
-            issue_number=issue_number,
-            user=self.bot_user,
-            body=text,
-        )
-        self._comments[comment.id] = comment
-        issue.updated_at = now()
-        body = self._comment_json(comment)
-        return 201, body, {"Location": body["url"]}
-
-    @staticmethod
-    def _comment_body(payload: Any) -> str:
-        if not isinstance(payload, dict) or "body" not in payload:
-            raise ApiError(422, 'Invalid request.\n\n"body" wasn\'t supplied.')
-        text = payload["body"]
-        if not isinstance(text, str):
-            raise ApiError(
-                422,
-                f"Invalid request.\n\nFor 'properties/body', {json.dumps(text)} is not a string.",
-            )
-        if len(text) > MAX_COMMENT_BODY:
-            raise ApiError(
-                422,
-                "Validation Failed",
-                errors=[
-                    {
-                        "resource": "IssueComment",
-                        "code": "custom",
-                        "field": "body",
-                        "message": "body is too long (maximum is 65536 characters)",
-                    }
-                ],
-            )
-        return text
-
-    def _scoped_comment(self, token: Token, owner: str, repo: str, comment_id: int) -> Comment:
-        found = self._scoped_repo(token, owner, repo)
-        comment = self._comments.get(comment_id)
-        if comment is None or comment.repo is not found:
-            raise ApiError(404, "Not Found")
-        return comment
-
-    def _h_get_comment(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        owner: str,
-        repo: str,
-        comment_id: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        comment = self._scoped_comment(token, owner, repo, comment_id)
-        self._issue_permission(token, self._issue(comment.repo, comment.issue_number), "read")
-        return 200, self._comment_json(comment), {}
-
-    def _h_update_comment(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        payload: Any,
-        owner: str,
-        repo: str,
-        comment_id: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        comment = self._scoped_comment(token, owner, repo, comment_id)
-        self._issue_permission(token, self._issue(comment.repo, comment.issue_number), "write")
-        comment.body = self._comment_body(payload)
-        comment.updated_at = now()
-        return 200, self._comment_json(comment), {}
-
-    def _h_create_reaction(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        payload: Any,
-        owner: str,
-        repo: str,
-        comment_id: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        comment = self._scoped_comment(token, owner, repo, comment_id)
-        self._issue_permission(token, self._issue(comment.repo, comment.issue_number), "write")
-        content = payload.get("content") if isinstance(payload, dict) else None
-        if content not in REACTION_CONTENTS:
-            raise ApiError(
-                422,
-                "Validation Failed",
-                errors=[
-                    {
-                        "resource": "Reaction",
-                        "code": "custom",
-                        "field": "content",
-                        "message": "content is not included in the list",
-                    }
-                ],
-            )
-        for existing in self._reactions:
-            if (
-                existing.comment_id == comment_id
-                and existing.user is self.bot_user
-                and existing.content == content
-            ):
-                return 200, self.objects.reaction(existing), {}
-        reaction = Reaction(
-            id=self._ids.next("reaction"),
-            comment_id=comment_id,
-            user=self.bot_user,
-            content=content,
-        )
-        self._reactions.append(reaction)
-        return 201, self.objects.reaction(reaction), {}
-
-    # -------------------------------------------------------- REST: pull requests
-
-    def _pull_json(self, pr: PullRequest, token: Token, full: bool) -> dict[str, Any]:
-        env = self._git_env
-        head_sha = gitops.rev_parse(pr.repo.path, f"refs/heads/{pr.head_ref}", env) or pr.head_sha
-        base_sha = gitops.rev_parse(pr.repo.path, f"refs/heads/{pr.base_ref}", env) or pr.base_sha
-        association = self._author_association(pr.repo, pr.user)
-        perms = self._repo_permissions(token)
-        if not full:
-            return self.objects.pull_request_simple(pr, head_sha, base_sha, association, perms)
-        stats = gitops.pr_stats(pr.repo.path, base_sha, head_sha, env)
-        comments = sum(
-            1 for c in self._comments.values() if c.repo is pr.repo and c.issue_number == pr.number
-        )
-        return self.objects.pull_request(
-            pr, head_sha, base_sha, association, perms, stats, comments
-        )
-
-    def _h_create_pull(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        payload: Any,
-        owner: str,
-        repo: str,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        self._need_permission(token, ("pull_requests", "write"))
-        if not isinstance(payload, dict):
-            raise ApiError(422, 'Invalid request.\n\n"head", "base" weren\'t supplied.')
-        missing = [k for k in ("head", "base") if not isinstance(payload.get(k), str)]
-        if missing:
-            names = ", ".join(f'"{k}"' for k in missing)
-            verb = "wasn't" if len(missing) == 1 else "weren't"
-            raise ApiError(422, f"Invalid request.\n\n{names} {verb} supplied.")
-        title = payload.get("title")
-        if not isinstance(title, str) or not title.strip():
-            raise ApiError(
-                422,
-                "Validation Failed",
-                errors=[{"resource": "PullRequest", "code": "missing_field", "field": "title"}],
-            )
-        head, base = payload["head"], payload["base"]
-        head_owner, sep, head_ref = head.partition(":")
-        if not sep:
-            head_owner, head_ref = found.owner.login, head
-        env = self._git_env
-
-        def invalid(field_name: str) -> ApiError:
-            return ApiError(
-                422,
-                "Validation Failed",
-                errors=[{"resource": "PullRequest", "field": field_name, "code": "invalid"}],
-            )
-
-        base_sha = gitops.rev_parse(found.path, f"refs/heads/{base}", env)
-        if base_sha is None:
-            raise invalid("base")
-        if head_owner.lower() != found.owner.login.lower():
-            raise invalid("head")
-        head_sha = gitops.rev_parse(found.path, f"refs/heads/{head_ref}", env)
-        if head_sha is None:
-            raise invalid("head")
-        label = f"{found.owner.login}:{head_ref}"
-        if head_ref == base or gitops.pr_stats(found.path, base_sha, head_sha, env).commits == 0:
-            raise ApiError(
-                422,
-                "Validation Failed",
-                errors=[
-                    {
-                        "resource": "PullRequest",
-                        "code": "custom",
-                        "message": f"No commits between {base} and {head_ref}",
-                    }
-                ],
-            )
-        for pr in self._pulls.values():
-            if (
-                pr.repo is found
-                and pr.state == "open"
-                and pr.head_ref == head_ref
-                and pr.base_ref == base
-            ):
-                raise ApiError(
-                    422,
-                    "Validation Failed",
-                    errors=[
-                        {
-                            "resource": "PullRequest",
-                            "code": "custom",
-                            "message": f"A pull request already exists for {label}.",
-                        }
-                    ],
-                )
-        body = payload.get("body")
-        number = self._next_number(found)
-        pr = PullRequest(
-            id=self._ids.next("pull"),
-            repo=found,
-            number=number,
-            title=title,
-            body=body if isinstance(body, str) else None,
-            user=self.bot_user,
-            head_ref=head_ref,
-            head_sha=head_sha,
-            base_ref=base,
-            base_sha=base_sha,
-            draft=bool(payload.get("draft", False)),
-            maintainer_can_modify=False,
-        )
-        self._pulls[(found.full_name.lower(), number)] = pr
-        self._issues[(found.full_name.lower(), number)] = Issue(
-            id=self._ids.next("issue"),
-            repo=found,
-            number=number,
-            title=title,
-            body=pr.body,
-            user=self.bot_user,
-            is_pull=True,
-        )
-        out = self._pull_json(pr, token, full=True)
-        return 201, out, {"Location": out["url"]}
-
-    def _h_list_pulls(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        request: Request,
-        owner: str,
-        repo: str,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        self._need_permission(token, ("pull_requests", "read"))
-        state = request.args.get("state", "open")
-        if state not in ("open", "closed", "all"):
-            raise ApiError(
-                422,
-                "Validation Failed",
-                errors=[{"resource": "Search", "field": "state", "code": "invalid"}],
-            )
-        pulls = [p for p in self._pulls.values() if p.repo is found]
-        if state != "all":
-            pulls = [p for p in pulls if p.state == state]
-        head = request.args.get("head")
-        if head:
-            head_owner, sep, head_ref = head.partition(":")
-            if not sep:
-                head_owner, head_ref = found.owner.login, head
-            pulls = [
-                p
-                for p in pulls
-                if p.head_ref == head_ref and head_owner.lower() == found.owner.login.lower()
-            ]
-        base = request.args.get("base")
-        if base:
-            pulls = [p for p in pulls if p.base_ref == base]
-        reverse = request.args.get("direction", "desc") != "asc"
-        pulls.sort(key=lambda p: p.id, reverse=reverse)
-        url = f"{self.api_url}/repos/{found.full_name}/pulls"
-        page, headers = self._page(request, pulls, url)
-        return 200, [self._pull_json(p, token, full=False) for p in page], headers
-
-    def _h_get_pull(
-        self,
-        *,
-        auth: str | None,
-        credential: Any,
-        owner: str,
-        repo: str,
-        pull_number: int,
-        **_: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        token = self._need_token(auth, credential)
-        found = self._scoped_repo(token, owner, repo)
-        self._need_permission(token, ("pull_requests", "read"))
-        pr = self._pulls.get((found.full_name.lower(), pull_number))
-        if pr is None:
-            raise ApiError(404, "Not Found")
-        return 200, self._pull_json(pr, token, full=True), {}
 
     # ------------------------------------------------------------------ git smart HTTP
 
@@ -1640,12 +1210,7 @@ class GitHubStandIn:
                     "basic",
                     challenge=True,
                 )
-            visible = (
-                repo is not None
-                and repo.installation_id == token.installation_id
-                and (token.repository_ids is None or repo.id in token.repository_ids)
-            )
-            if not visible:
+            if repo is None or not self._visible(token, repo):
                 return self._git_text(request, 404, "Repository not found.\n", "basic")
             level = "write" if pushing else "read"
             if not token.allows("contents", level):
@@ -1676,6 +1241,8 @@ class GitHubStandIn:
                 with self._lock:
                     if any(u.applied for u in push.updates):
                         repo.pushed_at = now()
+                        moved = {u.branch for u in push.updates if u.applied and u.branch}
+                        self._branches_moved(repo, moved)
                     self.pushes.append(push)
 
         relative = repo.path.relative_to(self.git_root).as_posix()

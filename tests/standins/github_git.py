@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .github_objects import PRStats
@@ -108,6 +110,65 @@ def git(
     )
 
 
+def configure_repo(path: Path, env: dict[str, str]) -> None:
+    """Server-side settings of a stand-in repository (as GitHub behaves):
+
+    * pushes over HTTP are accepted, forced ones too (no branch protection);
+    * ``refs/pull/*`` is hidden from receive-pack, so a push to it is refused ("deny updating
+      a hidden ref") while fetches still see it;
+    * any reachable object may be fetched by id (shallow fetches of a sha);
+    * the workflow-permission pre-receive hook.
+    """
+    git(path, "config", "http.receivepack", "true", env=env)
+    git(path, "config", "receive.denyNonFastForwards", "false", env=env)
+    git(path, "config", "receive.hideRefs", "refs/pull", env=env)
+    git(path, "config", "uploadpack.allowAnySHA1InWant", "true", env=env)
+    hook = path / "hooks" / "pre-receive"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(PRE_RECEIVE_HOOK)
+    hook.chmod(0o755)
+
+
+def commit_files(
+    path: Path,
+    parent: str | None,
+    files: dict[str, str | bytes | None],
+    message: str,
+    author: tuple[str, str],
+    env: dict[str, str],
+) -> str:
+    """Write a commit on top of ``parent`` (None: a root commit) that sets each file of
+    ``files`` (``None`` deletes it); return its sha. No ref is moved."""
+    index = path / f"standin-index-{threading.get_ident()}"
+    commit_env = {
+        **env,
+        "GIT_INDEX_FILE": str(index),
+        "GIT_AUTHOR_NAME": author[0],
+        "GIT_AUTHOR_EMAIL": author[1],
+        "GIT_COMMITTER_NAME": author[0],
+        "GIT_COMMITTER_EMAIL": author[1],
+    }
+    try:
+        if parent is not None:
+            git(path, "read-tree", parent, env=commit_env)
+        entries = []
+        for name, content in sorted(files.items()):
+            if content is None:  # mode 0 removes the entry
+                entries.append(f"0 {ZERO_SHA}\t{name}\0")
+                continue
+            data = content.encode() if isinstance(content, str) else content
+            blob = git(path, "hash-object", "-w", "--stdin", input=data, env=env).stdout.decode()
+            entries.append(f"100644 {blob.strip()}\t{name}\0")
+        index_info = "".join(entries).encode()
+        git(path, "update-index", "-z", "--index-info", input=index_info, env=commit_env)
+        tree = git(path, "write-tree", env=commit_env).stdout.decode().strip()
+    finally:
+        index.unlink(missing_ok=True)
+    parents = ["-p", parent] if parent is not None else []
+    proc = git(path, "commit-tree", tree, *parents, "-m", message, env=commit_env)
+    return proc.stdout.decode().strip()
+
+
 def init_bare_repo(
     path: Path,
     default_branch: str,
@@ -123,42 +184,33 @@ def init_bare_repo(
         check=True,
         capture_output=True,
     )
-    git(path, "config", "http.receivepack", "true", env=env)
-    git(path, "config", "receive.denyNonFastForwards", "false", env=env)
-    git(path, "config", "uploadpack.allowAnySHA1InWant", "true", env=env)
-    hook = path / "hooks" / "pre-receive"
-    hook.write_text(PRE_RECEIVE_HOOK)
-    hook.chmod(0o755)
-
-    index = path / "standin-initial-index"
-    commit_env = {
-        **env,
-        "GIT_INDEX_FILE": str(index),
-        "GIT_AUTHOR_NAME": author[0],
-        "GIT_AUTHOR_EMAIL": author[1],
-        "GIT_COMMITTER_NAME": author[0],
-        "GIT_COMMITTER_EMAIL": author[1],
-    }
-    for name, content in sorted(files.items()):
-        data = content.encode() if isinstance(content, str) else content
-        blob = git(path, "hash-object", "-w", "--stdin", input=data, env=env).stdout.decode()
-        git(
-            path,
-            "update-index",
-            "--add",
-            "--cacheinfo",
-            f"100644,{blob.strip()},{name}",
-            env=commit_env,
-        )
-    tree = git(path, "write-tree", env=commit_env).stdout.decode().strip()
-    index.unlink(missing_ok=True)
-    commit = (
-        git(path, "commit-tree", tree, "-m", "Initial commit", env=commit_env)
-        .stdout.decode()
-        .strip()
-    )
+    configure_repo(path, env)
+    commit = commit_files(path, None, dict(files), "Initial commit", author, env)
     git(path, "update-ref", f"refs/heads/{default_branch}", commit, env=env)
     return commit
+
+
+def fork_bare_repo(source: Path, path: Path, env: dict[str, str]) -> None:
+    """Create ``path`` as a fork of ``source``: its branches and tags, no ``refs/pull/*``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["git", "clone", "--bare", "--quiet", "--no-hardlinks", str(source), str(path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    git(path, "remote", "remove", "origin", env=env)
+    configure_repo(path, env)
+
+
+def update_ref(path: Path, ref: str, new: str, env: dict[str, str]) -> None:
+    git(path, "update-ref", ref, new, env=env)
+
+
+def fetch_ref(path: Path, source: Path, refspec: str, env: dict[str, str]) -> None:
+    """Fetch ``refspec`` from the repository at ``source`` into ``path`` (objects and ref)."""
+    options = ("--quiet", "--no-tags", "--no-write-fetch-head")
+    git(path, "fetch", *options, str(source), refspec, env=env)
 
 
 def branches(path: Path, env: dict[str, str]) -> dict[str, str]:
@@ -200,6 +252,245 @@ def pr_stats(path: Path, base: str, head: str, env: dict[str, str]) -> PRStats:
         stats.additions += int(added) if added.isdigit() else 0
         stats.deletions += int(deleted) if deleted.isdigit() else 0
     return stats
+
+
+def merge_base(path: Path, base: str, head: str, env: dict[str, str]) -> str | None:
+    proc = git(path, "merge-base", base, head, env=env, check=False)
+    return proc.stdout.decode().strip() or None
+
+
+# --------------------------------------------------------------------------- trees and blobs
+
+
+@dataclass
+class TreeEntry:
+    mode: str
+    kind: str  # "blob" | "tree" | "commit" (a submodule)
+    sha: str
+    size: int | None  # blobs only
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def content_type(self) -> str:
+        """The ``type`` the contents API reports: file, dir, symlink or submodule."""
+        if self.kind == "tree":
+            return "dir"
+        if self.kind == "commit":
+            return "submodule"
+        return "symlink" if self.mode == "120000" else "file"
+
+
+def _ls_tree(path: Path, commit: str, spec: str, env: dict[str, str]) -> list[TreeEntry]:
+    proc = git(path, "ls-tree", "-z", "-l", "--full-tree", commit, "--", spec, env=env, check=False)
+    entries = []
+    for record in proc.stdout.decode("utf-8", errors="surrogateescape").split("\0"):
+        if not record:
+            continue
+        meta, _, name = record.partition("\t")
+        mode, kind, sha, size = meta.split()
+        entries.append(TreeEntry(mode, kind, sha, int(size) if size.isdigit() else None, name))
+    return entries
+
+
+def tree_entry(path: Path, commit: str, file_path: str, env: dict[str, str]) -> TreeEntry | None:
+    """The entry at ``file_path`` in ``commit`` (a blob, tree or submodule), or None."""
+    file_path = file_path.strip("/")
+    if not file_path:
+        return None
+    for entry in _ls_tree(path, commit, file_path, env):
+        if entry.path == file_path:
+            return entry
+    return None
+
+
+def list_tree(path: Path, commit: str, dir_path: str, env: dict[str, str]) -> list[TreeEntry]:
+    """The entries directly inside directory ``dir_path`` of ``commit``."""
+    dir_path = dir_path.strip("/")
+    return _ls_tree(path, commit, f"{dir_path}/" if dir_path else ".", env)
+
+
+def read_blob(path: Path, sha: str, env: dict[str, str]) -> bytes:
+    return git(path, "cat-file", "blob", sha, env=env).stdout
+
+
+# --------------------------------------------------------------------------- diffs and commits
+
+
+@dataclass
+class FileChange:
+    """One file of a pull request's diff, as ``GET …/pulls/{n}/files`` describes it."""
+
+    filename: str
+    status: str  # added | removed | modified | renamed | copied | changed
+    additions: int
+    deletions: int
+    sha: str | None  # blob id: the new one, or the old one for a removed file
+    previous_filename: str | None = None
+    patch: str | None = None  # the hunks, from the first "@@"; None for binaries / no content
+
+    @property
+    def changes(self) -> int:
+        return self.additions + self.deletions
+
+
+_RAW_STATUS = {"A": "added", "D": "removed", "M": "modified", "R": "renamed", "C": "copied",
+               "T": "changed"}  # fmt: skip
+_DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--find-renames")
+
+
+def diff_files(path: Path, base: str, head: str, env: dict[str, str]) -> list[FileChange]:
+    """The files changed between the merge base of ``base`` and ``head`` and ``head``."""
+    start = merge_base(path, base, head, env) or base
+    raw = git(path, "diff", *_DIFF_OPTIONS, "-z", "--raw", "--no-abbrev", start, head, env=env)
+    numstat = git(path, "diff", *_DIFF_OPTIONS, "-z", "--numstat", start, head, env=env)
+    patch = git(path, "diff", *_DIFF_OPTIONS, start, head, env=env)
+
+    fields = raw.stdout.decode("utf-8", errors="surrogateescape").split("\0")
+    changes: list[FileChange] = []
+    i = 0
+    while i < len(fields) and fields[i].startswith(":"):
+        _old_mode, _new_mode, old_sha, new_sha, code = fields[i][1:].split()
+        kind = code[0]
+        if kind in "RC":
+            previous, name = fields[i + 1], fields[i + 2]
+            i += 3
+        else:
+            previous, name = None, fields[i + 1]
+            i += 2
+        status = _RAW_STATUS.get(kind, "modified")
+        changes.append(
+            FileChange(
+                filename=name,
+                status=status,
+                additions=0,
+                deletions=0,
+                sha=old_sha if status == "removed" else new_sha,
+                previous_filename=previous,
+            )
+        )
+
+    counts = numstat.stdout.decode("utf-8", errors="surrogateescape").split("\0")
+    j = 0
+    for change in changes:
+        added, deleted, name = counts[j].split("\t", 2)
+        j += 3 if name == "" else 1  # a rename: "a\td\t\0old\0new"
+        change.additions = int(added) if added.isdigit() else 0
+        change.deletions = int(deleted) if deleted.isdigit() else 0
+
+    text = patch.stdout.decode("utf-8", errors="replace")
+    chunks = re.split(r"^(?=diff --git )", text, flags=re.MULTILINE)
+    chunks = [chunk for chunk in chunks if chunk.startswith("diff --git ")]
+    for change, chunk in zip(changes, chunks, strict=False):
+        hunk_at = re.search(r"^@@ ", chunk, flags=re.MULTILINE)
+        if hunk_at is not None:
+            change.patch = chunk[hunk_at.start() :].removesuffix("\n")
+    return changes
+
+
+def unified_diff(path: Path, base: str, head: str, env: dict[str, str]) -> str:
+    """What GitHub serves as a pull request's ``.diff``: ``git diff base...head``."""
+    start = merge_base(path, base, head, env) or base
+    return git(path, "diff", *_DIFF_OPTIONS, start, head, env=env).stdout.decode(
+        "utf-8", errors="replace"
+    )
+
+
+@dataclass
+class CommitInfo:
+    sha: str
+    tree: str
+    parents: list[str]
+    author_name: str
+    author_email: str
+    author_date: str  # ISO 8601, UTC ("…Z")
+    committer_name: str
+    committer_email: str
+    committer_date: str
+    message: str
+
+
+def _utc(stamp: str) -> str:
+    moment = datetime.fromisoformat(stamp).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def log_commits(path: Path, base: str, head: str, env: dict[str, str]) -> list[CommitInfo]:
+    """Commits reachable from ``head`` and not from ``base``, oldest first."""
+    fmt = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
+    proc = git(path, "log", "--reverse", f"--format={fmt}", f"{base}..{head}", env=env)
+    commits = []
+    for record in proc.stdout.decode("utf-8", errors="replace").split("\x1e"):
+        record = record.lstrip("\n")
+        if not record:
+            continue
+        sha, tree, parents, an, ae, ad, cn, ce, cd, message = record.split("\0", 9)
+        commits.append(
+            CommitInfo(
+                sha=sha,
+                tree=tree,
+                parents=parents.split(),
+                author_name=an,
+                author_email=ae,
+                author_date=_utc(ad),
+                committer_name=cn,
+                committer_email=ce,
+                committer_date=_utc(cd),
+                message=message.rstrip("\n"),
+            )
+        )
+    return commits
+
+
+# --------------------------------------------------------------------------- diff positions
+
+
+@dataclass
+class PatchLine:
+    """One line of a file's patch. ``position`` is GitHub's diff position: the line's index
+    below the first hunk header (which is position 0)."""
+
+    position: int
+    kind: str  # "@" hunk header, "+" added, "-" removed, " " context, "\\" no-newline marker
+    old: int | None  # line number in the old file (removed and context lines)
+    new: int | None  # line number in the new file (added and context lines)
+    hunk: int  # index of the hunk the line belongs to
+    hunk_start: int  # position of that hunk's header
+
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+def patch_lines(patch: str) -> list[PatchLine]:
+    lines: list[PatchLine] = []
+    old = new = 0
+    hunk = -1
+    hunk_start = 0
+    for position, text in enumerate(patch.split("\n")):
+        header = _HUNK_HEADER.match(text)
+        if header:
+            old, new = int(header.group(1)), int(header.group(2))
+            hunk += 1
+            hunk_start = position
+            lines.append(PatchLine(position, "@", None, None, hunk, hunk_start))
+            continue
+        kind = text[:1] or " "
+        if kind == "+":
+            lines.append(PatchLine(position, kind, None, new, hunk, hunk_start))
+            new += 1
+        elif kind == "-":
+            lines.append(PatchLine(position, kind, old, None, hunk, hunk_start))
+            old += 1
+        elif kind == "\\":
+            lines.append(PatchLine(position, kind, None, None, hunk, hunk_start))
+        else:
+            lines.append(PatchLine(position, " ", old, new, hunk, hunk_start))
+            old += 1
+            new += 1
+    return lines
 
 
 def parse_receive_pack_commands(body: bytes, content_encoding: str | None) -> list[RefUpdate]:

@@ -15,7 +15,11 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from .github_git import CommitInfo, FileChange, TreeEntry
 
 REACTION_CONTENTS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 PERMISSION_LEVELS = {"none": 0, "read": 1, "write": 2, "admin": 3}
@@ -28,6 +32,19 @@ ROLE_TO_LEGACY = {
     "none": "none",
 }
 ROLE_ORDER = ("none", "read", "triage", "write", "maintain", "admin")
+MAX_CONTENT_SIZE = 1024 * 1024  # the contents API inlines files up to 1 MB
+MAX_COMMENT_BODY = 65536
+DEFAULT_LABELS = {  # name -> (color, description), as GitHub creates them in a new repository
+    "bug": ("d73a4a", "Something isn't working"),
+    "documentation": ("0075ca", "Improvements or additions to documentation"),
+    "duplicate": ("cfd3d7", "This issue or pull request already exists"),
+    "enhancement": ("a2eeef", "New feature or request"),
+    "good first issue": ("7057ff", "Good for newcomers"),
+    "help wanted": ("008672", "Extra attention is needed"),
+    "invalid": ("e4e669", "This doesn't seem right"),
+    "question": ("d876e3", "Further information is requested"),
+    "wontfix": ("ffffff", "This will not be worked on"),
+}
 
 
 def now() -> datetime:
@@ -45,6 +62,17 @@ def node_id(prefix: str, number: int) -> str:
     return f"{prefix}_kwDO{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
 
 
+def commit_node_id(repo_id: int, sha: str) -> str:
+    raw = b"\x92\xce" + repo_id.to_bytes(4, "big") + bytes.fromhex(sha)
+    return f"C_kwDO{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+
+
+def wrapped_base64(data: bytes) -> str:
+    """Base64 as the contents API sends it: lines of 60 characters, each ending in a newline."""
+    text = base64.b64encode(data).decode()
+    return "".join(f"{text[i : i + 60]}\n" for i in range(0, len(text), 60))
+
+
 class Ids:
     """Independent id sequences per object kind, with GitHub-like magnitudes."""
 
@@ -55,6 +83,8 @@ class Ids:
             "comment": itertools.count(3_200_000_001),
             "reaction": itertools.count(250_000_001),
             "pull": itertools.count(1_900_000_001),
+            "review": itertools.count(2_600_000_001),
+            "review_comment": itertools.count(1_700_000_001),
             "user": itertools.count(95_000_001),
         }
 
@@ -91,7 +121,7 @@ class Repo:
     id: int
     owner: User
     name: str
-    installation_id: int
+    installation_id: int | None  # None: the App is not installed there (e.g. a user's fork)
     default_branch: str
     private: bool
     path: Path
@@ -99,10 +129,15 @@ class Repo:
     collaborators: dict[str, str] = field(default_factory=dict)  # login -> role
     created_at: datetime = field(default_factory=now)
     pushed_at: datetime = field(default_factory=now)
+    parent: Repo | None = None  # the upstream repository of a fork
 
     @property
     def full_name(self) -> str:
         return f"{self.owner.login}/{self.name}"
+
+    @property
+    def fork(self) -> bool:
+        return self.parent is not None
 
 
 @dataclass
@@ -143,6 +178,7 @@ class Reaction:
     user: User
     content: str
     created_at: datetime = field(default_factory=now)
+    subject: str = "issue_comment"  # or "review_comment"
 
 
 @dataclass
@@ -162,10 +198,83 @@ class PullRequest:
     maintainer_can_modify: bool = False
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
+    head_repo: Repo | None = None  # None: the base repository itself; else a fork
+    labels: list[str] = field(default_factory=list)  # shared with the issue twin
+
+    def __post_init__(self) -> None:
+        if self.head_repo is None:
+            self.head_repo = self.repo
 
     @property
     def full_name(self) -> str:
         return self.repo.full_name
+
+    @property
+    def head_repository(self) -> Repo:
+        assert self.head_repo is not None
+        return self.head_repo
+
+    @property
+    def is_fork(self) -> bool:
+        return self.head_repository is not self.repo
+
+    @property
+    def pull_ref(self) -> str:
+        """The ref GitHub keeps in the base repository for the head: ``refs/pull/N/head``."""
+        return f"refs/pull/{self.number}/head"
+
+
+@dataclass
+class Review:
+    id: int
+    pull: PullRequest
+    user: User
+    body: str
+    state: str  # PENDING | COMMENTED | APPROVED | CHANGES_REQUESTED | DISMISSED
+    commit_id: str
+    submitted_at: datetime | None = field(default_factory=now)
+
+    @property
+    def full_name(self) -> str:
+        return self.pull.full_name
+
+    @property
+    def pull_number(self) -> int:
+        return self.pull.number
+
+
+@dataclass
+class ReviewComment:
+    """An inline comment on a pull request's diff (a "pull request review comment")."""
+
+    id: int
+    pull: PullRequest
+    review_id: int
+    user: User
+    body: str
+    path: str
+    commit_id: str
+    diff_hunk: str
+    position: int  # GitHub's diff position in the file's patch
+    line: int
+    side: str  # LEFT | RIGHT
+    start_line: int | None = None
+    start_side: str | None = None
+    in_reply_to_id: int | None = None
+    original_commit_id: str = ""
+    created_at: datetime = field(default_factory=now)
+    updated_at: datetime = field(default_factory=now)
+
+    def __post_init__(self) -> None:
+        self.original_commit_id = self.original_commit_id or self.commit_id
+
+    @property
+    def full_name(self) -> str:
+        return self.pull.full_name
+
+    @property
+    def pull_number(self) -> int:
+        return self.pull.number
 
 
 @dataclass
@@ -190,6 +299,23 @@ class PRStats:
     additions: int = 0
     deletions: int = 0
     changed_files: int = 0
+
+
+class ApiError(Exception):
+    """A REST error the stand-in answers with (see ``Objects.error`` for the body)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
 
 
 # --------------------------------------------------------------------------- builders
@@ -355,7 +481,7 @@ class Objects:
             "owner": self.simple_user(repo.owner),
             "html_url": web,
             "description": repo.description,
-            "fork": False,
+            "fork": repo.fork,
             "url": api,
             "forks_url": f"{api}/forks",
             "keys_url": f"{api}/keys{{/key_id}}",
@@ -460,6 +586,12 @@ class Objects:
         if repo.owner.type == "Organization":
             body["organization"] = self.simple_user(repo.owner)
             body["custom_properties"] = {}
+        if repo.parent is not None:
+            source = repo.parent
+            while source.parent is not None:
+                source = source.parent
+            body["parent"] = self.repository(repo.parent)
+            body["source"] = self.repository(source)
         return body
 
     # issues and comments ---------------------------------------------------------
@@ -532,15 +664,19 @@ class Objects:
         return body
 
     def label(self, repo: Repo, name: str) -> dict[str, Any]:
+        """A label; GitHub's default labels come with their colour and description. (Every
+        label gets a string description: the pull-request-simple schema has no null there.)"""
         label_id = zlib.crc32(f"{repo.full_name}:{name}".encode())
+        color, description = DEFAULT_LABELS.get(name, ("ededed", ""))
         return {
             "id": label_id,
             "node_id": node_id("LA", label_id),
-            "url": f"{self.api}/repos/{repo.full_name}/labels/{name}",
+            "url": f"{self.api}/repos/{repo.full_name}/labels/{quote(name)}",
             "name": name,
-            "color": "ededed",
-            "default": False,
-            "description": None,
+            "color": color,
+            "default": name in DEFAULT_LABELS,
+            "description": description,
+            "archived_by": None,  # newer descriptions (githubkit's models) require it
         }
 
     def issue_comment(
@@ -591,13 +727,18 @@ class Objects:
         base_sha: str,
         author_association: str,
         repo_permissions: dict[str, bool],
+        head_permissions: dict[str, bool] | None,
     ) -> dict[str, Any]:
         repo_api = f"{self.api}/repos/{pr.full_name}"
         url = f"{repo_api}/pulls/{pr.number}"
         html = f"{self.web}/{pr.full_name}/pull/{pr.number}"
         issue_url = f"{repo_api}/issues/{pr.number}"
-        owner = pr.repo.owner.login
-        repo_obj = self.repository(pr.repo, repo_permissions)
+        head_repo = pr.head_repository
+        base_obj = self.repository(pr.repo, repo_permissions)
+        if head_repo is pr.repo:
+            head_obj = base_obj
+        else:
+            head_obj = self.repository(head_repo, head_permissions)
         return {
             "url": url,
             "id": pr.id,
@@ -621,7 +762,7 @@ class Objects:
             "assignees": [],
             "requested_reviewers": [],
             "requested_teams": [],
-            "labels": [],
+            "labels": [self.label(pr.repo, name) for name in pr.labels],
             "milestone": None,
             "draft": pr.draft,
             "commits_url": f"{url}/commits",
@@ -630,18 +771,18 @@ class Objects:
             "comments_url": f"{issue_url}/comments",
             "statuses_url": f"{repo_api}/statuses/{head_sha}",
             "head": {
-                "label": f"{owner}:{pr.head_ref}",
+                "label": f"{head_repo.owner.login}:{pr.head_ref}",
                 "ref": pr.head_ref,
                 "sha": head_sha,
-                "user": self.simple_user(pr.repo.owner),
-                "repo": repo_obj,
+                "user": self.simple_user(head_repo.owner),
+                "repo": head_obj,
             },
             "base": {
-                "label": f"{owner}:{pr.base_ref}",
+                "label": f"{pr.repo.owner.login}:{pr.base_ref}",
                 "ref": pr.base_ref,
                 "sha": base_sha,
                 "user": self.simple_user(pr.repo.owner),
-                "repo": repo_obj,
+                "repo": base_obj,
             },
             "_links": {
                 "self": {"href": url},
@@ -665,8 +806,11 @@ class Objects:
         base_sha: str,
         author_association: str,
         repo_permissions: dict[str, bool],
+        head_permissions: dict[str, bool] | None = None,
     ) -> dict[str, Any]:
-        return self._pull_base(pr, head_sha, base_sha, author_association, repo_permissions)
+        return self._pull_base(
+            pr, head_sha, base_sha, author_association, repo_permissions, head_permissions
+        )
 
     def pull_request(
         self,
@@ -677,8 +821,12 @@ class Objects:
         repo_permissions: dict[str, bool],
         stats: PRStats,
         comment_count: int,
+        review_comment_count: int = 0,
+        head_permissions: dict[str, bool] | None = None,
     ) -> dict[str, Any]:
-        body = self._pull_base(pr, head_sha, base_sha, author_association, repo_permissions)
+        body = self._pull_base(
+            pr, head_sha, base_sha, author_association, repo_permissions, head_permissions
+        )
         body.update(
             {
                 "merged": False,
@@ -687,7 +835,7 @@ class Objects:
                 "mergeable_state": "unknown",
                 "merged_by": None,
                 "comments": comment_count,
-                "review_comments": 0,
+                "review_comments": review_comment_count,
                 "maintainer_can_modify": pr.maintainer_can_modify,
                 "commits": stats.commits,
                 "additions": stats.additions,
@@ -696,6 +844,192 @@ class Objects:
             }
         )
         return body
+
+    def diff_entry(self, repo: Repo, head_sha: str, change: FileChange) -> dict[str, Any]:
+        """One file of ``GET …/pulls/{n}/files`` (URLs name the base repository, which holds
+        the head commits under ``refs/pull/N/head``)."""
+        path = quote(change.filename)
+        body: dict[str, Any] = {
+            "sha": change.sha,
+            "filename": change.filename,
+            "status": change.status,
+            "additions": change.additions,
+            "deletions": change.deletions,
+            "changes": change.changes,
+            "blob_url": f"{self.web}/{repo.full_name}/blob/{head_sha}/{path}",
+            "raw_url": f"{self.web}/{repo.full_name}/raw/{head_sha}/{path}",
+            "contents_url": f"{self.api}/repos/{repo.full_name}/contents/{path}?ref={head_sha}",
+        }
+        if change.patch is not None:
+            body["patch"] = change.patch
+        if change.previous_filename is not None:
+            body["previous_filename"] = change.previous_filename
+        return body
+
+    def commit(
+        self, repo: Repo, info: CommitInfo, author: User | None, committer: User | None
+    ) -> dict[str, Any]:
+        api = f"{self.api}/repos/{repo.full_name}"
+        web = f"{self.web}/{repo.full_name}"
+        return {
+            "sha": info.sha,
+            "node_id": commit_node_id(repo.id, info.sha),
+            "commit": {
+                "author": {
+                    "name": info.author_name,
+                    "email": info.author_email,
+                    "date": info.author_date,
+                },
+                "committer": {
+                    "name": info.committer_name,
+                    "email": info.committer_email,
+                    "date": info.committer_date,
+                },
+                "message": info.message,
+                "tree": {"sha": info.tree, "url": f"{api}/git/trees/{info.tree}"},
+                "url": f"{api}/git/commits/{info.sha}",
+                "comment_count": 0,
+                "verification": {
+                    "verified": False,
+                    "reason": "unsigned",
+                    "signature": None,
+                    "payload": None,
+                    "verified_at": None,
+                },
+            },
+            "url": f"{api}/commits/{info.sha}",
+            "html_url": f"{web}/commit/{info.sha}",
+            "comments_url": f"{api}/commits/{info.sha}/comments",
+            "author": None if author is None else self.simple_user(author),
+            "committer": None if committer is None else self.simple_user(committer),
+            "parents": [
+                {"sha": sha, "url": f"{api}/commits/{sha}", "html_url": f"{web}/commit/{sha}"}
+                for sha in info.parents
+            ],
+        }
+
+    # reviews and review comments ---------------------------------------------------------
+
+    def review(self, review: Review, author_association: str) -> dict[str, Any]:
+        pr = review.pull
+        html = f"{self.web}/{pr.full_name}/pull/{pr.number}#pullrequestreview-{review.id}"
+        pr_url = f"{self.api}/repos/{pr.full_name}/pulls/{pr.number}"
+        body: dict[str, Any] = {
+            "id": review.id,
+            "node_id": node_id("PRR", review.id),
+            "user": self.simple_user(review.user),
+            "body": review.body,
+            "state": review.state,
+            "html_url": html,
+            "pull_request_url": pr_url,
+            "author_association": author_association,
+            "_links": {"html": {"href": html}, "pull_request": {"href": pr_url}},
+        }
+        if review.submitted_at is not None:
+            body["submitted_at"] = iso(review.submitted_at)
+        body["commit_id"] = review.commit_id
+        return body
+
+    def review_comment(
+        self, comment: ReviewComment, reactions: list[Reaction], author_association: str
+    ) -> dict[str, Any]:
+        pr = comment.pull
+        url = f"{self.api}/repos/{pr.full_name}/pulls/comments/{comment.id}"
+        html = f"{self.web}/{pr.full_name}/pull/{pr.number}#discussion_r{comment.id}"
+        pr_url = f"{self.api}/repos/{pr.full_name}/pulls/{pr.number}"
+        body: dict[str, Any] = {
+            "url": url,
+            "pull_request_review_id": comment.review_id,
+            "id": comment.id,
+            "node_id": node_id("PRRC", comment.id),
+            "diff_hunk": comment.diff_hunk,
+            "path": comment.path,
+            "position": comment.position,
+            "original_position": comment.position,
+            "commit_id": comment.commit_id,
+            "original_commit_id": comment.original_commit_id,
+        }
+        if comment.in_reply_to_id is not None:
+            body["in_reply_to_id"] = comment.in_reply_to_id
+        body.update(
+            {
+                "user": self.simple_user(comment.user),
+                "body": comment.body,
+                "created_at": iso(comment.created_at),
+                "updated_at": iso(comment.updated_at),
+                "html_url": html,
+                "pull_request_url": pr_url,
+                "author_association": author_association,
+                "_links": {
+                    "self": {"href": url},
+                    "html": {"href": html},
+                    "pull_request": {"href": pr_url},
+                },
+                "reactions": self.reaction_rollup(url, reactions),
+                "start_line": comment.start_line,
+                "original_start_line": comment.start_line,
+                "start_side": comment.start_side,
+                "line": comment.line,
+                "original_line": comment.line,
+                "side": comment.side,
+                "subject_type": "line",
+            }
+        )
+        return body
+
+    # contents ------------------------------------------------------------------------------
+
+    def _content_base(self, repo: Repo, entry: TreeEntry, ref: str) -> dict[str, Any]:
+        api = f"{self.api}/repos/{repo.full_name}"
+        path = quote(entry.path)
+        kind = entry.content_type
+        url = f"{api}/contents/{path}?ref={quote(ref, safe='')}"
+        if kind == "dir":
+            git_url: str | None = f"{api}/git/trees/{entry.sha}"
+            html: str | None = f"{self.web}/{repo.full_name}/tree/{ref}/{path}"
+            download = None
+        elif kind == "submodule":
+            git_url = f"{api}/git/trees/{entry.sha}"
+            html = None
+            download = None
+        else:
+            git_url = f"{api}/git/blobs/{entry.sha}"
+            html = f"{self.web}/{repo.full_name}/blob/{ref}/{path}"
+            download = f"{self.web}/raw/{repo.full_name}/{ref}/{path}"
+        return {
+            "name": entry.name,
+            "path": entry.path,
+            "sha": entry.sha,
+            "size": entry.size or 0,
+            "url": url,
+            "html_url": html,
+            "git_url": git_url,
+            "download_url": download,
+            "type": kind,
+            "_links": {"self": url, "git": git_url, "html": html},
+        }
+
+    def content_file(self, repo: Repo, entry: TreeEntry, ref: str, data: bytes) -> dict[str, Any]:
+        """A file of ``GET …/contents/{path}``: base64 content up to 1 MB, like GitHub (larger
+        files come with an empty ``content`` and ``encoding: none``)."""
+        body = self._content_base(repo, entry, ref)
+        links = body.pop("_links")
+        if len(data) <= MAX_CONTENT_SIZE:
+            body.update({"content": wrapped_base64(data), "encoding": "base64"})
+        else:
+            body.update({"content": "", "encoding": "none"})
+        body["_links"] = links
+        return body
+
+    def content_symlink(self, repo: Repo, entry: TreeEntry, ref: str, target: str) -> dict:
+        body = self._content_base(repo, entry, ref)
+        links = body.pop("_links")
+        body["target"] = target
+        body["_links"] = links
+        return body
+
+    def content_directory(self, repo: Repo, entries: list[TreeEntry], ref: str) -> list:
+        return [self._content_base(repo, entry, ref) for entry in entries]
 
     # errors ---------------------------------------------------------------------------
 
