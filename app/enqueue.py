@@ -66,3 +66,25 @@ def enqueue_session(queue: Queue, request: SessionRequest, timeout: int) -> Enqu
         redis.delete(claim, Job.key_for(session_id))
         raise
     return Enqueued(session_id, duplicate=False)
+
+
+def active_key(thread: str) -> str:
+    return f"claudecluster:active:{thread}"
+
+
+def stop_key(session_id: str) -> str:
+    return f"claudecluster:stop:{session_id}"
+
+
+def request_stop(redis: Redis, request: SessionRequest) -> str | None:
+    """Flag the thread's running session to stop; its id, or None when nothing runs.
+
+    The session polls the flag, kills its container and says who stopped it; a stop queued
+    behind it as a job would only run after it had finished.
+    """
+    running = redis.get(active_key(request.thread))
+    if running is None:
+        return None
+    session_id = running.decode()
+    redis.set(stop_key(session_id), request.requester, ex=3600)
+    return session_id

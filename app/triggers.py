@@ -2,6 +2,8 @@
 
 A handler reads the payload and returns either `Start` (the plain values of a session) or `Ignore`
 (with the reason, echoed to GitHub's delivery log so an operator can see why nothing happened).
+What needs the repository's own config (its label→mode map, a custom trigger, who may trigger)
+is decided by the worker, which can read `.github/claude.yml`; the web process never calls GitHub.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.payload import field
-from jobs.request import SessionRequest
+from jobs.request import HELP, IMPLEMENT, REVIEW, STOP, SessionRequest
 
 TRIGGER = "/claude"
 
@@ -60,31 +62,115 @@ def instruction_from(body: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+def command_from(instruction: str) -> tuple[str, str]:
+    """(mode, instruction): `help`, `stop` and `review [focus]` are commands; the rest is work."""
+    first, _, rest = instruction.partition("\n")[0].strip().partition(" ")
+    word = first.lower()
+    if not instruction or word in ("help", "-h", "--help", "?"):
+        return HELP, ""
+    if word == "stop" and not rest.strip():
+        return STOP, ""
+    if word == "review":
+        focus = instruction.strip()[len(first) :].strip()
+        return REVIEW, focus
+    return IMPLEMENT, instruction
+
+
 def is_bot(user: dict) -> bool:
     # `type` is authoritative; the `[bot]` suffix covers payloads that omit it.
     return user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
 
 
-@handles("issue_comment", "created")
-def issue_comment_created(payload: dict, delivery_id: str) -> Decision:
-    body = field(payload, "comment", "body", optional=True) or ""
-    user = field(payload, "comment", "user", kind=dict)
-    if field(payload, "issue", "pull_request", kind=dict, optional=True) is not None:
-        return Ignore("comments on pull requests are not handled yet")
-    if is_bot(user):
+def _request(payload: dict, delivery_id: str, who: tuple[str, ...], **values) -> SessionRequest:
+    return SessionRequest(
+        delivery_id=delivery_id,
+        installation_id=field(payload, "installation", "id", kind=int),
+        repo=field(payload, "repository", "full_name"),
+        requester=field(payload, *who, "login"),
+        requester_id=field(payload, *who, "id", kind=int),
+        **values,
+    )
+
+
+def _commented(payload: dict, delivery_id: str, comment: str, **values) -> Decision:
+    body = field(payload, comment, "body", optional=True) or ""
+    if is_bot(field(payload, comment, "user", kind=dict)):
         return Ignore("comments by bots never trigger")
     instruction = instruction_from(body)
     if instruction is None:
         return Ignore(f"no {TRIGGER} command")
-    return Start(
-        SessionRequest(
-            delivery_id=delivery_id,
-            installation_id=field(payload, "installation", "id", kind=int),
-            repo=field(payload, "repository", "full_name"),
-            number=field(payload, "issue", "number", kind=int),
-            comment_id=field(payload, "comment", "id", kind=int),
-            requester=field(payload, "comment", "user", "login"),
-            requester_id=field(payload, "comment", "user", "id", kind=int),
-            instruction=instruction,
-        )
+    mode, instruction = command_from(instruction)
+    when = field(payload, comment, "created_at", optional=True) or field(
+        payload, comment, "submitted_at", optional=True
     )
+    return Start(
+        _request(payload, delivery_id, (comment, "user"), instruction=instruction, mode=mode,
+                 triggered_at=when or "", **values)
+    )  # fmt: skip
+
+
+@handles("issue_comment", "created")
+def issue_comment_created(payload: dict, delivery_id: str) -> Decision:
+    pull = field(payload, "issue", "pull_request", kind=dict, optional=True) is not None
+    return _commented(
+        payload, delivery_id, "comment",
+        number=field(payload, "issue", "number", kind=int),
+        comment_id=field(payload, "comment", "id", kind=int),
+        pull=pull,
+    )  # fmt: skip
+
+
+@handles("pull_request_review_comment", "created")
+def review_comment_created(payload: dict, delivery_id: str) -> Decision:
+    return _commented(
+        payload, delivery_id, "comment",
+        number=field(payload, "pull_request", "number", kind=int),
+        review_comment_id=field(payload, "comment", "id", kind=int),
+        pull=True, trigger="review_comment",
+    )  # fmt: skip
+
+
+@handles("pull_request_review", "submitted")
+def review_submitted(payload: dict, delivery_id: str) -> Decision:
+    return _commented(
+        payload, delivery_id, "review",
+        number=field(payload, "pull_request", "number", kind=int),
+        review_id=field(payload, "review", "id", kind=int),
+        pull=True, trigger="review",
+    )  # fmt: skip
+
+
+def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decision:
+    if is_bot(field(payload, "sender", kind=dict)):
+        return Ignore("bots never trigger")
+    # Which labels mean a run is the repository's choice: the worker checks its config.
+    return Start(
+        _request(payload, delivery_id, ("sender",), instruction="",
+                 number=field(payload, thread, "number", kind=int), pull=pull, trigger="label",
+                 label=field(payload, "label", "name"))
+    )  # fmt: skip
+
+
+@handles("pull_request", "labeled")
+def pull_request_labeled(payload: dict, delivery_id: str) -> Decision:
+    return _labelled(payload, delivery_id, "pull_request", pull=True)
+
+
+@handles("issues", "labeled")
+def issue_labeled(payload: dict, delivery_id: str) -> Decision:
+    return _labelled(payload, delivery_id, "issue", pull=False)
+
+
+@handles("pull_request", "synchronize")
+def pull_request_pushed(payload: dict, delivery_id: str) -> Decision:
+    labels = field(payload, "pull_request", "labels", kind=list, optional=True) or []
+    if not labels:
+        return Ignore("new commits on a pull request without labels")
+    if is_bot(field(payload, "sender", kind=dict)):
+        return Ignore("pushes by bots never trigger (our own commits included)")
+    names = sorted(str(label.get("name")) for label in labels if isinstance(label, dict))
+    return Start(
+        _request(payload, delivery_id, ("sender",), instruction="",
+                 number=field(payload, "pull_request", "number", kind=int), pull=True,
+                 trigger="push", label=",".join(names))
+    )  # fmt: skip

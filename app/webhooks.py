@@ -13,9 +13,10 @@ from flask import Blueprint, current_app, jsonify, request
 from githubkit.webhooks import verify
 from redis.exceptions import RedisError
 
-from app.enqueue import enqueue_session
+from app.enqueue import enqueue_session, request_stop
 from app.payload import PayloadError
 from app.triggers import Ignore, decide
+from jobs.request import STOP
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -55,6 +56,10 @@ def receive():
         return _reply(200, status="ignored", reason=decision.reason)
 
     try:
+        if decision.request.mode == STOP:
+            stopping = request_stop(current_app.extensions["redis"], decision.request)
+            if stopping is not None:
+                return _reply(202, status="stopping", session=stopping)
         queued = enqueue_session(
             current_app.extensions["session_queue"],
             decision.request,

@@ -15,13 +15,14 @@ from githubkit.exception import GitHubException
 from app.config import Settings
 from jobs.redact import redactor
 
-# What an issue → pull request session needs, and nothing more.
+# What a session needs, and nothing more: a review never writes contents.
 ISSUE_SESSION_PERMISSIONS = {
     "contents": "write",
     "issues": "write",
     "pull_requests": "write",
     "metadata": "read",
 }
+REVIEW_SESSION_PERMISSIONS = {**ISSUE_SESSION_PERMISSIONS, "contents": "read"}
 
 
 def _client(api_url: str, auth) -> GitHub:
@@ -109,10 +110,60 @@ class RepoSession:
     def edit_comment(self, comment_id: int, body: str) -> None:
         self.gh.rest.issues.update_comment(self.owner, self.name, comment_id, data={"body": body})
 
-    def open_pull(self, title: str, head: str, base: str, body: str) -> dict:
-        return self.gh.rest.pulls.create(
-            self.owner, self.name, data={"title": title, "head": head, "base": base, "body": body}
+    def open_pull(self, title: str, head: str, base: str, body: str, draft: bool = False) -> dict:
+        data = {"title": title, "head": head, "base": base, "body": body, "draft": draft}
+        return self.gh.rest.pulls.create(self.owner, self.name, data=data).json()
+
+    def permission(self, login: str) -> str:
+        """The user's role on the repository (none/read/triage/write/maintain/admin)."""
+        data = self.gh.rest.repos.get_collaborator_permission_level(
+            self.owner, self.name, login
         ).json()
+        return str(data.get("role_name") or data.get("permission") or "none")
+
+    def issue_comments(self, number: int, limit: int = 100) -> list[dict]:
+        return self.gh.rest.issues.list_comments(
+            self.owner, self.name, number, per_page=limit
+        ).json()
+
+    def pull(self, number: int) -> dict:
+        return self.gh.rest.pulls.get(self.owner, self.name, number).json()
+
+    def pull_diff(self, number: int) -> str:
+        return self.gh.rest.pulls.get(
+            self.owner, self.name, number, headers={"Accept": "application/vnd.github.diff"}
+        ).text
+
+    def review_comment(self, comment_id: int) -> dict:
+        return self.gh.rest.pulls.get_review_comment(self.owner, self.name, comment_id).json()
+
+    def review_comments(self, number: int, limit: int = 100) -> list[dict]:
+        return self.gh.rest.pulls.list_review_comments(
+            self.owner, self.name, number, per_page=limit
+        ).json()
+
+    def comments_of_review(self, number: int, review_id: int) -> list[dict]:
+        return self.gh.rest.pulls.list_comments_for_review(
+            self.owner, self.name, number, review_id, per_page=100
+        ).json()
+
+    def react_review_comment(self, comment_id: int, content: str) -> None:
+        self.gh.rest.reactions.create_for_pull_request_review_comment(
+            self.owner, self.name, comment_id, data={"content": content}
+        )
+
+    def reply_review_comment(self, number: int, comment_id: int, body: str) -> dict:
+        return self.gh.rest.pulls.create_reply_for_review_comment(
+            self.owner, self.name, number, comment_id, data={"body": body}
+        ).json()
+
+    def edit_review_comment(self, comment_id: int, body: str) -> None:
+        self.gh.rest.pulls.update_review_comment(
+            self.owner, self.name, comment_id, data={"body": body}
+        )
+
+    def create_review(self, number: int, review: dict) -> dict:
+        return self.gh.rest.pulls.create_review(self.owner, self.name, number, data=review).json()
 
     def revoke(self) -> None:
         self.gh.rest.apps.revoke_installation_access_token()

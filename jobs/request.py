@@ -6,7 +6,12 @@ else itself with a token it mints, so nothing stale or forged rides along in the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+IMPLEMENT = "implement"
+REVIEW = "review"
+HELP = "help"
+STOP = "stop"
 
 
 @dataclass(frozen=True)
@@ -14,11 +19,18 @@ class SessionRequest:
     delivery_id: str
     installation_id: int
     repo: str  # "owner/name"
-    number: int  # issue number
-    comment_id: int
+    number: int  # the issue's or the pull request's number
     requester: str
     requester_id: int
     instruction: str
+    comment_id: int = 0  # the issue/PR conversation comment that asked, if any
+    pull: bool = False  # the thread is a pull request
+    mode: str = IMPLEMENT  # implement | review | help | stop
+    trigger: str = "comment"  # comment | review_comment | review | label | push
+    review_comment_id: int = 0  # the inline review comment that asked, if any
+    review_id: int = 0  # the submitted review that asked, if any
+    label: str = ""  # the label that asked, for label triggers
+    triggered_at: str = ""  # ISO time of the asking comment; later edits are not material
 
     @property
     def owner(self) -> str:
@@ -28,9 +40,16 @@ class SessionRequest:
     def name(self) -> str:
         return self.repo.split("/", 1)[1]
 
+    @property
+    def thread(self) -> str:
+        """One key per issue or pull request: at most one session runs on it at a time."""
+        return f"{self.repo}#{self.number}"
+
     def to_job(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_job(cls, values: dict) -> SessionRequest:
-        return cls(**{k: values[k] for k in cls.__dataclass_fields__})
+        # Tolerate jobs queued by an older release: unknown keys dropped, new ones defaulted.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

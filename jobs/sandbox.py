@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,17 @@ class SandboxRun:
     exit_code: int | None
     timed_out: bool
     stderr_tail: str
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may spend; the service's defaults, narrowed by the repository's config."""
+
+    timeout: int
+    max_turns: int
+    model: str | None = None
+    max_budget_usd: float | None = None
 
 
 def sandbox_user() -> str:
@@ -60,16 +72,22 @@ class Sandbox:
                 raise SandboxError(f"the Docker engine is not reachable ({exc})") from None
         return self._client
 
-    def command(self) -> list[str]:
+    def command(self, limits: Limits, extra: list[str]) -> list[str]:
+        """`extra` replaces the permission bypass when given (a review is read-only)."""
         cmd = [
             "claude", "-p", "--output-format", "stream-json", "--verbose",
-            # Safe only because the container is the boundary: no network, no credentials.
-            "--dangerously-skip-permissions",
-            "--max-turns", str(self.settings.max_turns),
+            "--max-turns", str(limits.max_turns),
         ]  # fmt: skip
-        if self.settings.model:
-            cmd += ["--model", self.settings.model]
-        return cmd
+        if not extra:
+            # Safe only because the container is the boundary: no network, no credentials.
+            # The repository's own .claude/ settings and .mcp.json are not trusted either.
+            cmd += ["--dangerously-skip-permissions", "--setting-sources=user",
+                    "--strict-mcp-config"]  # fmt: skip
+        if limits.model:
+            cmd += ["--model", limits.model]
+        if limits.max_budget_usd:
+            cmd += ["--max-budget-usd", f"{limits.max_budget_usd:g}"]
+        return cmd + extra
 
     def run(
         self,
@@ -78,7 +96,10 @@ class Sandbox:
         control: Path,
         session_key: str,
         prompt: str,
-        timeout: int,
+        limits: Limits,
+        extra_args: list[str] | None = None,
+        on_action: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SandboxRun:
         (control / "prompt.md").write_text(prompt)
         os.chmod(control / "prompt.md", 0o644)
@@ -95,7 +116,7 @@ class Sandbox:
         try:
             container = self.client.containers.create(
                 self.settings.agent_image,
-                command=self.command(),
+                command=self.command(limits, extra_args or []),
                 user=sandbox_user(),
                 working_dir="/workspace",
                 network_mode="none",
@@ -125,23 +146,35 @@ class Sandbox:
         except DockerException as exc:
             raise SandboxError(f"the sandbox container could not be created ({exc})") from None
         try:
-            return self._watch(container, timeout)
+            return self._watch(container, limits.timeout, on_action, should_stop)
         finally:
             try:
                 container.remove(force=True)
             except DockerException as exc:
                 log.warning("sandbox %s: removal failed (%s)", session_id, exc)
 
-    def _watch(self, container, timeout: int) -> SandboxRun:
-        transcript = Transcript()
+    def _watch(self, container, timeout: int, on_action, should_stop) -> SandboxRun:
+        transcript = Transcript(on_action)
         timed_out = threading.Event()
+        stopped = threading.Event()
+        finished = threading.Event()
 
         def stop_at_deadline() -> None:
             timed_out.set()
             with contextlib.suppress(DockerException):  # already gone
                 container.kill()
 
+        def watch_for_stop() -> None:
+            # `/claude stop` sets a flag in Redis; killing the container ends the log stream.
+            while should_stop is not None and not finished.wait(1.0):
+                if should_stop():
+                    stopped.set()
+                    with contextlib.suppress(DockerException):
+                        container.kill()
+                    return
+
         timer = threading.Timer(timeout, stop_at_deadline)
+        threading.Thread(target=watch_for_stop, daemon=True).start()
         try:
             container.start()
         except DockerException as exc:
@@ -158,10 +191,12 @@ class Sandbox:
             status = container.wait(timeout=60)
         finally:
             timer.cancel()
+            finished.set()
         stderr = container.logs(stdout=False, stderr=True, tail=20).decode("utf-8", "replace")
         return SandboxRun(
             outcome=transcript.outcome,
             exit_code=status.get("StatusCode"),
             timed_out=timed_out.is_set(),
             stderr_tail=stderr.strip()[-2000:],
+            stopped=stopped.is_set(),
         )

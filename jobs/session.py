@@ -1,27 +1,45 @@
-"""One agent session, from a queued `/claude` request to a pull request and a final comment.
+"""One agent session, from a queued request to a pull request, commits or a review.
 
-`run_session` reads top to bottom as the session's steps. Whatever fails, the container is gone,
-the token is revoked, and the tracking comment ends in a final state with a redacted reason.
+`run_session` reads top to bottom as the session's steps; the three kinds of work (an issue into
+a pull request, new commits on a pull request, a review) follow it. Whatever fails, the container
+is gone, the token is revoked, and the tracking comment ends in a final state with a redacted
+reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-import time
+from collections.abc import Iterator
 
 from githubkit.exception import GitHubException, RequestFailed
+from redis import Redis
 from rq import get_current_job
 
 from app.config import WORKER_REQUIRED, Settings, load_settings
-from app.enqueue import session_id_for
+from app.enqueue import active_key, session_id_for, stop_key
+from jobs.context import gather
 from jobs.gateway import ModelGateway
-from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession, bot_identity
-from jobs.prompt import issue_prompt
+from jobs.github import (
+    ISSUE_SESSION_PERMISSIONS,
+    REVIEW_SESSION_PERMISSIONS,
+    RepoSession,
+    bot_identity,
+)
+from jobs.help import help_text
+from jobs.prompt import implement_prompt
 from jobs.redact import redactor
-from jobs.request import SessionRequest
-from jobs.sandbox import Sandbox, SandboxError, SandboxRun
-from jobs.tracking import TrackingComment, stats
+from jobs.repo_config import (
+    RepoConfig,
+    RepoConfigError,
+    load_repo_config,
+    mode_for_label,
+    permission_at_least,
+)
+from jobs.request import HELP, REVIEW, STOP, SessionRequest
+from jobs.sandbox import Limits, Sandbox, SandboxError, SandboxRun
+from jobs.tracking import PUBLISHING, RUNNING, TrackingComment
 from jobs.workspace import GitError, Workspace
 
 log = logging.getLogger(__name__)
@@ -32,98 +50,266 @@ def run_session(**job: object) -> dict:
     settings = load_settings(*WORKER_REQUIRED)
     current = get_current_job()
     session_id = current.id if current else session_id_for(request.delivery_id)
-    started = time.monotonic()
+    redis = current.connection if current else Redis.from_url(settings.redis_url)
 
     try:
+        permissions = REVIEW_SESSION_PERMISSIONS if request.mode == REVIEW else None
         github = RepoSession(
-            settings, request.installation_id, request.repo, ISSUE_SESSION_PERMISSIONS
-        )
+            settings, request.installation_id, request.repo,
+            permissions or ISSUE_SESSION_PERMISSIONS,
+        )  # fmt: skip
     except Exception as exc:
         # Without a token nothing can be posted: the log is the only place to say why.
         reason = describe_failure(exc)
         log.error("session %s: no token for %s: %s", session_id, request.repo, reason)
         return {"status": "failed", "reason": reason}
-    tracking = TrackingComment(github, request.number, session_id, request.instruction)
     try:
-        tracking.start(request.comment_id)
-        return _issue_to_pull_request(settings, request, session_id, github, tracking, started)
-    except Exception as exc:
-        reason = describe_failure(exc)
-        log.exception("session %s failed: %s", session_id, reason)
-        if tracking.comment_id:
-            tracking.failed(reason, seconds=time.monotonic() - started)
-        return {"status": "failed", "reason": reason}
+        return _run(settings, request, session_id, github, redis)
     finally:
         try:
             github.revoke()
         except GitHubException:
-            log.warning(
-                "session %s: token revocation failed; it expires within the hour", session_id
-            )
+            log.warning("session %s: token revocation failed; it expires within the hour",
+                        session_id)  # fmt: skip
 
 
-def _issue_to_pull_request(
-    settings: Settings,
-    request: SessionRequest,
-    session_id: str,
-    github: RepoSession,
-    tracking: TrackingComment,
-    started: float,
-) -> dict:
-    repository = github.repository()
+def _run(settings: Settings, request: SessionRequest, session_id: str, github: RepoSession,
+         redis: Redis) -> dict:  # fmt: skip
+    from jobs.pacing import Pacer
+
+    tracking = TrackingComment(github, request, session_id, Pacer(redis, request.installation_id))
+    try:
+        repository = github.repository()
+        try:
+            config = load_repo_config(github, repository["default_branch"])
+        except RepoConfigError as exc:
+            tracking.answered("⚠️ **`.github/claude.yml` is invalid, so nothing ran.**", str(exc))
+            return {"status": "invalid_config", "reason": str(exc)}
+
+        mode = decide_mode(request, config)
+        if mode is None:
+            return {"status": "ignored"}  # a label or push this repository does not act on
+        tracking.mode = mode
+        role = github.permission(request.requester)
+        if not permission_at_least(role, config.min_permission):
+            tracking.answered(
+                f"🚫 **@{request.requester}, only collaborators with {config.min_permission} "
+                "access can ask Claude to work here.**", "",
+            )  # fmt: skip
+            return {"status": "refused", "role": role}
+        if mode == HELP:
+            tracking.answered("ℹ️ **How to ask Claude here**", help_text(config, settings))
+            return {"status": "help"}
+        if mode == STOP:
+            tracking.answered("ℹ️ **Nothing is running here, so there is nothing to stop.**", "")
+            return {"status": "nothing_to_stop"}
+        if mode == REVIEW and not request.pull:
+            tracking.answered("ℹ️ **`review` works on pull requests.**", help_text(config, settings))
+            return {"status": "help"}
+
+        with active(redis, request.thread, session_id, settings.session_timeout):
+            tracking.start()
+            if mode == REVIEW:
+                from jobs.review_flow import review_pull
+
+                return review_pull(settings, config, request, session_id, github, repository,
+                                   tracking, redis)  # fmt: skip
+            if request.pull:
+                return implement_pull(settings, config, request, session_id, github, repository,
+                                      tracking, redis)  # fmt: skip
+            return implement_issue(settings, config, request, session_id, github, repository,
+                                   tracking, redis)  # fmt: skip
+    except Exception as exc:
+        reason = describe_failure(exc)
+        log.exception("session %s failed: %s", session_id, reason)
+        with contextlib.suppress(GitHubException):
+            tracking.failed(reason)
+        return {"status": "failed", "reason": reason}
+
+
+def decide_mode(request: SessionRequest, config: RepoConfig) -> str | None:
+    """The mode this request runs in, or None when the repository does not act on it."""
+    if request.trigger == "label":
+        return mode_for_label(config, request.label)
+    if request.trigger == "push":
+        if not config.rerun_on_push:
+            return None
+        modes = [mode_for_label(config, name) for name in request.label.split(",") if name]
+        return next((m for m in modes if m), None)
+    return request.mode
+
+
+@contextlib.contextmanager
+def active(redis: Redis, thread: str, session_id: str, timeout: int) -> Iterator[None]:
+    """Mark the thread's running session, so `/claude stop` can find it."""
+    redis.set(active_key(thread), session_id, ex=timeout + 600)
+    try:
+        yield
+    finally:
+        redis.delete(active_key(thread), stop_key(session_id))
+
+
+def stop_requested(redis: Redis, session_id: str) -> str | None:
+    value = redis.get(stop_key(session_id))
+    return value.decode() if value else None
+
+
+def limits_for(settings: Settings, config: RepoConfig) -> Limits:
+    return Limits(
+        timeout=min(settings.session_timeout, config.timeout_minutes * 60),
+        max_turns=min(settings.max_turns, config.max_turns),
+        model=config.model or settings.model,
+        max_budget_usd=config.max_budget_usd,
+    )
+
+
+def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace: Workspace,
+              prompt: str, tracking: TrackingComment, redis: Redis,
+              extra_args: list[str] | None = None) -> SandboxRun:  # fmt: skip
+    control = workspace.root / "control"
+    control.mkdir(mode=0o755)
+    upstream_key = settings.anthropic_api_key or ""
+    tracking.advance(RUNNING)
+    with ModelGateway(control / "gateway.sock", settings.anthropic_base_url, upstream_key) as gw:
+        return Sandbox(settings).run(
+            session_id, workspace.tree, control, gw.session_key, prompt,
+            limits_for(settings, config), extra_args=extra_args, on_action=tracking.action,
+            should_stop=lambda: stop_requested(redis, session_id) is not None,
+        )  # fmt: skip
+
+
+def finished_badly(run: SandboxRun, tracking: TrackingComment, redis: Redis, session_id: str,
+                   timeout: int) -> dict | None:  # fmt: skip
+    """Final comment and result for a run that was stopped, timed out or failed; else None."""
+    outcome = run.outcome
+    if run.stopped:
+        tracking.stopped(stop_requested(redis, session_id) or "a collaborator", outcome)
+        return {"status": "stopped"}
+    if run.timed_out:
+        tracking.failed(f"timed out after {timeout}s", outcome)
+        return {"status": "timed_out"}
+    if outcome.is_error:
+        tracking.failed(outcome.failure, outcome)
+        return {"status": "failed", "reason": redactor(outcome.failure)}
+    return None
+
+
+def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequest,
+                    session_id: str, github: RepoSession, repository: dict,
+                    tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
     issue = github.issue(request.number)
     base = repository["default_branch"]
+    material = gather(github, request, issue, request.triggered_at)
     workspace = Workspace.clone(
         settings.workspace_root, repository["clone_url"], base, github.token
     )
     try:
-        run = run_agent(settings, session_id, workspace, issue_prompt(request, issue, base))
-        elapsed = time.monotonic() - started
+        prompt = implement_prompt(request, f"branch {base}", material, extra=config.instructions)
+        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
+        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+            return bad
         outcome = run.outcome
-        if run.timed_out:
-            tracking.failed(f"timed out after {settings.session_timeout}s", outcome, elapsed)
-            return {"status": "timed_out"}
-        if outcome.is_error:
-            tracking.failed(outcome.failure, outcome, elapsed)
-            return {"status": "failed", "reason": redactor(outcome.failure)}
-
         bot = bot_identity(settings, github)
         change = workspace.commit(commit_message(request, outcome.result), bot.login, bot.email)
         if change is None:
-            tracking.no_changes(outcome, elapsed)
+            tracking.no_changes(outcome)
             return {"status": "no_changes", "cost_usd": outcome.cost_usd}
 
-        branch = workspace.free_branch(branch_name(request.number, issue.get("title") or ""))
+        tracking.advance(PUBLISHING)
+        wanted = f"{config.branch_prefix}issue-{request.number}-{slug(issue.get('title') or '')}"
+        branch = workspace.free_branch(wanted)
         workspace.push(branch)
+        title = request.instruction or issue.get("title") or f"Issue #{request.number}"
         pull = github.open_pull(
-            title=title_line(
-                request.instruction or issue.get("title") or f"Issue #{request.number}"
-            ),
-            head=branch,
-            base=base,
-            body=pull_body(request, outcome.result, stats(outcome, elapsed)),
-        )
-        tracking.pull_request_opened(pull, outcome, time.monotonic() - started)
+            title=title_line(title), head=branch, base=base,
+            body=pull_body(request, outcome.result, f"Closes #{request.number}"),
+            draft=config.draft_pull_requests,
+        )  # fmt: skip
+        tracking.pull_request_opened(pull, outcome)
         return {
-            "status": "pull_request",
-            "pull_request": pull["html_url"],
-            "branch": branch,
-            "commit": change.sha,
-            "cost_usd": outcome.cost_usd,
-            "turns": outcome.num_turns,
-        }
+            "status": "pull_request", "pull_request": pull["html_url"], "branch": branch,
+            "commit": change.sha, "cost_usd": outcome.cost_usd, "turns": outcome.num_turns,
+        }  # fmt: skip
     finally:
         workspace.remove()
 
 
-def run_agent(settings: Settings, session_id: str, workspace: Workspace, prompt: str) -> SandboxRun:
-    control = workspace.root / "control"
-    control.mkdir(mode=0o755)
-    upstream_key = settings.anthropic_api_key or ""
-    with ModelGateway(control / "gateway.sock", settings.anthropic_base_url, upstream_key) as gw:
-        return Sandbox(settings).run(
-            session_id, workspace.tree, control, gw.session_key, prompt, settings.session_timeout
+def implement_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
+                   session_id: str, github: RepoSession, repository: dict,
+                   tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
+    pull = github.pull(request.number)
+    head_repo = (pull.get("head") or {}).get("repo") or {}
+    same_repo = head_repo.get("full_name") == repository["full_name"]
+    head_ref = pull["head"]["ref"]
+    # A fork's head cannot be pushed with this installation's token: fetch it through the base
+    # repository's refs/pull/N/head and offer the work as a follow-up pull request instead.
+    ref = head_ref if same_repo else f"refs/pull/{request.number}/head"
+    material = gather(github, request, pull, request.triggered_at,
+                      diff=github.pull_diff(request.number))  # fmt: skip
+    focus = focus_for(github, request)
+    workspace = Workspace.clone(settings.workspace_root, repository["clone_url"], ref, github.token)
+    try:
+        prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
+                                  focus=focus, extra=config.instructions)  # fmt: skip
+        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
+        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+            return bad
+        outcome = run.outcome
+        bot = bot_identity(settings, github)
+        change = workspace.commit(commit_message(request, outcome.result), bot.login, bot.email)
+        if change is None:
+            tracking.no_changes(outcome)
+            return {"status": "no_changes", "cost_usd": outcome.cost_usd}
+
+        tracking.advance(PUBLISHING)
+        if same_repo:
+            workspace.push(head_ref)
+            commit_url = f"{repository['html_url']}/commit/{change.sha}"
+            tracking.pushed(head_ref, commit_url, change.files, outcome)
+            return {"status": "pushed", "branch": head_ref, "commit": change.sha,
+                    "cost_usd": outcome.cost_usd}  # fmt: skip
+        wanted = f"{config.branch_prefix}pr-{request.number}-{slug(pull.get('title') or '')}"
+        branch = workspace.free_branch(wanted)
+        workspace.push(branch)
+        follow_up = github.open_pull(
+            title=title_line(f"Follow-up to #{request.number}: {pull.get('title') or ''}"),
+            head=branch, base=pull["base"]["ref"],
+            body=pull_body(request, outcome.result,
+                           f"Follow-up to #{request.number}, built on its head from "
+                           f"{head_repo.get('full_name') or 'a fork'}."),
+            draft=config.draft_pull_requests,
+        )  # fmt: skip
+        note = (
+            f"#{request.number} comes from a fork, which this app cannot push to, so the changes "
+            f"are in a follow-up pull request built on its head (`{branch}`)."
         )
+        tracking.pull_request_opened(follow_up, outcome, note=note)
+        return {"status": "follow_up", "pull_request": follow_up["html_url"], "branch": branch}
+    finally:
+        workspace.remove()
+
+
+def focus_for(github: RepoSession, request: SessionRequest) -> str:
+    """For inline and review triggers: where in the code the request points."""
+    if request.review_comment_id:
+        comment = github.review_comment(request.review_comment_id)
+        start, end = comment.get("start_line") or comment.get("line"), comment.get("line")
+        lines = f"line {end}" if start == end else f"lines {start}–{end}"
+        return (
+            f"The request was made on `{comment.get('path')}`, {lines}, at this part of the "
+            "diff:\n"
+            f"```diff\n{(comment.get('diff_hunk') or '')[-4000:]}\n```"
+        )
+    if request.review_id:
+        comments = github.comments_of_review(request.number, request.review_id)
+        listed = "\n".join(
+            f"- `{c.get('path')}` line {c.get('line')}: {(c.get('body') or '')[:1500]}"
+            for c in comments
+        )
+        return (
+            f"The request came with a review whose inline comments are part of the task:\n{listed}"
+        )
+    return ""
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -144,10 +330,6 @@ def slug(text: str, limit: int = 30) -> str:
     return words[:limit].rstrip("-") or "task"
 
 
-def branch_name(number: int, title: str) -> str:
-    return f"claude/issue-{number}-{slug(title)}"
-
-
 def title_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "Changes by Claude"
     line = line[0].upper() + line[1:]
@@ -155,17 +337,18 @@ def title_line(text: str) -> str:
 
 
 def commit_message(request: SessionRequest, summary: str) -> str:
+    thread = "pull request" if request.pull else "issue"
     body = summary.strip()[:4000]
     return (
-        f"{title_line(request.instruction or f'Resolve issue #{request.number}')}\n\n"
+        f"{title_line(request.instruction or f'Resolve {thread} #{request.number}')}\n\n"
         f"{body}\n\nRequested by @{request.requester} in #{request.number}.\n\n"
         f"Co-authored-by: {request.requester} "
         f"<{request.requester_id}+{request.requester}@users.noreply.github.com>\n"
     )
 
 
-def pull_body(request: SessionRequest, summary: str, footer: str) -> str:
+def pull_body(request: SessionRequest, summary: str, lead: str) -> str:
     return redactor(
-        f"Closes #{request.number}\n\n{summary.strip()[:50_000]}\n\n---\n"
-        f"Requested by @{request.requester} in #{request.number}. {footer}"
+        f"{lead}\n\n{summary.strip()[:50_000]}\n\n---\n"
+        f"Requested by @{request.requester} in #{request.number}."
     )

@@ -1,24 +1,39 @@
 """The tracking comment: the user's window on a session, edited in place until it is final.
 
-A hidden marker names the session, so the bot can find its own comment again (after a retry, or
-to tell it apart from a user quoting it) and never mistakes it for a command.
+While the session runs it shows a checklist of the steps with the current one marked, Claude's
+last few actions and the elapsed time; at the end it becomes the outcome. A hidden marker names
+the session and its state, so the bot can find its own comment again and never mistakes it (or a
+user quoting it) for a command. Edits are paced per installation (jobs/pacing.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from githubkit.exception import GitHubException
 
 from jobs.github import RepoSession
+from jobs.pacing import Pacer
 from jobs.redact import redactor
+from jobs.request import SessionRequest
 from jobs.transcript import Outcome
 
 log = logging.getLogger(__name__)
 
 # GitHub refuses bodies over 65,536 characters; leave room for the header and footer.
 MAX_TEXT = 60_000
+PROGRESS_INTERVAL = 5.0  # seconds between two progress edits of one comment
+SHOWN_ACTIONS = 6
+
+QUEUED, PREPARING, RUNNING, PUBLISHING, DONE = range(5)
+STEPS = {
+    "implement": ("Queued", "Preparing the workspace", "Running Claude", "Pushing the changes",
+                  "Done"),
+    "review": ("Queued", "Preparing the workspace", "Reviewing with Claude", "Posting the review",
+               "Done"),
+}  # fmt: skip
 
 
 def marker(session_id: str, state: str = "working") -> str:
@@ -27,12 +42,13 @@ def marker(session_id: str, state: str = "working") -> str:
 
 
 def fit(text: str, limit: int = MAX_TEXT) -> str:
-    """Shorten the middle of an over-long text without leaving a code fence open."""
+    """Shorten the middle of an over-long text without leaving a fence or <details> open."""
     if len(text) > limit:
         half = limit // 2
         text = f"{text[:half]}\n\n… ({len(text) - limit:,} characters cut) …\n\n{text[-half:]}"
     if text.count("```") % 2:
         text += "\n```"
+    text += "\n</details>" * max(0, text.count("<details") - text.count("</details>"))
     return text
 
 
@@ -40,50 +56,157 @@ def quote(text: str) -> str:
     return "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> (empty)"
 
 
-def stats(outcome: Outcome, seconds: float) -> str:
+def took(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
-    took = f"{minutes}m {secs}s" if minutes else f"{secs}s"
-    return f"<sub>⏱ {took} · {outcome.num_turns} turns · ${outcome.cost_usd:.4f}</sub>"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def stats(outcome: Outcome, seconds: float) -> str:
+    return f"<sub>⏱ {took(seconds)} · {outcome.num_turns} turns · ${outcome.cost_usd:.4f}</sub>"
 
 
 @dataclass
 class TrackingComment:
     github: RepoSession
-    number: int
+    request: SessionRequest
     session_id: str
-    instruction: str
+    pacer: Pacer | None = None
+    mode: str = "implement"
     comment_id: int = 0
+    step: int = QUEUED
+    actions: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    _last_edit: float = 0.0
 
-    def start(self, trigger_comment_id: int) -> None:
+    @property
+    def in_review_thread(self) -> bool:
+        return bool(self.request.review_comment_id)
+
+    def start(self) -> None:
+        self._acknowledge()
+        self.step = PREPARING
+        self._pace(essential=True)
+        body = self._body("👀 **Claude is working on this…**", state="working")
+        if self.in_review_thread:
+            created = self.github.reply_review_comment(
+                self.request.number, self.request.review_comment_id, body
+            )
+        else:
+            created = self.github.comment(self.request.number, body)
+        self.comment_id = created["id"]
+        self._last_edit = time.monotonic()
+
+    def _acknowledge(self) -> None:
         try:
-            self.github.react(trigger_comment_id, "eyes")
+            if self.request.review_comment_id:
+                self.github.react_review_comment(self.request.review_comment_id, "eyes")
+            elif self.request.comment_id:
+                self.github.react(self.request.comment_id, "eyes")
         except GitHubException as exc:
             # The 👀 is a courtesy; the tracking comment is what the user waits for.
             log.warning("session %s: reaction failed (%s)", self.session_id, type(exc).__name__)
-        working = self._body("👀 **Claude is working on this…**", state="working")
-        created = self.github.comment(self.number, working)
-        self.comment_id = created["id"]
 
-    def pull_request_opened(self, pull: dict, outcome: Outcome, seconds: float) -> None:
-        self._final(
-            f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}",
-            outcome.result, stats(outcome, seconds), state="done",
-        )  # fmt: skip
+    # -- live progress ------------------------------------------------------------------
 
-    def no_changes(self, outcome: Outcome, seconds: float) -> None:
-        self._final(
-            "💬 **No changes were needed.**", outcome.result, stats(outcome, seconds), "done"
+    def advance(self, step: int) -> None:
+        self.step = step
+        self._progress(force=True)
+
+    def action(self, description: str) -> None:
+        self.actions.append(description)
+        self._progress()
+
+    def _progress(self, force: bool = False) -> None:
+        if not self.comment_id:
+            return
+        if not force and time.monotonic() - self._last_edit < PROGRESS_INTERVAL:
+            return
+        if self.pacer is not None and not self.pacer.optional():
+            return  # the installation's budget is tight: the final edit matters more
+        try:
+            self._edit(self._body("👀 **Claude is working on this…**", state="working"))
+        except GitHubException as exc:
+            log.warning("session %s: progress edit failed (%s)", self.session_id, exc)
+
+    # -- final states -------------------------------------------------------------------
+
+    def pull_request_opened(self, pull: dict, outcome: Outcome, note: str = "") -> None:
+        headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
+        self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
+
+    def pushed(self, branch: str, commit_url: str, files: list[str], outcome: Outcome) -> None:
+        listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
+        headline = f"✅ **Claude pushed a commit to `{branch}`**: {commit_url}"
+        self._final(headline, f"{outcome.result}\n\n**Files:**\n{listing}", outcome)
+
+    def review_posted(self, review_url: str, inline: int, outcome: Outcome) -> None:
+        headline = (
+            f"✅ **Claude reviewed this pull request** ({inline} inline comments): {review_url}"
         )
+        self._final(headline, outcome.result, outcome)
 
-    def failed(self, reason: str, outcome: Outcome | None = None, seconds: float = 0) -> None:
-        footer = stats(outcome, seconds) if outcome else ""
-        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", footer, "failed")
+    def no_changes(self, outcome: Outcome) -> None:
+        self._final("💬 **No changes were needed.**", outcome.result, outcome)
 
-    def _final(self, headline: str, text: str, footer: str, state: str) -> None:
-        self.github.edit_comment(self.comment_id, self._body(headline, text, footer, state))
+    def answered(self, headline: str, text: str) -> None:
+        self._final(headline, text, None, state="done")
+
+    def stopped(self, by: str, outcome: Outcome | None = None) -> None:
+        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "failed")
+
+    def failed(self, reason: str, outcome: Outcome | None = None) -> None:
+        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")
+
+    def _final(self, headline: str, text: str, outcome: Outcome | None,
+               state: str = "done") -> None:  # fmt: skip
+        self.step = DONE
+        seconds = time.monotonic() - self.started
+        footer = stats(outcome, seconds) if outcome else f"<sub>⏱ {took(seconds)}</sub>"
+        body = self._body(headline, text, footer, state)
+        self._pace(essential=True)
+        if self.comment_id:
+            self._edit(body)
+        elif self.in_review_thread:
+            self.github.reply_review_comment(
+                self.request.number, self.request.review_comment_id, body
+            )
+        else:
+            self.github.comment(self.request.number, body)
+
+    # -- rendering ----------------------------------------------------------------------
+
+    def _edit(self, body: str) -> None:
+        if self.in_review_thread:
+            self.github.edit_review_comment(self.comment_id, body)
+        else:
+            self.github.edit_comment(self.comment_id, body)
+        self._last_edit = time.monotonic()
+
+    def _pace(self, essential: bool) -> None:
+        if self.pacer is not None and essential:
+            self.pacer.essential()
+
+    def _checklist(self) -> str:
+        lines = []
+        for i, name in enumerate(STEPS.get(self.mode, STEPS["implement"])):
+            if i < self.step:
+                lines.append(f"- [x] {name}")
+            elif i == self.step:
+                lines.append(f"- [ ] **{name}** ⏳")
+            else:
+                lines.append(f"- [ ] {name}")
+        recent = self.actions[-SHOWN_ACTIONS:]
+        if recent:
+            lines.append("\n**Last actions:**\n" + "\n".join(f"- `{a}`" for a in recent))
+        lines.append(f"\n<sub>⏱ {took(time.monotonic() - self.started)} so far</sub>")
+        return "\n".join(lines)
 
     def _body(self, headline: str, text: str = "", footer: str = "", state: str = "") -> str:
-        parts = [headline, f"**Request:**\n{quote(fit(self.instruction, 2_000))}"]
+        parts = [headline]
+        if state == "working":
+            parts.append(self._checklist())
+        if self.request.instruction:
+            parts.append(f"**Request:**\n{quote(fit(self.request.instruction, 2_000))}")
         if text:
             parts.append(fit(text))
         if footer:

@@ -8,6 +8,7 @@ result at all, which is a failure too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _TARGET_KEYS = ("file_path", "path", "command", "pattern", "url", "description")
@@ -25,6 +26,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)  # "Write CONTRIBUTING.md", "Bash: pytest"
     finished: bool = False  # a result event arrived
     last_api_error: str = ""
+    structured: object = None  # the --json-schema answer, when one was asked for
 
     @property
     def failure(self) -> str:
@@ -39,8 +41,9 @@ class Outcome:
 
 
 class Transcript:
-    def __init__(self) -> None:
+    def __init__(self, on_action: Callable[[str], None] | None = None) -> None:
         self.outcome = Outcome()
+        self._on_action = on_action
 
     def feed(self, line: str) -> None:
         line = line.strip()
@@ -65,7 +68,10 @@ class Transcript:
             self.outcome.last_api_error = (text or str(event.get("error")))[:500]
         for block in message.get("content") or []:
             if isinstance(block, dict) and block.get("type") == "tool_use":
-                self.outcome.actions.append(describe_tool_use(block))
+                action = describe_tool_use(block)
+                self.outcome.actions.append(action)
+                if self._on_action is not None:
+                    self._on_action(action)
 
     def _result(self, event: dict) -> None:
         o = self.outcome
@@ -77,6 +83,7 @@ class Transcript:
         o.duration_ms = int(event.get("duration_ms") or 0)
         o.subtype = str(event.get("subtype") or "")
         o.errors = [str(e) for e in event.get("errors") or []]
+        o.structured = event.get("structured_output")
 
 
 def describe_tool_use(block: dict) -> str:

@@ -48,19 +48,26 @@ class Workspace:
         self._token = token
         self._home = root / "home"
         self._home.mkdir()
+        self.base_sha = ""
 
     @classmethod
-    def clone(cls, parent: Path, url: str, branch: str, token: str) -> Workspace:
+    def clone(cls, parent: Path, url: str, ref: str, token: str) -> Workspace:
+        """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out.
+
+        Shallow: the sandbox gets no history, and a push needs only the new commits.
+        """
         parent.mkdir(parents=True, exist_ok=True)
         ws = cls(Path(tempfile.mkdtemp(prefix="session-", dir=parent)), token)
+        full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
         try:
-            ws._git(
-                "clone", "--quiet", "--no-tags", "--single-branch", "--depth", "1",
-                "--branch", branch, "--separate-git-dir", str(ws.gitdir), url, str(ws.tree),
-                repo=False,
-            )  # fmt: skip
+            ws._git("init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree),
+                    repo=False)  # fmt: skip
             # The gitfile would point the sandbox at a host path; the sandbox gets no git state.
             (ws.tree / ".git").unlink()
+            ws._git("remote", "add", "origin", url)
+            ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", full_ref)
+            ws._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
+            ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
             ws._hand_tree_to_sandbox()
         except BaseException:
             ws.remove()

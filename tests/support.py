@@ -97,3 +97,36 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pointed_at(payload: dict, repo: str, installation_id: int, login: str = "octocat",
+               user_id: int = 583231) -> dict:  # fmt: skip
+    """One of GitHub's examples, re-addressed to a repository, installation and sender of ours."""
+    owner, name = repo.split("/")
+    payload["repository"].update(full_name=repo, name=name)
+    payload["repository"]["owner"]["login"] = owner
+    payload.setdefault("installation", {"node_id": "MDIz"})["id"] = installation_id
+    payload["sender"].update(login=login, id=user_id, type="User")
+    return payload
+
+
+def pull_event_payload(action: str, repo: str, number: int, installation_id: int,
+                       labels: list[str] = (), label: str | None = None) -> dict:  # fmt: skip
+    """`pull_request.<action>` from GitHub's examples, for pull request `number`."""
+    payload = pointed_at(webhook_example("pull_request", action), repo, installation_id)
+    payload["number"] = number
+    payload["pull_request"]["number"] = number
+    payload["pull_request"]["labels"] = [{"name": name} for name in labels]
+    if label is not None:
+        payload["label"] = {**payload.get("label", {}), "name": label}
+    return payload
+
+
+def review_comment_payload(repo: str, number: int, comment_id: int, body: str,
+                           installation_id: int) -> dict:  # fmt: skip
+    payload = pointed_at(webhook_example("pull_request_review_comment", "created"), repo,
+                         installation_id)  # fmt: skip
+    payload["pull_request"]["number"] = number
+    payload["comment"].update(id=comment_id, body=body)
+    payload["comment"]["user"].update(login="octocat", id=583231, type="User")
+    return payload

@@ -41,6 +41,11 @@ def queued(redis_url: str) -> list[str]:
     ).job_ids
 
 
+def job_kwargs(redis_url: str, job_id: str) -> dict:
+    queue = Queue("sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    return queue.fetch_job(job_id).kwargs
+
+
 def post(client, event: str, payload, delivery: str | None = None, secret: str = SECRET):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return client.post(
@@ -85,7 +90,9 @@ def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_u
     assert kwargs == {
         "delivery_id": "d-1", "installation_id": 42, "repo": REPO, "number": 7,
         "comment_id": 1_000_007, "requester": "octocat", "requester_id": 583231,
-        "instruction": "add a CONTRIBUTING.md\nwith tests",
+        "instruction": "add a CONTRIBUTING.md\nwith tests", "pull": False, "mode": "implement",
+        "trigger": "comment", "review_comment_id": 0, "review_id": 0, "label": "",
+        "triggered_at": "2019-05-15T15:20:21Z",
     }  # fmt: skip
 
 
@@ -189,11 +196,12 @@ def test_comments_that_must_not_trigger(client, redis_url, payload):
     assert queued(redis_url) == []
 
 
-def test_pull_request_comment_is_not_the_issue_flow(client, redis_url):
-    payload = trigger()
+def test_pull_request_conversation_comment_is_queued_as_a_pull_session(client, redis_url):
+    payload = trigger("/claude fix the flaky test")
     payload["issue"]["pull_request"] = {"url": "https://api.github.com/repos/o/r/pulls/7"}
-    assert post(client, "issue_comment", payload).json["status"] == "ignored"
-    assert queued(redis_url) == []
+    assert post(client, "issue_comment", payload, "pr-1").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-pr-1")
+    assert (kwargs["pull"], kwargs["number"], kwargs["mode"]) == (True, 7, "implement")
 
 
 def test_example_without_fields_we_do_not_read_is_accepted(client, redis_url):
@@ -237,3 +245,89 @@ def test_healthz_reports_redis(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200
     assert resp.json["redis"] == "ok"
+
+
+def pointed_at_us(payload: dict, sender_type: str = "User") -> dict:
+    payload.setdefault("installation", {"id": 42, "node_id": "MDIz"})
+    payload["installation"]["id"] = 42
+    payload["repository"]["full_name"] = REPO
+    payload["sender"]["type"] = sender_type
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("body", "mode", "instruction"),
+    [
+        ("/claude", "help", ""),
+        ("/claude help", "help", ""),
+        ("/claude stop", "stop", ""),
+        ("/claude review", "review", ""),
+        ("/claude review the error handling\nespecially retries", "review",
+         "the error handling\nespecially retries"),
+        ("/claude stop the tests from flaking", "implement", "stop the tests from flaking"),
+        ("/claude fix the flaky test", "implement", "fix the flaky test"),
+    ],
+)  # fmt: skip
+def test_commands(client, redis_url, body, mode, instruction):
+    assert post(client, "issue_comment", trigger(body), "cmd").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-cmd")
+    assert (kwargs["mode"], kwargs["instruction"]) == (mode, instruction)
+
+
+def test_inline_review_comment_from_github_example(client, redis_url):
+    payload = pointed_at_us(webhook_example("pull_request_review_comment", "created"))
+    payload["comment"]["body"] = "/claude rename this variable"
+    payload["comment"]["user"]["type"] = "User"
+    assert post(client, "pull_request_review_comment", payload, "rc").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-rc")
+    assert kwargs["trigger"] == "review_comment" and kwargs["pull"] is True
+    assert kwargs["review_comment_id"] == payload["comment"]["id"]
+    assert kwargs["number"] == payload["pull_request"]["number"]
+    assert kwargs["instruction"] == "rename this variable"
+
+
+def test_submitted_review_from_github_example(client, redis_url):
+    payload = pointed_at_us(webhook_example("pull_request_review", "submitted"))
+    payload["review"]["body"] = "Looks close.\n/claude address my inline comments"
+    payload["review"]["user"]["type"] = "User"
+    assert post(client, "pull_request_review", payload, "rv").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-rv")
+    assert (kwargs["trigger"], kwargs["review_id"]) == ("review", payload["review"]["id"])
+    assert kwargs["instruction"] == "address my inline comments"
+
+
+def test_review_without_command_is_ignored(client, redis_url):
+    payload = pointed_at_us(webhook_example("pull_request_review", "submitted"))
+    payload["review"]["body"] = None
+    assert post(client, "pull_request_review", payload).json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+@pytest.mark.parametrize(("event", "thread"), [("pull_request", "pull_request"),
+                                               ("issues", "issue")])  # fmt: skip
+def test_label_events_carry_the_label_for_the_worker_to_map(client, redis_url, event, thread):
+    payload = pointed_at_us(webhook_example(event, "labeled"))
+    payload["label"]["name"] = "claude"
+    assert post(client, event, payload, "lb").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-lb")
+    assert (kwargs["trigger"], kwargs["label"]) == ("label", "claude")
+    assert kwargs["pull"] is (event == "pull_request")
+    assert kwargs["number"] == payload[thread]["number"]
+    assert kwargs["requester"] == payload["sender"]["login"]
+
+
+def test_label_added_by_a_bot_is_ignored(client, redis_url):
+    payload = pointed_at_us(webhook_example("pull_request", "labeled"), sender_type="Bot")
+    assert post(client, "pull_request", payload).json["status"] == "ignored"
+
+
+def test_new_commits_rerun_only_labelled_pull_requests(client, redis_url):
+    payload = pointed_at_us(webhook_example("pull_request", "synchronize"))
+    payload["pull_request"]["labels"] = []
+    assert post(client, "pull_request", payload).json["status"] == "ignored"
+    payload["pull_request"]["labels"] = [{"name": "claude"}, {"name": "bug"}]
+    assert post(client, "pull_request", payload, "sync").status_code == 202
+    assert job_kwargs(redis_url, "session-sync")["label"] == "bug,claude"
+    bot = pointed_at_us(webhook_example("pull_request", "synchronize"), sender_type="Bot")
+    bot["pull_request"]["labels"] = [{"name": "claude"}]
+    assert post(client, "pull_request", bot).json["status"] == "ignored"

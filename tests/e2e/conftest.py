@@ -26,6 +26,8 @@ from tests.support import ROOT, delivery_headers, free_port, issue_comment_paylo
 
 INSTALLATION = 4242
 REPO = "octo-org/hello-world"
+REVIEWED = "octo-org/reviewed"  # maps labels to review mode in its .github/claude.yml
+BROKEN = "octo-org/broken"  # its .github/claude.yml is invalid
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
@@ -63,7 +65,17 @@ def github(tmp_path_factory):
                 "tests/test_math.py": "def test_add():\n    assert 1 + 1 == 2\n",
             },
         )
+        gh.add_repo(REVIEWED, INSTALLATION, files={
+            "README.md": "# reviewed\n",
+            "greet.py": "def greet():\n    return 'hi'\n",
+            ".github/claude.yml": "labels:\n  claude-review: review\n  claude: implement\n",
+        })  # fmt: skip
+        gh.add_repo(BROKEN, INSTALLATION, files={
+            "README.md": "# broken\n", ".github/claude.yml": "max_turns: 500\n",
+        })  # fmt: skip
         gh.add_user("octocat", 583231)
+        for repo in (REPO, REVIEWED, BROKEN):
+            gh.add_collaborator(repo, "octocat", "write")
         yield gh
 
 
@@ -106,25 +118,31 @@ class Service:
         headers = delivery_headers(event, body, secret, delivery)
         return httpx.post(f"{self.url}/webhooks", content=body, headers=headers, timeout=10)
 
-    def comment(self, number: int, body: str, delivery: str | None = None) -> httpx.Response:
+    def comment(self, number: int, body: str, delivery: str | None = None, *,
+                repo: str = REPO, pull: bool = False) -> httpx.Response:  # fmt: skip
         """Post `body` as octocat on the stand-in, then deliver GitHub's webhook for it."""
-        seeded = self.github.add_comment(REPO, number, body, "octocat")
-        payload = issue_comment_payload(REPO, number, body, INSTALLATION)
+        seeded = self.github.add_comment(repo, number, body, "octocat")
+        payload = issue_comment_payload(repo, number, body, INSTALLATION)
         payload["comment"]["id"] = seeded.id
+        if pull:
+            payload["issue"]["pull_request"] = {"url": f"{self.github.api_url}/pulls/{number}"}
         return self.deliver(payload, delivery)
 
-    def comments(self, number: int) -> list[Comment]:
-        return [c for c in self.github.comments if c.full_name == REPO and c.issue_number == number]
+    def comments(self, number: int, repo: str = REPO) -> list[Comment]:
+        return [c for c in self.github.comments if c.full_name == repo and c.issue_number == number]
 
-    def tracking_comments(self, number: int) -> list[Comment]:
-        return [c for c in self.comments(number) if ANY_STATE.search(c.body)]
+    def tracking_comments(self, number: int, repo: str = REPO) -> list:
+        """Ours, on the thread: conversation comments and replies in review threads."""
+        threaded = [c for c in self.github.review_comments
+                    if c.pull.full_name == repo and c.pull.number == number]  # fmt: skip
+        return [c for c in [*self.comments(number, repo), *threaded] if ANY_STATE.search(c.body)]
 
     def pulls_for(self, number: int) -> list[PullRequest]:
         return [p for p in self.github.pulls if f"Closes #{number}" in (p.body or "")]
 
-    def wait_final(self, number: int, timeout: float = 240) -> Comment:
+    def wait_final(self, number: int, timeout: float = 240, repo: str = REPO) -> Comment:
         def final():
-            done = [c for c in self.tracking_comments(number) if FINAL.search(c.body)]
+            done = [c for c in self.tracking_comments(number, repo) if FINAL.search(c.body)]
             return done[0] if done else None
 
         try:
@@ -199,3 +217,10 @@ def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
     time.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_model(anthropic):
+    """Each test scripts the model anew and reads only the requests its own session made."""
+    anthropic.reset()
+    yield

@@ -1,0 +1,84 @@
+"""What Claude is shown besides the instruction: the thread, quoted as material.
+
+Anyone can write an issue, a PR description or a comment, so all of it is quoted and cleaned of
+what a human reader would not see (HTML comments, invisible and bidirectional-control
+characters), comments edited after the trigger are dropped, and the whole is bounded in size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from jobs.github import RepoSession
+from jobs.request import SessionRequest
+
+MAX_SECTION = 12_000
+MAX_MATERIAL = 60_000
+MAX_DIFF = 40_000
+_HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
+# Zero-width, word-joiner, BOM, soft hyphen and the bidirectional controls (Trojan Source).
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def clean(text: str | None, limit: int = MAX_SECTION) -> str:
+    text = _INVISIBLE.sub("", _HIDDEN.sub("", text or ""))
+    return text if len(text) <= limit else text[:limit] + "\n… (cut)"
+
+
+@dataclass(frozen=True)
+class Section:
+    kind: str  # issue, pull_request, comment, review_comment, diff, …
+    text: str
+    attributes: str = ""
+
+    def render(self) -> str:
+        attrs = f" {self.attributes}" if self.attributes else ""
+        return f"<{self.kind}{attrs}>\n{self.text}\n</{self.kind}>"
+
+
+def _is_ours(comment: dict) -> bool:
+    user = comment.get("user") or {}
+    return user.get("type") == "Bot" or "<!-- claudecluster:session" in (comment.get("body") or "")
+
+
+def _before(comment: dict, trigger_time: str) -> bool:
+    # Edited after the trigger: someone may be steering a running session; leave it out.
+    return not trigger_time or (comment.get("updated_at") or "") <= trigger_time
+
+
+def gather(github: RepoSession, request: SessionRequest, thread: dict, trigger_time: str = "",
+           diff: str | None = None) -> list[Section]:  # fmt: skip
+    """The thread's text as material sections, oldest first, within MAX_MATERIAL."""
+    kind = "pull_request" if request.pull else "issue"
+    sections = [
+        Section(kind, f"Title: {clean(thread.get('title'), 500)}\n\n{clean(thread.get('body'))}",
+                f'number="{request.number}" author="{(thread.get("user") or {}).get("login")}"')
+    ]  # fmt: skip
+    for comment in github.issue_comments(request.number):
+        if comment.get("id") == request.comment_id or _is_ours(comment):
+            continue
+        if _before(comment, trigger_time):
+            author = (comment.get("user") or {}).get("login")
+            sections.append(Section("comment", clean(comment.get("body")), f'author="{author}"'))
+    if request.pull:
+        for comment in github.review_comments(request.number):
+            if comment.get("id") == request.review_comment_id or _is_ours(comment):
+                continue
+            if _before(comment, trigger_time):
+                where = f'path="{comment.get("path")}" line="{comment.get("line")}"'
+                author = (comment.get("user") or {}).get("login")
+                sections.append(Section("review_comment", clean(comment.get("body")),
+                                        f'{where} author="{author}"'))  # fmt: skip
+    if diff is not None:
+        sections.append(Section("diff", clean(diff, MAX_DIFF)))
+    return bounded(sections)
+
+
+def bounded(sections: list[Section]) -> list[Section]:
+    """Keep the thread's head and its newest parts when it is too long for the prompt."""
+    total = sum(len(s.text) for s in sections)
+    while total > MAX_MATERIAL and len(sections) > 2:
+        dropped = sections.pop(1)
+        total -= len(dropped.text)
+    return sections

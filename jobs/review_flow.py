@@ -1,0 +1,70 @@
+"""A review session: Claude reads the pull request read-only and a real review is posted.
+
+Claude answers with a structured review (`--json-schema`); comments on lines of the diff become
+inline comments, the others are folded into the summary. A review never pushes.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from app.config import Settings
+from jobs.context import gather
+from jobs.diff import parse_diff
+from jobs.github import RepoSession, bot_identity
+from jobs.redact import redactor
+from jobs.repo_config import RepoConfig
+from jobs.request import SessionRequest
+from jobs.review import parse_review, review_cli_args, review_prompt, to_github_review
+from jobs.session import finished_badly, run_agent
+from jobs.tracking import PUBLISHING, TrackingComment
+from jobs.workspace import Workspace
+
+DIFF_FILE = ".claudecluster-review.diff"
+
+
+def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
+                session_id: str, github: RepoSession, repository: dict,
+                tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
+    pull = github.pull(request.number)
+    diff = github.pull_diff(request.number)
+    # The diff and the head must agree, or the inline comments land on the wrong lines.
+    if github.pull(request.number)["head"]["sha"] != pull["head"]["sha"]:
+        pull = github.pull(request.number)
+        diff = github.pull_diff(request.number)
+    head_sha = pull["head"]["sha"]
+    sections = gather(github, request, pull, request.triggered_at)
+    material = "\n\n".join(section.render() for section in sections[1:])
+    ref = f"refs/pull/{request.number}/head"
+    workspace = Workspace.clone(settings.workspace_root, repository["clone_url"], ref, github.token)
+    try:
+        (workspace.tree / DIFF_FILE).write_text(diff)
+        prompt = review_prompt(
+            request.repo, request.number, pull, diff, focus=request.instruction,
+            requester=request.requester, material=material, diff_file=DIFF_FILE,
+        )  # fmt: skip
+        if config.instructions:
+            prompt += f"\n\nRepository guidance from its maintainers:\n{config.instructions}\n"
+        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis,
+                        extra_args=review_cli_args())  # fmt: skip
+        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+            return bad
+        outcome = run.outcome
+        if outcome.structured is None:
+            tracking.failed("Claude did not return a structured review", outcome)
+            return {"status": "failed", "reason": "no structured review"}
+
+        tracking.advance(PUBLISHING)
+        draft = parse_review(outcome.structured)
+        own = (pull.get("user") or {}).get("login") == bot_identity(settings, github).login
+        review = to_github_review(draft, parse_diff(diff), head_sha, own_pull_request=own)
+        review["body"] = redactor(review["body"])
+        for comment in review.get("comments", []):
+            comment["body"] = redactor(comment["body"])
+        posted = github.create_review(request.number, review)
+        inline = len(review.get("comments", []))
+        outcome.result = draft.summary
+        tracking.review_posted(posted.get("html_url") or pull["html_url"], inline, outcome)
+        return {"status": "reviewed", "inline_comments": inline, "cost_usd": outcome.cost_usd}
+    finally:
+        workspace.remove()

@@ -1,0 +1,223 @@
+"""Pull request flows, commands and repository config, end to end on real parts."""
+
+from __future__ import annotations
+
+import time
+
+from tests.e2e.conftest import BROKEN, INSTALLATION, REPO, REVIEWED, leftover_containers
+from tests.standins.anthropic import Structured, Text, ToolUse
+from tests.support import (
+    issue_comment_payload,
+    pointed_at,
+    pull_event_payload,
+    review_comment_payload,
+    wait_for,
+    webhook_example,
+)
+
+GREETING = "def greet():\n    return 'hi'\n"
+HELLO = "def greet():\n    return 'hello'\n"
+
+
+def open_pull(service, branch: str, title: str, **kw):
+    return service.github.add_pull(
+        REPO, branch, title=title, body="Please review.", user_login="octocat",
+        files={"greet.py": GREETING}, **kw,
+    )  # fmt: skip
+
+
+def test_pr_comment_pushes_a_commit_to_the_head_branch(service):
+    gh, api = service.github, service.anthropic
+    pr = open_pull(service, "feature/greeting", "Add a greeting")
+    head_before = gh.branches(REPO)["feature/greeting"]
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+        Text("greet() now says hello."),
+    ])  # fmt: skip
+    assert service.comment(pr.number, "/claude make greet say hello", pull=True).status_code == 202
+
+    final = service.wait_final(pr.number)
+    assert "pushed a commit to `feature/greeting`" in final.body, final.body
+    assert gh.read_file(REPO, "feature/greeting", "greet.py") == HELLO
+    parent = gh.git(REPO, "rev-parse", "feature/greeting~1").strip()
+    assert parent == head_before, "the commit must sit on the head, not replace it"
+    assert not [p for p in gh.pushes if p.forced]
+    assert not service.pulls_for(pr.number)
+    # The model saw the pull request's diff as material.
+    assert "greet.py" in api.main_requests()[0].user_text()
+
+
+def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
+    gh, api = service.github, service.anthropic
+    pr = open_pull(service, "feature/inline", "Inline change")
+    asked = gh.add_review_comment(REPO, pr.number, "greet.py", 2, "/claude say hello here",
+                                  "octocat")  # fmt: skip
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+        Text("Changed the greeting on line 2."),
+    ])  # fmt: skip
+    payload = review_comment_payload(REPO, pr.number, asked.id, "/claude say hello here",
+                                     INSTALLATION)  # fmt: skip
+    assert service.deliver(payload, event="pull_request_review_comment").status_code == 202
+
+    final = service.wait_final(pr.number)
+    assert getattr(final, "in_reply_to_id", None) == asked.id, "the reply must be threaded"
+    assert "pushed a commit to `feature/inline`" in final.body
+    assert gh.read_file(REPO, "feature/inline", "greet.py") == HELLO
+    prompt = api.main_requests()[0].user_text()
+    assert "`greet.py`, line 2" in prompt
+
+
+def test_fork_pull_request_gets_a_follow_up_pull_request(service):
+    gh, api = service.github, service.anthropic
+    pr = open_pull(service, "patch-1", "Fork change", fork_full_name="stranger/hello-world")
+    branches_before = gh.branches(REPO)
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+        Text("Fixed the greeting."),
+    ])  # fmt: skip
+    assert service.comment(pr.number, "/claude fix the greeting", pull=True).status_code == 202
+
+    final = service.wait_final(pr.number)
+    follow_ups = [p for p in gh.pulls if f"Follow-up to #{pr.number}" in (p.body or "")]
+    assert len(follow_ups) == 1, final.body
+    follow_up = follow_ups[0]
+    assert follow_up.head_ref.startswith(f"claude/pr-{pr.number}-")
+    assert "comes from a fork" in final.body and f"#{follow_up.number}" in final.body
+    assert gh.read_file(REPO, follow_up.head_ref, "greet.py") == HELLO
+    new = set(gh.branches(REPO)) - set(branches_before)
+    assert new == {follow_up.head_ref}, "nothing may be pushed anywhere but the new branch"
+
+
+def test_stop_during_a_run_pushes_nothing(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Slow work")
+    branches_before = gh.branches(REPO)
+    api.script([Text("never delivered", delay=60)])
+    assert service.comment(number, "/claude do the slow thing").status_code == 202
+    wait_for(lambda: service.tracking_comments(number), 60, what="the tracking comment")
+    wait_for(lambda: api.main_requests(), 60, what="claude to start")
+    answer = service.comment(number, "/claude stop")
+    assert answer.status_code == 202 and answer.json()["status"] == "stopping"
+
+    final = service.wait_final(number, timeout=60)
+    assert "Stopped by @octocat" in final.body and "Nothing was pushed" in final.body
+    assert gh.branches(REPO) == branches_before
+    assert not service.pulls_for(number)
+    time.sleep(1)
+    assert not leftover_containers()
+    api.script([])
+
+
+def test_invalid_repo_config_runs_nothing_and_names_the_field(service):
+    gh = service.github
+    number = 1
+    gh.add_issue(BROKEN, number, "Anything", "body", "octocat", 583231)
+    assert service.comment(number, "/claude do it", repo=BROKEN).status_code == 202
+    final = service.wait_final(number, repo=BROKEN)
+    assert "`.github/claude.yml` is invalid" in final.body
+    assert "max_turns" in final.body
+    assert set(gh.branches(BROKEN)) == {"main"}
+
+
+def test_help_answers_with_usage_for_this_repository(service):
+    number = service.new_issue("How do I use this?")
+    assert service.comment(number, "/claude help").status_code == 202
+    final = service.wait_final(number)
+    body = final.body
+    assert "/claude review" in body and "/claude stop" in body
+    assert "`claude` → implement" in body and "write" in body
+
+
+def test_empty_command_gets_the_help_too(service):
+    number = service.new_issue("Empty")
+    assert service.comment(number, "/claude").status_code == 202
+    assert "How to ask Claude here" in service.wait_final(number).body
+
+
+def test_label_on_an_issue_runs_the_issue_flow(service):
+    gh, api = service.github, service.anthropic
+    number = service.new_issue("Add a NOTICE file", "Create NOTICE with the project name.")
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/NOTICE", "content": "hello-world\n"}),
+        Text("Added NOTICE."),
+    ])  # fmt: skip
+    payload = pointed_at(webhook_example("issues", "labeled"), REPO, INSTALLATION)
+    payload["issue"]["number"] = number
+    payload["label"]["name"] = "claude"
+    assert service.deliver(payload, event="issues").status_code == 202
+    service.wait_final(number)
+    (pull,) = service.pulls_for(number)
+    assert gh.read_file(REPO, pull.head_ref, "NOTICE") == "hello-world\n"
+    assert "Create NOTICE" in api.main_requests()[0].user_text()
+
+
+def test_unmapped_label_does_nothing(service):
+    number = service.new_issue("Labelled bug")
+    payload = pointed_at(webhook_example("issues", "labeled"), REPO, INSTALLATION)
+    payload["issue"]["number"] = number
+    payload["label"]["name"] = "bug"
+    assert service.deliver(payload, event="issues").status_code == 202
+    time.sleep(4)
+    assert service.comments(number) == []
+
+
+REVIEW = {
+    "summary": "The greeting changed; consider a docstring.",
+    "verdict": "comment",
+    "comments": [
+        {"path": "greet.py", "line": 2, "body": "Say why the greeting changed."},
+        {"path": "README.md", "line": 40, "body": "Not part of the diff: folded."},
+    ],
+}
+
+
+def reviews_of(gh, number: int) -> list:
+    return [r for r in gh.reviews if r.pull.full_name == REVIEWED and r.pull.number == number]
+
+
+def test_labelled_pull_request_gets_a_review_with_inline_comments(service):
+    gh, api = service.github, service.anthropic
+    pr = gh.add_pull(REVIEWED, "feature/review-me", title="Change greeting", body="Please",
+                     user_login="octocat", files={"greet.py": HELLO})  # fmt: skip
+    heads_before = gh.branches(REVIEWED)
+    api.script([Structured(REVIEW)])
+    payload = pull_event_payload("labeled", REVIEWED, pr.number, INSTALLATION,
+                                 labels=["claude-review"], label="claude-review")  # fmt: skip
+    assert service.deliver(payload, event="pull_request").status_code == 202
+
+    final = service.wait_final(pr.number, repo=REVIEWED)
+    assert "reviewed this pull request" in final.body and "1 inline comments" in final.body
+    (review,) = reviews_of(gh, pr.number)
+    assert "consider a docstring" in review.body and "README.md" in review.body
+    inline = [c for c in gh.review_comments if c.review_id == review.id]
+    assert [(c.path, c.line, c.side) for c in inline] == [("greet.py", 2, "RIGHT")]
+    assert gh.branches(REVIEWED) == heads_before, "a review never pushes"
+    (request,) = api.main_requests()
+    assert request.structured_output_schema is not None
+    assert not {"Write", "Edit", "Bash"} & set(request.tool_names)
+
+    # New commits while the label stays: another review.
+    gh.add_commit(REVIEWED, "feature/review-me", {"greet.py": "def greet():\n    return 'hey'\n"})
+    api.reset()
+    api.script([Structured(REVIEW)])
+    payload = pull_event_payload("synchronize", REVIEWED, pr.number, INSTALLATION,
+                                 labels=["claude-review"])  # fmt: skip
+    assert service.deliver(payload, event="pull_request").status_code == 202
+    wait_for(lambda: len(reviews_of(gh, pr.number)) == 2, 120, what="a second review")
+
+
+def test_review_command_on_a_pull_request(service):
+    gh, api = service.github, service.anthropic
+    pr = gh.add_pull(REVIEWED, "feature/ask-review", title="Another", body="",
+                     user_login="octocat", files={"greet.py": HELLO})  # fmt: skip
+    api.script([Structured(REVIEW)])
+    body = "/claude review the naming"
+    seeded = gh.add_comment(REVIEWED, pr.number, body, "octocat")
+    payload = issue_comment_payload(REVIEWED, pr.number, body, INSTALLATION)
+    payload["comment"]["id"] = seeded.id
+    payload["issue"]["pull_request"] = {"url": "x"}
+    assert service.deliver(payload).status_code == 202
+    service.wait_final(pr.number, repo=REVIEWED)
+    assert len(reviews_of(gh, pr.number)) == 1
+    assert "the naming" in api.main_requests()[0].user_text()
