@@ -15,8 +15,7 @@ _MATERIAL_RULE = (
 )
 
 
-def _frame(request: SessionRequest, where: str, task: str, material: list[Section],
-           extra: str = "") -> str:  # fmt: skip
+def _frame(request: SessionRequest, where: str, task: str, material: list[Section]) -> str:
     kind = "pull request" if request.pull else "issue"
     instruction = request.instruction or f"Resolve the {kind} below."
     rendered = "\n\n".join(section.render() for section in material)
@@ -29,8 +28,6 @@ def _frame(request: SessionRequest, where: str, task: str, material: list[Sectio
         f"<material>\n{rendered}\n</material>",
         task,
     ]
-    if extra:
-        parts.append(f"Repository guidance from its maintainers:\n{extra}")
     return "\n\n".join(parts) + "\n"
 
 
@@ -43,6 +40,6 @@ IMPLEMENT_TASK = (
 
 
 def implement_prompt(request: SessionRequest, where: str, material: list[Section],
-                     focus: str = "", extra: str = "") -> str:  # fmt: skip
+                     focus: str = "") -> str:  # fmt: skip
     task = f"{focus}\n\n{IMPLEMENT_TASK}" if focus else IMPLEMENT_TASK
-    return _frame(request, where, task, material, extra)
+    return _frame(request, where, task, material)

@@ -43,8 +43,6 @@ def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
             request.repo, request.number, pull, diff, focus=request.instruction,
             requester=request.requester, material=material, diff_file=DIFF_FILE,
         )  # fmt: skip
-        if config.instructions:
-            prompt += f"\n\nRepository guidance from its maintainers:\n{config.instructions}\n"
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis,
                         extra_args=review_cli_args())  # fmt: skip
         if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LABEL = "claudecluster.session"
 CONTROL_DIR = "/run/claudecluster"
 RELAY_PORT = 8787
+SETUP_FAILED = 3  # the entrypoint's exit status when the repository's setup commands fail
 
 
 class SandboxError(RuntimeError):
@@ -50,6 +51,8 @@ class Limits:
     max_turns: int
     model: str | None = None
     max_budget_usd: float | None = None
+    # The maintainers' extra instructions (.github/claude.yml `instructions`).
+    append_system_prompt: str = ""
 
 
 def sandbox_user() -> str:
@@ -87,6 +90,8 @@ class Sandbox:
             cmd += ["--model", limits.model]
         if limits.max_budget_usd:
             cmd += ["--max-budget-usd", f"{limits.max_budget_usd:g}"]
+        if limits.append_system_prompt:
+            cmd += [f"--append-system-prompt={limits.append_system_prompt}"]
         return cmd + extra
 
     def run(
@@ -100,9 +105,14 @@ class Sandbox:
         extra_args: list[str] | None = None,
         on_action: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        setup: tuple[str, ...] = (),
     ) -> SandboxRun:
         (control / "prompt.md").write_text(prompt)
         os.chmod(control / "prompt.md", 0o644)
+        if setup:
+            # Run by the image's entrypoint inside the sandbox, never by the worker.
+            (control / "setup.sh").write_text("\n".join(setup) + "\n")
+            os.chmod(control / "setup.sh", 0o644)
         try:
             self.client.images.get(self.settings.agent_image)
         except ImageNotFound:
@@ -193,6 +203,9 @@ class Sandbox:
             timer.cancel()
             finished.set()
         stderr = container.logs(stdout=False, stderr=True, tail=20).decode("utf-8", "replace")
+        if status.get("StatusCode") == SETUP_FAILED:
+            lines = [line for line in stderr.strip().splitlines() if line.strip()]
+            transcript.outcome.setup_failed = " / ".join(lines[-4:])[-800:]
         return SandboxRun(
             outcome=transcript.outcome,
             exit_code=status.get("StatusCode"),

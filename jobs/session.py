@@ -160,6 +160,7 @@ def limits_for(settings: Settings, config: RepoConfig) -> Limits:
         max_turns=min(settings.max_turns, config.max_turns),
         model=config.model or settings.model,
         max_budget_usd=config.max_budget_usd,
+        append_system_prompt=config.instructions,
     )
 
 
@@ -175,6 +176,7 @@ def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace
             session_id, workspace.tree, control, gw.session_key, prompt,
             limits_for(settings, config), extra_args=extra_args, on_action=tracking.action,
             should_stop=lambda: stop_requested(redis, session_id) is not None,
+            setup=config.setup,
         )  # fmt: skip
 
 
@@ -204,7 +206,7 @@ def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequ
         settings.workspace_root, repository["clone_url"], base, github.token
     )
     try:
-        prompt = implement_prompt(request, f"branch {base}", material, extra=config.instructions)
+        prompt = implement_prompt(request, f"branch {base}", material)
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
         if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
             return bad
@@ -250,7 +252,7 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
     workspace = Workspace.clone(settings.workspace_root, repository["clone_url"], ref, github.token)
     try:
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
-                                  focus=focus, extra=config.instructions)  # fmt: skip
+                                  focus=focus)  # fmt: skip
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
         if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
             return bad

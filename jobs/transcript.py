@@ -28,9 +28,13 @@ class Outcome:
     last_api_error: str = ""
     structured: object = None  # the --json-schema answer, when one was asked for
 
+    setup_failed: str = ""  # the sandbox's report when the repository's setup commands failed
+
     @property
     def failure(self) -> str:
         """A short reason, for the tracking comment."""
+        if self.setup_failed:
+            return f"the repository's setup commands failed: {self.setup_failed}"
         if not self.finished:
             return self.last_api_error or "Claude stopped before it finished"
         if self.errors:

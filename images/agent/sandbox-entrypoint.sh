@@ -14,6 +14,7 @@
 #   CLAUDECLUSTER_PROMPT_FILE     default /run/claudecluster/prompt.md
 #   CLAUDECLUSTER_RELAY_PORT      default 8787
 #   CLAUDECLUSTER_RELAY_WAIT      whole seconds to wait for the relay, default 5
+#   CLAUDECLUSTER_SETUP_FILE      default /run/claudecluster/setup.sh (run first, if present)
 #   ANTHROPIC_BASE_URL            set to http://127.0.0.1:PORT when the relay
 #                                 runs and it is not set already
 set -euo pipefail
@@ -57,6 +58,19 @@ if [ -e "$socket" ]; then
         sleep 0.05
     done
     export ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-http://127.0.0.1:$port}"
+fi
+
+# The repository's setup commands (.github/claude.yml `setup`) run before the command, in
+# /workspace; their output goes to stderr so stdout stays the CLI's stream-json.
+setup="${CLAUDECLUSTER_SETUP_FILE:-/run/claudecluster/setup.sh}"
+if [ -f "$setup" ]; then
+    echo "$prog: running the repository's setup commands" >&2
+    status=0
+    (cd /workspace && bash -e "$setup") </dev/null >&2 || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "$prog: setup commands failed with exit status $status" >&2
+        exit 3
+    fi
 fi
 
 # exec: the command replaces this script (as PID 1 unless `docker run --init`),

@@ -28,6 +28,8 @@ INSTALLATION = 4242
 REPO = "octo-org/hello-world"
 REVIEWED = "octo-org/reviewed"  # maps labels to review mode in its .github/claude.yml
 BROKEN = "octo-org/broken"  # its .github/claude.yml is invalid
+CONFIGURED = "octo-org/configured"  # setup commands and maintainers' instructions
+FAILING_SETUP = "octo-org/failing-setup"
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
@@ -73,8 +75,20 @@ def github(tmp_path_factory):
         gh.add_repo(BROKEN, INSTALLATION, files={
             "README.md": "# broken\n", ".github/claude.yml": "max_turns: 500\n",
         })  # fmt: skip
+        gh.add_repo(CONFIGURED, INSTALLATION, files={
+            "README.md": "# configured\n",
+            ".github/claude.yml": (
+                "setup:\n  - echo setup-was-here > /tmp/setup-marker\n"
+                "instructions: Always sign summaries with -- the bot.\n"
+                "branch_prefix: bots/claude/\ndraft_pull_requests: true\n"
+            ),
+        })  # fmt: skip
+        gh.add_repo(FAILING_SETUP, INSTALLATION, files={
+            "README.md": "# failing\n",
+            ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
+        })  # fmt: skip
         gh.add_user("octocat", 583231)
-        for repo in (REPO, REVIEWED, BROKEN):
+        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP):
             gh.add_collaborator(repo, "octocat", "write")
         yield gh
 

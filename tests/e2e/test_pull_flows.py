@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 
-from tests.e2e.conftest import BROKEN, INSTALLATION, REPO, REVIEWED, leftover_containers
+from tests.e2e.conftest import (
+    BROKEN,
+    CONFIGURED,
+    FAILING_SETUP,
+    INSTALLATION,
+    REPO,
+    REVIEWED,
+    leftover_containers,
+)
 from tests.standins.anthropic import Structured, Text, ToolUse
 from tests.support import (
     issue_comment_payload,
@@ -221,3 +229,53 @@ def test_review_command_on_a_pull_request(service):
     service.wait_final(pr.number, repo=REVIEWED)
     assert len(reviews_of(gh, pr.number)) == 1
     assert "the naming" in api.main_requests()[0].user_text()
+
+
+def test_repo_config_setup_instructions_prefix_and_drafts_apply(service):
+    gh, api = service.github, service.anthropic
+    gh.add_issue(CONFIGURED, 1, "Add docs", "Please add docs.", "octocat", 583231)
+    api.script([
+        ToolUse("Bash", {"command": "cat /tmp/setup-marker"}),
+        ToolUse("Write", {"file_path": "/workspace/DOCS.md", "content": "docs\n"}),
+        Text("Added DOCS.md. -- the bot"),
+    ])  # fmt: skip
+    assert service.comment(1, "/claude add docs", repo=CONFIGURED).status_code == 202
+    final = service.wait_final(1, repo=CONFIGURED)
+    assert "state=done" in final.body, final.body
+    first, second = api.main_requests()[:2]
+    assert "Always sign summaries with -- the bot." in first.system_text()
+    assert "setup-was-here" in str(second.tool_results())
+    (pull,) = [p for p in gh.pulls if p.full_name == CONFIGURED]
+    assert pull.head_ref.startswith("bots/claude/issue-1-") and pull.draft
+
+
+def test_failing_setup_commands_end_the_session_with_their_output(service):
+    gh = service.github
+    gh.add_issue(FAILING_SETUP, 1, "Anything", "", "octocat", 583231)
+    assert service.comment(1, "/claude do it", repo=FAILING_SETUP).status_code == 202
+    final = service.wait_final(1, repo=FAILING_SETUP)
+    assert "state=failed" in final.body
+    assert "setup commands failed" in final.body and "missing tool" in final.body
+    assert service.anthropic.main_requests() == []
+
+
+def test_submitted_review_makes_its_inline_comments_the_task(service):
+    gh, api = service.github, service.anthropic
+    pr = open_pull(service, "feature/reviewed-by-human", "Reviewed by a human")
+    review = gh.add_review(REPO, pr.number, "/claude address my comments", "octocat",
+                           comments=[{"path": "greet.py", "line": 2,
+                                      "body": "Return 'hello' instead."}])  # fmt: skip
+    api.script([
+        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+        Text("Addressed the review."),
+    ])  # fmt: skip
+    payload = pointed_at(webhook_example("pull_request_review", "submitted"), REPO, INSTALLATION)
+    payload["pull_request"]["number"] = pr.number
+    payload["review"].update(id=review.id, body="/claude address my comments")
+    payload["review"]["user"].update(login="octocat", id=583231, type="User")
+    assert service.deliver(payload, event="pull_request_review").status_code == 202
+
+    final = service.wait_final(pr.number)
+    assert "pushed a commit to `feature/reviewed-by-human`" in final.body
+    prompt = api.main_requests()[0].user_text()
+    assert "Return 'hello' instead." in prompt and "`greet.py` line 2" in prompt
