@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from app.payload import field
-from jobs.request import HELP, IMPLEMENT, REVIEW, STOP, SessionRequest
+from app.repo_hints import DEFAULT_TRIGGER, RepoHints
+from jobs.request import HELP, IMPLEMENT, REFRESH, REVIEW, STOP, SessionRequest
 
-TRIGGER = "/claude"
+TRIGGER = DEFAULT_TRIGGER
+MARKER = "<!-- claudecluster:session"
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Start:
 
 
 Decision = Ignore | Start
-Handler = Callable[[dict, str], Decision]
+Handler = Callable[[dict, str, RepoHints], Decision]
 HANDLERS: dict[tuple[str, str], Handler] = {}
 
 
@@ -41,24 +44,31 @@ def handles(event: str, action: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def decide(event: str, payload: dict, delivery_id: str) -> Decision:
+def handler_for(event: str, payload: dict) -> Handler | None:
     action = payload.get("action") if isinstance(payload, dict) else None
-    handler = HANDLERS.get((event, action if isinstance(action, str) else ""))
+    return HANDLERS.get((event, action if isinstance(action, str) else ""))
+
+
+def decide(event: str, payload: dict, delivery_id: str, hints: RepoHints | None = None) -> Decision:
+    handler = handler_for(event, payload)
     if handler is None:
+        action = payload.get("action") if isinstance(payload, dict) else None
         return Ignore(f"{event}.{action} is not handled" if action else f"{event} is not handled")
-    return handler(payload, delivery_id)
+    return handler(payload, delivery_id, hints or RepoHints())
 
 
-_COMMAND = re.compile(rf"^[ \t]*{re.escape(TRIGGER)}(?=\s|$)(.*)", re.MULTILINE | re.DOTALL)
+@lru_cache(maxsize=256)
+def _command(phrase: str) -> re.Pattern[str]:
+    return re.compile(rf"^[ \t]*{re.escape(phrase)}(?=\s|$)(.*)", re.MULTILINE | re.DOTALL)
 
 
-def instruction_from(body: str) -> str | None:
+def instruction_from(body: str, phrase: str = TRIGGER) -> str | None:
     """The text after the first line that starts with the trigger, or None when there is none.
 
     The rest of that line and every line after it are the instruction, so a multi-line request
     reaches Claude whole.
     """
-    match = _COMMAND.search(body)
+    match = _command(phrase).search(body)
     return match.group(1).strip() if match else None
 
 
@@ -92,28 +102,32 @@ def _request(payload: dict, delivery_id: str, who: tuple[str, ...], **values) ->
     )
 
 
-def _commented(payload: dict, delivery_id: str, comment: str, **values) -> Decision:
+def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
+               **values) -> Decision:  # fmt: skip
     body = field(payload, comment, "body", optional=True) or ""
-    if is_bot(field(payload, comment, "user", kind=dict)):
+    user = field(payload, comment, "user", kind=dict)
+    if MARKER in body:
+        return Ignore("the bot's own comments never trigger")
+    if is_bot(user) and user.get("login") not in hints.bots:
         return Ignore("comments by bots never trigger")
-    instruction = instruction_from(body)
+    instruction = instruction_from(body, hints.trigger)
     if instruction is None:
-        return Ignore(f"no {TRIGGER} command")
+        return Ignore(f"no {hints.trigger} command")
     mode, instruction = command_from(instruction)
     when = field(payload, comment, "created_at", optional=True) or field(
         payload, comment, "submitted_at", optional=True
     )
     return Start(
         _request(payload, delivery_id, (comment, "user"), instruction=instruction, mode=mode,
-                 triggered_at=when or "", **values)
+                 triggered_at=when or "", phrase=hints.trigger, **values)
     )  # fmt: skip
 
 
 @handles("issue_comment", "created")
-def issue_comment_created(payload: dict, delivery_id: str) -> Decision:
+def issue_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     pull = field(payload, "issue", "pull_request", kind=dict, optional=True) is not None
     return _commented(
-        payload, delivery_id, "comment",
+        payload, delivery_id, hints, "comment",
         number=field(payload, "issue", "number", kind=int),
         comment_id=field(payload, "comment", "id", kind=int),
         pull=pull,
@@ -121,9 +135,9 @@ def issue_comment_created(payload: dict, delivery_id: str) -> Decision:
 
 
 @handles("pull_request_review_comment", "created")
-def review_comment_created(payload: dict, delivery_id: str) -> Decision:
+def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
-        payload, delivery_id, "comment",
+        payload, delivery_id, hints, "comment",
         number=field(payload, "pull_request", "number", kind=int),
         review_comment_id=field(payload, "comment", "id", kind=int),
         pull=True, trigger="review_comment",
@@ -131,9 +145,9 @@ def review_comment_created(payload: dict, delivery_id: str) -> Decision:
 
 
 @handles("pull_request_review", "submitted")
-def review_submitted(payload: dict, delivery_id: str) -> Decision:
+def review_submitted(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
-        payload, delivery_id, "review",
+        payload, delivery_id, hints, "review",
         number=field(payload, "pull_request", "number", kind=int),
         review_id=field(payload, "review", "id", kind=int),
         pull=True, trigger="review",
@@ -152,17 +166,17 @@ def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decis
 
 
 @handles("pull_request", "labeled")
-def pull_request_labeled(payload: dict, delivery_id: str) -> Decision:
+def pull_request_labeled(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _labelled(payload, delivery_id, "pull_request", pull=True)
 
 
 @handles("issues", "labeled")
-def issue_labeled(payload: dict, delivery_id: str) -> Decision:
+def issue_labeled(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _labelled(payload, delivery_id, "issue", pull=False)
 
 
 @handles("pull_request", "synchronize")
-def pull_request_pushed(payload: dict, delivery_id: str) -> Decision:
+def pull_request_pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     labels = field(payload, "pull_request", "labels", kind=list, optional=True) or []
     if not labels:
         return Ignore("new commits on a pull request without labels")
@@ -173,4 +187,28 @@ def pull_request_pushed(payload: dict, delivery_id: str) -> Decision:
         _request(payload, delivery_id, ("sender",), instruction="",
                  number=field(payload, "pull_request", "number", kind=int), pull=True,
                  trigger="push", label=",".join(names))
+    )  # fmt: skip
+
+
+CONFIG_PATH = ".github/claude.yml"
+
+
+@handles("push", "")
+def pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    """A push that changes the config on the default branch refreshes what the web knows."""
+    default = field(payload, "repository", "default_branch", optional=True)
+    if field(payload, "ref") != f"refs/heads/{default}":
+        return Ignore("push to a branch other than the default")
+    touched = {
+        path
+        for commit in field(payload, "commits", kind=list, optional=True) or []
+        if isinstance(commit, dict)
+        for key in ("added", "modified", "removed")
+        for path in commit.get(key) or []
+    }
+    if CONFIG_PATH not in touched:
+        return Ignore(f"push does not change {CONFIG_PATH}")
+    return Start(
+        _request(payload, delivery_id, ("sender",), instruction="", number=0, mode=REFRESH,
+                 trigger="config")
     )  # fmt: skip

@@ -15,7 +15,8 @@ from redis.exceptions import RedisError
 
 from app.enqueue import enqueue_session, request_stop
 from app.payload import PayloadError
-from app.triggers import Ignore, decide
+from app.repo_hints import RepoHints, read_hints
+from app.triggers import Ignore, decide, handler_for
 from jobs.request import STOP
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,11 @@ def receive():
         return _reply(200, status="pong")
 
     try:
-        decision = decide(event, payload, delivery)
+        hints = RepoHints()
+        repo = payload.get("repository")
+        if handler_for(event, payload) and isinstance(repo, dict) and repo.get("full_name"):
+            hints = read_hints(current_app.extensions["redis"], str(repo["full_name"]))
+        decision = decide(event, payload, delivery, hints)
     except PayloadError as exc:
         return _reply(400, error=f"malformed {event} payload: {exc}")
     if isinstance(decision, Ignore):

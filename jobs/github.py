@@ -23,6 +23,7 @@ ISSUE_SESSION_PERMISSIONS = {
     "metadata": "read",
 }
 REVIEW_SESSION_PERMISSIONS = {**ISSUE_SESSION_PERMISSIONS, "contents": "read"}
+READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the repo's config
 
 
 def _client(api_url: str, auth) -> GitHub:

@@ -12,6 +12,7 @@ IMPLEMENT = "implement"
 REVIEW = "review"
 HELP = "help"
 STOP = "stop"
+REFRESH = "refresh"  # re-read .github/claude.yml and tell the web process what it needs
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class SessionRequest:
     review_comment_id: int = 0  # the inline review comment that asked, if any
     review_id: int = 0  # the submitted review that asked, if any
     label: str = ""  # the label that asked, for label triggers
+    phrase: str = "/claude"  # the trigger phrase the front door matched
     triggered_at: str = ""  # ISO time of the asking comment; later edits are not material
 
     @property

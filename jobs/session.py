@@ -19,10 +19,12 @@ from rq import get_current_job
 
 from app.config import WORKER_REQUIRED, Settings, load_settings
 from app.enqueue import active_key, session_id_for, stop_key
+from app.repo_hints import write_hints
 from jobs.context import gather
 from jobs.gateway import ModelGateway
 from jobs.github import (
     ISSUE_SESSION_PERMISSIONS,
+    READ_PERMISSIONS,
     REVIEW_SESSION_PERMISSIONS,
     RepoSession,
     bot_identity,
@@ -33,11 +35,12 @@ from jobs.redact import redactor
 from jobs.repo_config import (
     RepoConfig,
     RepoConfigError,
+    bot_allowed,
     load_repo_config,
     mode_for_label,
     permission_at_least,
 )
-from jobs.request import HELP, REVIEW, STOP, SessionRequest
+from jobs.request import HELP, REFRESH, REVIEW, STOP, SessionRequest
 from jobs.sandbox import Limits, Sandbox, SandboxError, SandboxRun
 from jobs.tracking import PUBLISHING, RUNNING, TrackingComment
 from jobs.workspace import GitError, Workspace
@@ -53,7 +56,9 @@ def run_session(**job: object) -> dict:
     redis = current.connection if current else Redis.from_url(settings.redis_url)
 
     try:
-        permissions = REVIEW_SESSION_PERMISSIONS if request.mode == REVIEW else None
+        permissions = {REVIEW: REVIEW_SESSION_PERMISSIONS, REFRESH: READ_PERMISSIONS}.get(
+            request.mode
+        )
         github = RepoSession(
             settings, request.installation_id, request.repo,
             permissions or ISSUE_SESSION_PERMISSIONS,
@@ -83,15 +88,21 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
         try:
             config = load_repo_config(github, repository["default_branch"])
         except RepoConfigError as exc:
+            if request.mode == REFRESH:
+                return {"status": "invalid_config", "reason": str(exc)}  # no thread to answer on
             tracking.answered("⚠️ **`.github/claude.yml` is invalid, so nothing ran.**", str(exc))
             return {"status": "invalid_config", "reason": str(exc)}
 
+        write_hints(redis, request.repo, config.trigger, config.allowed_bots)
         mode = decide_mode(request, config)
         if mode is None:
-            return {"status": "ignored"}  # a label or push this repository does not act on
+            # A label or push this repository does not act on, a refresh, or an old phrase.
+            return {"status": "ignored", "trigger": config.trigger}
         tracking.mode = mode
-        role = github.permission(request.requester)
-        if not permission_at_least(role, config.min_permission):
+        # Bots the config names are trusted by name: an App's bot is no collaborator.
+        trusted_bot = bot_allowed(config, request.requester)
+        role = "bot" if trusted_bot else github.permission(request.requester)
+        if not trusted_bot and not permission_at_least(role, config.min_permission):
             tracking.answered(
                 f"🚫 **@{request.requester}, only collaborators with {config.min_permission} "
                 "access can ask Claude to work here.**", "",
@@ -129,6 +140,12 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
 
 def decide_mode(request: SessionRequest, config: RepoConfig) -> str | None:
     """The mode this request runs in, or None when the repository does not act on it."""
+    if request.mode == REFRESH:
+        return None
+    if request.trigger in ("comment", "review_comment", "review") and (
+        request.phrase != config.trigger
+    ):
+        return None  # the front door matched a phrase this repository no longer uses
     if request.trigger == "label":
         return mode_for_label(config, request.label)
     if request.trigger == "push":

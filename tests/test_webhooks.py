@@ -12,6 +12,7 @@ from rq.serializers import JSONSerializer
 
 from app import create_app
 from app.config import load_settings
+from app.repo_hints import write_hints
 from tests.support import (
     delivery_headers,
     free_port,
@@ -92,7 +93,7 @@ def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_u
         "comment_id": 1_000_007, "requester": "octocat", "requester_id": 583231,
         "instruction": "add a CONTRIBUTING.md\nwith tests", "pull": False, "mode": "implement",
         "trigger": "comment", "review_comment_id": 0, "review_id": 0, "label": "",
-        "triggered_at": "2019-05-15T15:20:21Z",
+        "triggered_at": "2019-05-15T15:20:21Z", "phrase": "/claude",
     }  # fmt: skip
 
 
@@ -331,3 +332,42 @@ def test_new_commits_rerun_only_labelled_pull_requests(client, redis_url):
     bot = pointed_at_us(webhook_example("pull_request", "synchronize"), sender_type="Bot")
     bot["pull_request"]["labels"] = [{"name": "claude"}]
     assert post(client, "pull_request", bot).json["status"] == "ignored"
+
+
+def test_custom_trigger_phrase_known_to_the_front_door(client, redis_url):
+    write_hints(Redis.from_url(redis_url), REPO, "@claudebot", ())
+    assert post(client, "issue_comment", trigger("/claude fix it")).json["status"] == "ignored"
+    assert post(client, "issue_comment", trigger("@claudebot fix it"), "ph").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-ph")
+    assert (kwargs["phrase"], kwargs["instruction"]) == ("@claudebot", "fix it")
+
+
+def test_bots_named_in_the_repo_config_may_trigger(client, redis_url):
+    bot = {"login": "helper[bot]", "user_type": "Bot"}
+    assert post(client, "issue_comment", trigger("/claude fix", **bot)).json["status"] == "ignored"
+    write_hints(Redis.from_url(redis_url), REPO, "/claude", ("helper[bot]",))
+    assert post(client, "issue_comment", trigger("/claude fix", **bot), "bot").status_code == 202
+    other = {"login": "other[bot]", "user_type": "Bot"}
+    assert (
+        post(client, "issue_comment", trigger("/claude fix", **other)).json["status"] == "ignored"
+    )
+
+
+def test_the_bots_own_tracking_comment_never_triggers(client, redis_url):
+    body = "/claude fix\n\n<!-- claudecluster:session session-x state=working -->"
+    assert post(client, "issue_comment", trigger(body)).json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+def test_push_changing_the_config_on_the_default_branch_refreshes_it(client, redis_url):
+    payload = pointed_at_us(webhook_example("push", None))
+    payload["repository"]["default_branch"] = "main"
+    payload["ref"] = "refs/heads/main"
+    payload["commits"] = [{"added": [], "modified": [".github/claude.yml"], "removed": []}]
+    assert post(client, "push", payload, "cfg").status_code == 202
+    assert job_kwargs(redis_url, "session-cfg")["mode"] == "refresh"
+    payload["ref"] = "refs/heads/feature"
+    assert post(client, "push", payload).json["status"] == "ignored"
+    payload["ref"] = "refs/heads/main"
+    payload["commits"] = [{"added": ["README.md"], "modified": [], "removed": []}]
+    assert post(client, "push", payload).json["status"] == "ignored"

@@ -30,6 +30,7 @@ REVIEWED = "octo-org/reviewed"  # maps labels to review mode in its .github/clau
 BROKEN = "octo-org/broken"  # its .github/claude.yml is invalid
 CONFIGURED = "octo-org/configured"  # setup commands and maintainers' instructions
 FAILING_SETUP = "octo-org/failing-setup"
+CUSTOM = "octo-org/custom"  # its trigger phrase changes during a test
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")

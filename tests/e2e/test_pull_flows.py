@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+from redis import Redis
+
+from app.repo_hints import hints_key
 from tests.e2e.conftest import (
     BROKEN,
     CONFIGURED,
+    CUSTOM,
     FAILING_SETUP,
     INSTALLATION,
     REPO,
@@ -279,3 +283,26 @@ def test_submitted_review_makes_its_inline_comments_the_task(service):
     assert "pushed a commit to `feature/reviewed-by-human`" in final.body
     prompt = api.main_requests()[0].user_text()
     assert "Return 'hello' instead." in prompt and "`greet.py` line 2" in prompt
+
+
+def test_new_trigger_phrase_works_from_its_first_use(service):
+    gh, api = service.github, service.anthropic
+    gh.add_repo(CUSTOM, INSTALLATION, files={"README.md": "# custom\n"})
+    gh.add_collaborator(CUSTOM, "octocat", "write")
+    gh.add_issue(CUSTOM, 1, "Say hi", "", "octocat", 583231)
+    sha = gh.add_commit(CUSTOM, "main", {".github/claude.yml": 'trigger: "@claudebot"\n'})
+    push = pointed_at(webhook_example("push", None), CUSTOM, INSTALLATION)
+    push.update(ref="refs/heads/main", after=sha)
+    push["repository"]["default_branch"] = "main"
+    push["commits"] = [{"id": sha, "added": [".github/claude.yml"], "modified": [],
+                        "removed": []}]  # fmt: skip
+    assert service.deliver(push, event="push").status_code == 202
+    redis = Redis.from_url(service.redis_url)
+    wait_for(lambda: b"@claudebot" in (redis.get(hints_key(CUSTOM)) or b""), 60,
+             what="the refreshed trigger phrase")  # fmt: skip
+
+    assert service.comment(1, "/claude say hi", repo=CUSTOM).json()["status"] == "ignored"
+    api.script([Text("Hi! Nothing to change.")])
+    assert service.comment(1, "@claudebot say hi", repo=CUSTOM).status_code == 202
+    final = service.wait_final(1, repo=CUSTOM)
+    assert "No changes were needed" in final.body
