@@ -709,8 +709,13 @@ def test_push_rules_force_pushes_workflows_and_big_bodies(github, tmp_path):
 def test_gzip_encoded_fetch_negotiation(github, tmp_path):
     token = mint(github)
     env, work = clone(github, tmp_path, token)
-    for number in range(40):  # many local commits -> many "have" lines -> gzip request
-        commit_file(env, work, "local.txt", f"{number}\n", f"local {number}")
+    # Many local commits -> many "have" lines -> a gzip request. They are dated after the
+    # repository's first commit: with equal dates git may offer that common commit among the
+    # first haves and end the negotiation before any request is large enough to be gzipped.
+    start = int(time.time()) + 60
+    for number in range(40):
+        dated = {**env, "GIT_COMMITTER_DATE": f"{start + number} +0000"}
+        commit_file(dated, work, "local.txt", f"{number}\n", f"local {number}")
     env2, work2 = clone(github, tmp_path, token, name="second")
     git(env2, "checkout", "--quiet", "-b", "fresh", cwd=work2)
     fresh = commit_file(env2, work2, "fresh.txt", "fresh\n", "fresh")

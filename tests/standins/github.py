@@ -15,6 +15,15 @@ against GitHub's OpenAPI description (``tests/standins/openapi.py``).
 
 Behaviour follows GHES in *private mode*: every REST call and every git operation needs
 credentials, and a token only sees the repositories it was minted for.
+
+The code is split by subject: this module holds the server, authentication, tokens,
+repositories, contents and git over HTTP; ``github_issues.py`` issues, comments and
+reactions; ``github_pulls.py`` pull requests (forks included), reviews and review comments;
+``github_objects.py`` the state records and the JSON GitHub sends; ``github_git.py`` the git
+plumbing (bare repositories, commits, diffs, ``git http-backend``).
+
+Answers that are not JSON (a pull request's diff, raw file content) are recorded with their
+text as ``body``; ``RecordedResponse.media_type`` tells them apart.
 """
 
 from __future__ import annotations

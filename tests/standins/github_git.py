@@ -1,5 +1,9 @@
 """Git side of the GitHub stand-in: bare repositories and smart HTTP via ``git http-backend``.
 
+Also the plumbing behind the REST answers: commits written without a work tree (builders),
+forks, tree and blob lookups (contents API), and pull-request diffs as GitHub computes them
+(``base...head``: from the merge base), with GitHub's diff positions for review comments.
+
 Server-side git commands run with a hermetic environment (no global or system config, a
 private HOME), so a developer's ``~/.gitconfig`` cannot change what the stand-in does.
 """

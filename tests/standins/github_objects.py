@@ -1021,14 +1021,18 @@ class Objects:
         body["_links"] = links
         return body
 
-    def content_symlink(self, repo: Repo, entry: TreeEntry, ref: str, target: str) -> dict:
+    def content_symlink(
+        self, repo: Repo, entry: TreeEntry, ref: str, target: str
+    ) -> dict[str, Any]:
         body = self._content_base(repo, entry, ref)
         links = body.pop("_links")
         body["target"] = target
         body["_links"] = links
         return body
 
-    def content_directory(self, repo: Repo, entries: list[TreeEntry], ref: str) -> list:
+    def content_directory(
+        self, repo: Repo, entries: list[TreeEntry], ref: str
+    ) -> list[dict[str, Any]]:
         return [self._content_base(repo, entry, ref) for entry in entries]
 
     # errors ---------------------------------------------------------------------------
