@@ -72,6 +72,11 @@ def instruction_from(body: str, phrase: str = TRIGGER) -> str | None:
     return match.group(1).strip() if match else None
 
 
+# One-word requests that are real work, not mistyped commands.
+KNOWN_VERBS = frozenset({"fix", "refactor", "test", "document", "lint", "format", "implement",
+                         "rebase", "continue", "retry", "simplify", "optimize"})  # fmt: skip
+
+
 def command_from(instruction: str) -> tuple[str, str]:
     """(mode, instruction): `help`, `stop` and `review [focus]` are commands; the rest is work."""
     first, _, rest = instruction.partition("\n")[0].strip().partition(" ")
@@ -83,6 +88,10 @@ def command_from(instruction: str) -> tuple[str, str]:
     if word == "review":
         focus = instruction.strip()[len(first) :].strip()
         return REVIEW, focus
+    if first.startswith("-") or (not rest and "\n" not in instruction.strip()
+                                 and word.isalpha() and word not in KNOWN_VERBS):  # fmt: skip
+        # A lone word or a flag is taken for a command we do not know: answer with the help.
+        return HELP, instruction
     return IMPLEMENT, instruction
 
 

@@ -267,6 +267,9 @@ def pointed_at_us(payload: dict, sender_type: str = "User") -> dict:
          "the error handling\nespecially retries"),
         ("/claude stop the tests from flaking", "implement", "stop the tests from flaking"),
         ("/claude fix the flaky test", "implement", "fix the flaky test"),
+        ("/claude frobnicate", "help", "frobnicate"),
+        ("/claude --dry-run", "help", "--dry-run"),
+        ("/claude fix", "implement", "fix"),
     ],
 )  # fmt: skip
 def test_commands(client, redis_url, body, mode, instruction):
