@@ -58,7 +58,9 @@ def gather(github: RepoSession, request: SessionRequest, thread: dict, trigger_t
     for comment in github.issue_comments(request.number):
         if comment.get("id") == request.comment_id or _is_ours(comment):
             continue
-        if _before(comment, trigger_time):
+        # Ids grow with time: a later id was posted after the trigger, whatever its timestamp.
+        later = request.comment_id and int(comment.get("id") or 0) > request.comment_id
+        if _before(comment, trigger_time) and not later:
             author = (comment.get("user") or {}).get("login")
             sections.append(Section("comment", clean(comment.get("body")), f'author="{author}"'))
     if request.pull:

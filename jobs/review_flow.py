@@ -16,7 +16,7 @@ from jobs.redact import redactor
 from jobs.repo_config import RepoConfig
 from jobs.request import SessionRequest
 from jobs.review import parse_review, review_cli_args, review_prompt, to_github_review
-from jobs.session import finished_badly, run_agent
+from jobs.session import finished_badly, limits_for, run_agent
 from jobs.tracking import PUBLISHING, TrackingComment
 from jobs.workspace import Workspace
 
@@ -45,7 +45,8 @@ def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
         )  # fmt: skip
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis,
                         extra_args=review_cli_args())  # fmt: skip
-        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+        timeout = limits_for(settings, config).timeout
+        if bad := finished_badly(run, tracking, redis, session_id, timeout):
             return bad
         outcome = run.outcome
         if outcome.structured is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 
 from githubkit.exception import GitHubException, RequestFailed
@@ -42,7 +43,7 @@ from jobs.repo_config import (
 )
 from jobs.request import HELP, REFRESH, REVIEW, STOP, SessionRequest
 from jobs.sandbox import Limits, Sandbox, SandboxError, SandboxRun
-from jobs.tracking import PUBLISHING, RUNNING, TrackingComment
+from jobs.tracking import PUBLISHING, RUNNING, TrackingComment, took
 from jobs.workspace import GitError, Workspace
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,10 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
             )  # fmt: skip
             return {"status": "refused", "role": role}
         if mode == HELP:
-            tracking.answered("ℹ️ **How to ask Claude here**", help_text(config, settings))
+            unknown = (
+                f"`{request.instruction}` is not a command.\n\n" if request.instruction else ""
+            )
+            tracking.answered("ℹ️ **How to ask Claude here**", unknown + help_text(config, settings))
             return {"status": "help"}
         if mode == STOP:
             tracking.answered("ℹ️ **Nothing is running here, so there is nothing to stop.**", "")
@@ -118,8 +122,8 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
             tracking.answered("ℹ️ **`review` works on pull requests.**", help_text(config, settings))
             return {"status": "help"}
 
-        with active(redis, request.thread, session_id, settings.session_timeout):
-            tracking.start()
+        tracking.start()
+        with active(redis, request.thread, session_id, settings.session_timeout, tracking):
             if mode == REVIEW:
                 from jobs.review_flow import review_pull
 
@@ -157,13 +161,37 @@ def decide_mode(request: SessionRequest, config: RepoConfig) -> str | None:
 
 
 @contextlib.contextmanager
-def active(redis: Redis, thread: str, session_id: str, timeout: int) -> Iterator[None]:
-    """Mark the thread's running session, so `/claude stop` can find it."""
-    redis.set(active_key(thread), session_id, ex=timeout + 600)
+def active(redis: Redis, thread: str, session_id: str, timeout: int,
+           tracking: TrackingComment, poll: float = 3.0) -> Iterator[None]:  # fmt: skip
+    """Hold the thread for this session: one session per issue or PR, the next one waits.
+
+    The mark also lets `/claude stop` find the running session. It expires on its own, so a
+    crashed worker cannot hold a thread forever.
+    """
+    key = active_key(thread)
+    deadline = time.monotonic() + timeout
+    announced = False
+    while not redis.set(key, session_id, nx=True, ex=timeout + 600):
+        holder = redis.get(key)
+        if holder is not None and holder.decode() == session_id:
+            break  # a retry of this very session
+        if time.monotonic() > deadline:
+            raise ThreadBusy(f"another session on #{thread.rsplit('#', 1)[1]} ran past the timeout")
+        if not announced:
+            tracking.waiting()
+            announced = True
+        time.sleep(poll)
     try:
         yield
     finally:
-        redis.delete(active_key(thread), stop_key(session_id))
+        # Only our own mark: a stale one may have expired and been taken over.
+        if (redis.get(key) or b"").decode() == session_id:
+            redis.delete(key)
+        redis.delete(stop_key(session_id))
+
+
+class ThreadBusy(RuntimeError):
+    """The thread stayed busy with another session for longer than a session may run."""
 
 
 def stop_requested(redis: Redis, session_id: str) -> str | None:
@@ -198,15 +226,21 @@ def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace
 
 
 def finished_badly(run: SandboxRun, tracking: TrackingComment, redis: Redis, session_id: str,
-                   timeout: int) -> dict | None:  # fmt: skip
-    """Final comment and result for a run that was stopped, timed out or failed; else None."""
+                   timeout: int, save_partial=None) -> dict | None:  # fmt: skip
+    """Final comment and result for a run that was stopped, timed out or failed; else None.
+
+    A run that timed out may have done useful work: `save_partial` pushes it to a branch of
+    its own (no pull request) and the comment says where.
+    """
     outcome = run.outcome
     if run.stopped:
         tracking.stopped(stop_requested(redis, session_id) or "a collaborator", outcome)
         return {"status": "stopped"}
     if run.timed_out:
-        tracking.failed(f"timed out after {timeout}s", outcome)
-        return {"status": "timed_out"}
+        branch = save_partial() if save_partial else None
+        where = f" Its partial work is on the branch `{branch}`." if branch else ""
+        tracking.failed(f"timed out after {took(timeout)}.{where}", outcome)
+        return {"status": "timed_out", "branch": branch}
     if outcome.is_error:
         tracking.failed(outcome.failure, outcome)
         return {"status": "failed", "reason": redactor(outcome.failure)}
@@ -225,26 +259,33 @@ def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequ
     try:
         prompt = implement_prompt(request, f"branch {base}", material)
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
-        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+        partial = partial_saver(
+            settings, config, request, github, workspace, base, issue.get("title") or ""
+        )
+        timeout = limits_for(settings, config).timeout
+        if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
             return bad
         outcome = run.outcome
         bot = bot_identity(settings, github)
-        change = workspace.commit(commit_message(request, outcome.result), bot.login, bot.email)
-        if change is None:
-            tracking.no_changes(outcome)
+        change = workspace.commit(
+            commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
+        )
+        note = withheld_note(change)
+        if change is None or not change.sha:
+            tracking.no_changes(outcome, note)
             return {"status": "no_changes", "cost_usd": outcome.cost_usd}
 
         tracking.advance(PUBLISHING)
         wanted = f"{config.branch_prefix}issue-{request.number}-{slug(issue.get('title') or '')}"
         branch = workspace.free_branch(wanted)
-        workspace.push(branch)
+        workspace.push(branch, protected=(base,))
         title = request.instruction or issue.get("title") or f"Issue #{request.number}"
         pull = github.open_pull(
             title=title_line(title), head=branch, base=base,
             body=pull_body(request, outcome.result, f"Closes #{request.number}"),
             draft=config.draft_pull_requests,
         )  # fmt: skip
-        tracking.pull_request_opened(pull, outcome)
+        tracking.pull_request_opened(pull, outcome, note)
         return {
             "status": "pull_request", "pull_request": pull["html_url"], "branch": branch,
             "commit": change.sha, "cost_usd": outcome.cost_usd, "turns": outcome.num_turns,
@@ -271,25 +312,39 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
                                   focus=focus)  # fmt: skip
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
-        if bad := finished_badly(run, tracking, redis, session_id, settings.session_timeout):
+        partial = partial_saver(
+            settings,
+            config,
+            request,
+            github,
+            workspace,
+            repository["default_branch"],
+            pull.get("title") or "",
+        )
+        timeout = limits_for(settings, config).timeout
+        if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
             return bad
         outcome = run.outcome
         bot = bot_identity(settings, github)
-        change = workspace.commit(commit_message(request, outcome.result), bot.login, bot.email)
-        if change is None:
-            tracking.no_changes(outcome)
+        change = workspace.commit(
+            commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
+        )
+        note = withheld_note(change)
+        if change is None or not change.sha:
+            tracking.no_changes(outcome, note)
             return {"status": "no_changes", "cost_usd": outcome.cost_usd}
 
         tracking.advance(PUBLISHING)
+        default = repository["default_branch"]
         if same_repo:
-            workspace.push(head_ref)
+            workspace.push(head_ref, protected=(default,))
             commit_url = f"{repository['html_url']}/commit/{change.sha}"
-            tracking.pushed(head_ref, commit_url, change.files, outcome)
+            tracking.pushed(head_ref, commit_url, change.files, outcome, note)
             return {"status": "pushed", "branch": head_ref, "commit": change.sha,
                     "cost_usd": outcome.cost_usd}  # fmt: skip
         wanted = f"{config.branch_prefix}pr-{request.number}-{slug(pull.get('title') or '')}"
         branch = workspace.free_branch(wanted)
-        workspace.push(branch)
+        workspace.push(branch, protected=(default,))
         follow_up = github.open_pull(
             title=title_line(f"Follow-up to #{request.number}: {pull.get('title') or ''}"),
             head=branch, base=pull["base"]["ref"],
@@ -298,7 +353,7 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
                            f"{head_repo.get('full_name') or 'a fork'}."),
             draft=config.draft_pull_requests,
         )  # fmt: skip
-        note = (
+        note += (
             f"#{request.number} comes from a fork, which this app cannot push to, so the changes "
             f"are in a follow-up pull request built on its head (`{branch}`)."
         )
@@ -306,6 +361,42 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
         return {"status": "follow_up", "pull_request": follow_up["html_url"], "branch": branch}
     finally:
         workspace.remove()
+
+
+WORKFLOWS = ".github/workflows/"
+
+
+def partial_saver(settings: Settings, config: RepoConfig, request: SessionRequest,
+                  github: RepoSession, workspace: Workspace, default: str, title: str):  # fmt: skip
+    def save() -> str | None:
+        bot = bot_identity(settings, github)
+        message = commit_message(request, "Partial work: the session timed out.")
+        change = workspace.commit(message, bot.login, bot.email, withheld_paths(config))
+        if change is None or not change.sha:
+            return None
+        kind = "pr" if request.pull else "issue"
+        wanted = f"{config.branch_prefix}{kind}-{request.number}-{slug(title)}-partial"
+        branch = workspace.free_branch(wanted)
+        workspace.push(branch, protected=(default,))
+        return branch
+
+    return save
+
+
+def withheld_paths(config: RepoConfig) -> tuple[str, ...]:
+    # Workflow files run with the repository's secrets on the next push: only by consent.
+    return () if config.allow_workflow_changes else (WORKFLOWS,)
+
+
+def withheld_note(change) -> str:
+    if change is None or not change.withheld:
+        return ""
+    listed = ", ".join(f"`{path}`" for path in change.withheld[:20])
+    return (
+        f"⚠️ Changes to workflow files were left out: {listed}. Workflows run with this "
+        "repository's secrets; set `allow_workflow_changes: true` in `.github/claude.yml` to "
+        "let Claude change them.\n\n"
+    )
 
 
 def focus_for(github: RepoSession, request: SessionRequest) -> str:

@@ -106,6 +106,16 @@ class TrackingComment:
             # The 👀 is a courtesy; the tracking comment is what the user waits for.
             log.warning("session %s: reaction failed (%s)", self.session_id, type(exc).__name__)
 
+    def waiting(self) -> None:
+        """Another session holds this thread: say so until it is our turn."""
+        try:
+            self._edit(self._body(
+                "⏳ **Waiting for the session already running here to finish…**",
+                state="working",
+            ))  # fmt: skip
+        except GitHubException as exc:
+            log.warning("session %s: waiting edit failed (%s)", self.session_id, exc)
+
     # -- live progress ------------------------------------------------------------------
 
     def advance(self, step: int) -> None:
@@ -134,10 +144,11 @@ class TrackingComment:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
         self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
 
-    def pushed(self, branch: str, commit_url: str, files: list[str], outcome: Outcome) -> None:
+    def pushed(self, branch: str, commit_url: str, files: list[str], outcome: Outcome,
+               note: str = "") -> None:  # fmt: skip
         listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
         headline = f"✅ **Claude pushed a commit to `{branch}`**: {commit_url}"
-        self._final(headline, f"{outcome.result}\n\n**Files:**\n{listing}", outcome)
+        self._final(headline, f"{note}{outcome.result}\n\n**Files:**\n{listing}", outcome)
 
     def review_posted(self, review_url: str, inline: int, outcome: Outcome) -> None:
         headline = (
@@ -145,8 +156,8 @@ class TrackingComment:
         )
         self._final(headline, outcome.result, outcome)
 
-    def no_changes(self, outcome: Outcome) -> None:
-        self._final("💬 **No changes were needed.**", outcome.result, outcome)
+    def no_changes(self, outcome: Outcome, note: str = "") -> None:
+        self._final("💬 **No changes were needed.**", note + outcome.result, outcome)
 
     def answered(self, headline: str, text: str) -> None:
         self._final(headline, text, None, state="done")

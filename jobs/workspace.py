@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.redact import redactor
@@ -38,6 +38,7 @@ class GitError(RuntimeError):
 class Change:
     sha: str
     files: list[str]  # "M\tpath" lines, as git prints them
+    withheld: list[str] = field(default_factory=list)  # paths left out of the commit, and why
 
 
 class Workspace:
@@ -81,12 +82,23 @@ class Workspace:
             for name in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
                 os.lchown(name, SANDBOX_UID, SANDBOX_UID)
 
-    def commit(self, message: str, author: str, email: str) -> Change | None:
-        """Stage everything the agent left and commit it; None when nothing changed."""
+    def commit(self, message: str, author: str, email: str,
+               withhold: tuple[str, ...] = ()) -> Change | None:  # fmt: skip
+        """Stage everything the agent left and commit it; None when nothing changed.
+
+        Paths under a `withhold` prefix (e.g. `.github/workflows/`, which would run with the
+        repository's secrets) stay out of the commit and are reported instead.
+        """
         self._drop_planted_git_dirs()
         self._git("add", "--all", "--", ".")
+        withheld = []
+        for prefix in withhold:
+            staged = self._git("diff", "--cached", "--name-only", "--", prefix).stdout.split()
+            if staged:
+                self._git("reset", "--quiet", "HEAD", "--", prefix)
+                withheld += staged
         if self._git("diff", "--cached", "--quiet", check=False).returncode == 0:
-            return None
+            return Change("", [], withheld) if withheld else None
         files = self._git("diff", "--cached", "--name-status", "--no-renames").stdout.splitlines()
         identity = {
             "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
@@ -94,7 +106,7 @@ class Workspace:
         }  # fmt: skip
         self._git("commit", "--quiet", "--no-verify", "--file", "-", input=message, env=identity)
         sha = self._git("rev-parse", "HEAD").stdout.strip()
-        return Change(sha, files)
+        return Change(sha, files, withheld)
 
     def free_branch(self, wanted: str) -> str:
         """`wanted`, or `wanted-2`, `wanted-3`… when an earlier session already used the name."""
@@ -106,7 +118,10 @@ class Workspace:
             candidate = f"{wanted}-{n}"
         return candidate
 
-    def push(self, branch: str) -> None:
+    def push(self, branch: str, protected: tuple[str, ...] = ()) -> None:
+        """Push the session's commit to `branch`, which must not be one of `protected`."""
+        if branch in protected:
+            raise GitError(f"refusing to push to the protected branch {branch}")
         # Never forced: a branch that moved under us is an error to report, not to overwrite.
         self._git("push", "--quiet", "--no-verify", "origin", f"HEAD:refs/heads/{branch}")
 

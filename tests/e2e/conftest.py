@@ -31,6 +31,7 @@ BROKEN = "octo-org/broken"  # its .github/claude.yml is invalid
 CONFIGURED = "octo-org/configured"  # setup commands and maintainers' instructions
 FAILING_SETUP = "octo-org/failing-setup"
 CUSTOM = "octo-org/custom"  # its trigger phrase changes during a test
+SLOW = "octo-org/slow"  # a one-minute session timeout
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
@@ -88,8 +89,11 @@ def github(tmp_path_factory):
             "README.md": "# failing\n",
             ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
         })  # fmt: skip
+        gh.add_repo(SLOW, INSTALLATION, files={
+            "README.md": "# slow\n", ".github/claude.yml": "timeout_minutes: 1\n",
+        })  # fmt: skip
         gh.add_user("octocat", 583231)
-        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP):
+        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW):
             gh.add_collaborator(repo, "octocat", "write")
         yield gh
 
@@ -134,11 +138,16 @@ class Service:
         return httpx.post(f"{self.url}/webhooks", content=body, headers=headers, timeout=10)
 
     def comment(self, number: int, body: str, delivery: str | None = None, *,
-                repo: str = REPO, pull: bool = False) -> httpx.Response:  # fmt: skip
+                repo: str = REPO, pull: bool = False,
+                login: str = "octocat") -> httpx.Response:  # fmt: skip
         """Post `body` as octocat on the stand-in, then deliver GitHub's webhook for it."""
-        seeded = self.github.add_comment(repo, number, body, "octocat")
-        payload = issue_comment_payload(repo, number, body, INSTALLATION)
+        seeded = self.github.add_comment(repo, number, body, login)
+        payload = issue_comment_payload(repo, number, body, INSTALLATION, login=login,
+                                        user_id=seeded.user.id)  # fmt: skip
         payload["comment"]["id"] = seeded.id
+        # The trigger's time is the seeded comment's, as GitHub's would be.
+        stamp = seeded.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        payload["comment"]["created_at"] = payload["comment"]["updated_at"] = stamp
         if pull:
             payload["issue"]["pull_request"] = {"url": f"{self.github.api_url}/pulls/{number}"}
         return self.deliver(payload, delivery)

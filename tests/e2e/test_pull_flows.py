@@ -12,6 +12,7 @@ from tests.e2e.conftest import (
     CONFIGURED,
     CUSTOM,
     FAILING_SETUP,
+    FINAL,
     INSTALLATION,
     REPO,
     REVIEWED,
@@ -116,8 +117,7 @@ def test_stop_during_a_run_pushes_nothing(service):
     assert "Stopped by @octocat" in final.body and "Nothing was pushed" in final.body
     assert gh.branches(REPO) == branches_before
     assert not service.pulls_for(number)
-    time.sleep(1)
-    assert not leftover_containers()
+    assert not leftover_containers(FINAL.search(final.body).group(1))
     api.script([])
 
 
