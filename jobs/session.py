@@ -216,10 +216,16 @@ def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace
     control.mkdir(mode=0o755)
     upstream_key = settings.anthropic_api_key or ""
     tracking.advance(RUNNING)
-    with ModelGateway(control / "gateway.sock", settings.anthropic_base_url, upstream_key) as gw:
+    limits = limits_for(settings, config)
+    with ModelGateway(
+        control / "gateway.sock", settings.anthropic_base_url, upstream_key,
+        # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; this is not.
+        budget_usd=config.max_budget_usd,
+        expires_at=time.monotonic() + limits.timeout + 60,
+    ) as gw:  # fmt: skip
         return Sandbox(settings).run(
             session_id, workspace.tree, control, gw.session_key, prompt,
-            limits_for(settings, config), extra_args=extra_args, on_action=tracking.action,
+            limits, extra_args=extra_args, on_action=tracking.action,
             should_stop=lambda: stop_requested(redis, session_id) is not None,
             setup=config.setup,
         )  # fmt: skip
