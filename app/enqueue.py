@@ -2,7 +2,13 @@
 
 GitHub reuses `X-GitHub-Delivery` when a delivery is redelivered, so it is the idempotency key:
 a Redis `SET NX` claims it (kept for GitHub Enterprise's 7-day redelivery window), and the job id
-derived from it makes RQ refuse a second job even if the claim were lost.
+derived from it refuses a second job even if the claim were lost.
+
+Claim and job are written by one Lua script, in one round trip: both or neither. The front door
+answers a burst of deliveries, and three round trips per queued session (claim, RQ's queue
+registration, RQ's unique-enqueue script) were most of its time; the script writes exactly what
+RQ's `enqueue_call(unique=True)` writes (the job hash from `Job.to_dict()`, the queue's list and
+`rq:queues`), so the worker sees an ordinary RQ job.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from redis import Redis
+from redis.commands.core import Script
 from rq import Queue
-from rq.exceptions import DuplicateJobError
-from rq.job import Job
+from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs.request import SessionRequest
@@ -38,34 +45,74 @@ def session_id_for(delivery_id: str) -> str:
     return "session-" + hashlib.sha256(delivery_id.encode()).hexdigest()[:32]
 
 
+def claim_key(delivery_id: str) -> str:
+    """Set once a delivery is queued; the redelivery sweeper reads it too."""
+    return f"claudecluster:delivery:{delivery_id}"
+
+
 def session_queue(redis: Redis, name: str) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
+# KEYS: the claim, the job hash, the queue's list, RQ's set of queues.
+# ARGV: session id, claim TTL, job TTL (-1: none), queue key, then the job hash's field/value pairs.
+# Returns 1 when queued, 0 for a duplicate (claimed before, or the job exists: RQ's own check).
+# A write that fails (a key of the wrong type) undoes the claim and the job, then errors, so the
+# delivery can be queued when GitHub sends it again.
+CLAIM_AND_ENQUEUE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 0
+end
+local function undo(reply)
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return reply
+end
+local reply = redis.pcall('HSET', KEYS[2], unpack(ARGV, 5))
+if type(reply) == 'table' and reply.err then return undo(reply) end
+if tonumber(ARGV[3]) > 0 then
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+reply = redis.pcall('RPUSH', KEYS[3], ARGV[1])
+if type(reply) == 'table' and reply.err then return undo(reply) end
+reply = redis.pcall('SADD', KEYS[4], ARGV[4])
+if type(reply) == 'table' and reply.err then return undo(reply) end
+return 1
+"""
+_script: Script | None = None
+
+
 def enqueue_session(queue: Queue, request: SessionRequest, timeout: int) -> Enqueued:
+    global _script
     session_id = session_id_for(request.delivery_id)
-    claim = f"claudecluster:delivery:{request.delivery_id}"
     redis = queue.connection
-    if not redis.set(claim, session_id, nx=True, ex=DELIVERY_TTL):
-        return Enqueued(session_id, duplicate=True)
-    try:
-        queue.enqueue_call(
-            RUN_SESSION,
-            kwargs=request.to_job(),
-            job_id=session_id,
-            unique=True,
-            timeout=timeout + JOB_MARGIN,
-            result_ttl=DELIVERY_TTL,
-            failure_ttl=DELIVERY_TTL,
-            description=f"{request.repo}#{request.number} by {request.requester}",
-        )
-    except DuplicateJobError:
-        return Enqueued(session_id, duplicate=True)
-    except BaseException:
-        # Release the claim, and any half-saved job, so GitHub's redelivery can be queued.
-        redis.delete(claim, Job.key_for(session_id))
-        raise
-    return Enqueued(session_id, duplicate=False)
+    # What `queue.enqueue_call(..., unique=True)` saves, built without a round trip.
+    job = queue.create_job(
+        RUN_SESSION,
+        kwargs=request.to_job(),
+        job_id=session_id,
+        timeout=timeout + JOB_MARGIN,
+        result_ttl=DELIVERY_TTL,
+        failure_ttl=DELIVERY_TTL,
+        description=f"{request.repo}#{request.number} by {request.requester}",
+        status=JobStatus.QUEUED,
+    )
+    job.origin = queue.name
+    job.enqueued_at = datetime.now(UTC)
+    fields = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            fields += (name, value if isinstance(value, str | bytes) else str(value))
+    if _script is None:
+        _script = redis.register_script(CLAIM_AND_ENQUEUE)
+    queued = _script(
+        keys=[claim_key(request.delivery_id), job.key, queue.key, queue.redis_queues_keys],
+        args=[session_id, DELIVERY_TTL, job.ttl if job.ttl else -1, queue.key, *fields],
+        client=redis,
+    )
+    return Enqueued(session_id, duplicate=not queued)
 
 
 def active_key(thread: str) -> str:

@@ -17,6 +17,19 @@ from app.config import WORKER_REQUIRED, ConfigError, load_settings
 from app.enqueue import session_queue
 from app.logs import configure_logging
 from jobs.redact import redactor
+from jobs.redelivery import schedule_sweep
+
+
+class SessionWorker(Worker):
+    """Also books a sweep of failed webhook deliveries at start and every maintenance tick.
+
+    RQ runs maintenance at start and every ten minutes between jobs; the sweep's job id names
+    its ten-minute slot, so any number of workers book one sweep per slot.
+    """
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        schedule_sweep(self.queues[0])
 
 
 def main() -> int:
@@ -27,7 +40,7 @@ def main() -> int:
         return 2
     configure_logging(redactor.learn(settings))
     redis = Redis.from_url(settings.redis_url)
-    worker = Worker(
+    worker = SessionWorker(
         [session_queue(redis, settings.queue_name)], connection=redis, serializer=JSONSerializer
     )
     worker.work(with_scheduler=True)

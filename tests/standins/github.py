@@ -20,7 +20,8 @@ The code is split by subject: this module holds the server, authentication, toke
 repositories, contents and git over HTTP; ``github_issues.py`` issues, comments and
 reactions; ``github_pulls.py`` pull requests (forks included), reviews and review comments;
 ``github_objects.py`` the state records and the JSON GitHub sends; ``github_git.py`` the git
-plumbing (bare repositories, commits, diffs, ``git http-backend``).
+plumbing (bare repositories, commits, diffs, ``git http-backend``); ``github_hooks.py`` the
+App's webhook: deliveries POSTed to a real URL, their log, and redelivery through the REST API.
 
 Answers that are not JSON (a pull request's diff, raw file content) are recorded with their
 text as ``body``; ``RecordedResponse.media_type`` tells them apart.
@@ -59,6 +60,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
 from .github_git import Push
+from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
 from .github_issues import ISSUE_ROUTES, IssuesMixin
 from .github_objects import (
     PERMISSION_LEVELS,
@@ -83,6 +85,7 @@ from .github_pulls import PULL_ROUTES, PullRequestsMixin, RawBody
 __all__ = [
     "ApiError",
     "GitHubStandIn",
+    "HookDelivery",
     "Push",
     "RecordedRequest",
     "RecordedResponse",
@@ -130,8 +133,18 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     **ISSUE_ROUTES,
     **PULL_ROUTES,
 }
+# The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
+# tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
+ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES}
 
-_INT_PARAMS = {"installation_id", "issue_number", "comment_id", "pull_number", "review_id"}
+_INT_PARAMS = {
+    "installation_id",
+    "issue_number",
+    "comment_id",
+    "pull_number",
+    "review_id",
+    "delivery_id",
+}
 
 
 def _werkzeug_rule(template: str) -> str:
@@ -216,11 +229,12 @@ class _QuietHandler(WSGIRequestHandler):
 # --------------------------------------------------------------------------- the stand-in
 
 
-class GitHubStandIn(IssuesMixin, PullRequestsMixin):
+class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
     Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
-    and review comments in ``PullRequestsMixin`` (``github_pulls.py``)."""
+    and review comments in ``PullRequestsMixin`` (``github_pulls.py``); the App's webhook and
+    its delivery log in ``HooksMixin`` (``github_hooks.py``)."""
 
     def __init__(
         self,
@@ -266,6 +280,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin):
         self.token_requests: list[TokenRequest] = []
         self.pushes: list[Push] = []
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered with 500)
+        self._init_hooks()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -288,7 +303,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin):
         self.url = ""
         self.api_url = ""
         self._objects: Objects | None = None
-        routes = [Rule(_werkzeug_rule(t), endpoint=t, methods=[m]) for (m, t) in ROUTES]
+        routes = [Rule(_werkzeug_rule(t), endpoint=t, methods=[m]) for (m, t) in ALL_ROUTES]
         self._map = Map(routes, strict_slashes=False, merge_slashes=False)
 
     # ------------------------------------------------------------------ lifecycle
@@ -337,6 +352,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin):
         return self
 
     def stop(self) -> None:
+        self._stop_hooks()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -766,7 +782,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin):
                 rate_key = "app"
             if template is None:
                 raise ApiError(404, "Not Found")
-            handler_name, doc_path = ROUTES[(request.method, template)]
+            handler_name, doc_path = ALL_ROUTES[(request.method, template)]
             doc = f"{DOCS}/{doc_path}"
             payload = self._json_body(request)
             with self._lock:
