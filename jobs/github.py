@@ -14,6 +14,7 @@ from githubkit.exception import GitHubException
 
 from app.config import Settings
 from jobs.redact import redactor
+from jobs.retries import bounded_retry
 
 # What a session needs, and nothing more: a review never writes contents.
 ISSUE_SESSION_PERMISSIONS = {
@@ -28,7 +29,9 @@ READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the re
 
 def _client(api_url: str, auth) -> GitHub:
     # http_cache off: a revalidating cache only adds requests for a short-lived session.
-    return GitHub(auth, base_url=api_url, http_cache=False, timeout=30)
+    return GitHub(
+        auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry
+    )
 
 
 def app_client(settings: Settings) -> GitHub:
