@@ -51,6 +51,13 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     assert SUMMARY in body
     assert re.search(r"· 2 turns · \$0\.\d{4}", body), body
     assert "working on this" not in body
+    # Live progress: the comment was edited through the steps before it became final.
+    patches = [r.json for r in gh.requests if r.method == "PATCH" and r.json]
+    edits = [p["body"] for p in patches if session_id in str(p.get("body"))]
+    assert any("**Running Claude** ⏳" in e and "- [x] Preparing the workspace" in e
+               for e in edits)  # fmt: skip
+    assert any("**Pushing the changes** ⏳" in e and "`Write CONTRIBUTING.md`" in e
+               for e in edits)  # fmt: skip
     assert len(service.tracking_comments(number)) == 1
     trigger = service.comments(number)[0]
     assert [r.content for r in gh.reactions if r.comment_id == trigger.id] == ["eyes"]
