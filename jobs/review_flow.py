@@ -36,7 +36,9 @@ def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
     sections = gather(github, request, pull, request.triggered_at)
     material = "\n\n".join(section.render() for section in sections[1:])
     ref = f"refs/pull/{request.number}/head"
-    workspace = Workspace.clone(settings.workspace_root, repository["clone_url"], ref, github.token)
+    workspace = Workspace.clone(
+        settings.workspace_root, repository["clone_url"], ref, github.token, session_id
+    )
     try:
         (workspace.tree / DIFF_FILE).write_text(diff)
         prompt = review_prompt(

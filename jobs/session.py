@@ -260,7 +260,7 @@ def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequ
     base = repository["default_branch"]
     material = gather(github, request, issue, request.triggered_at)
     workspace = Workspace.clone(
-        settings.workspace_root, repository["clone_url"], base, github.token
+        settings.workspace_root, repository["clone_url"], base, github.token, session_id
     )
     try:
         prompt = implement_prompt(request, f"branch {base}", material)
@@ -313,7 +313,9 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
     material = gather(github, request, pull, request.triggered_at,
                       diff=github.pull_diff(request.number))  # fmt: skip
     focus = focus_for(github, request)
-    workspace = Workspace.clone(settings.workspace_root, repository["clone_url"], ref, github.token)
+    workspace = Workspace.clone(
+        settings.workspace_root, repository["clone_url"], ref, github.token, session_id
+    )
     try:
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
                                   focus=focus)  # fmt: skip

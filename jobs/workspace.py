@@ -52,13 +52,15 @@ class Workspace:
         self.base_sha = ""
 
     @classmethod
-    def clone(cls, parent: Path, url: str, ref: str, token: str) -> Workspace:
+    def clone(cls, parent: Path, url: str, ref: str, token: str, session_id: str = "session"
+              ) -> Workspace:  # fmt: skip
         """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out.
 
         Shallow: the sandbox gets no history, and a push needs only the new commits.
         """
         parent.mkdir(parents=True, exist_ok=True)
-        ws = cls(Path(tempfile.mkdtemp(prefix="session-", dir=parent)), token)
+        # Named after the session, so a reaper can tell whose leftovers it finds.
+        ws = cls(Path(tempfile.mkdtemp(prefix=f"{session_id}.", dir=parent)), token)
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
         try:
             ws._git("init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree),
