@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
@@ -44,7 +45,8 @@ from jobs.repo_config import (
 from jobs.request import HELP, REFRESH, REVIEW, STOP, SessionRequest
 from jobs.sandbox import Limits, Sandbox, SandboxError, SandboxRun
 from jobs.tracking import PUBLISHING, RUNNING, TrackingComment, took
-from jobs.workspace import GitError, Workspace
+from jobs.transcript import Outcome
+from jobs.workspace import Change, GitError, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,35 @@ def finished_badly(run: SandboxRun, tracking: TrackingComment, redis: Redis, ses
     return None
 
 
+@dataclass
+class Work:
+    outcome: Outcome
+    change: Change
+    note: str  # what the comment must add, e.g. workflow files left out
+
+
+def agent_work(settings: Settings, config: RepoConfig, request: SessionRequest, session_id: str,
+               github: RepoSession, workspace: Workspace, prompt: str, tracking: TrackingComment,
+               redis: Redis, default: str, title: str) -> Work | dict:  # fmt: skip
+    """Run the agent and commit what it left; a dict is already the session's final result."""
+    run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
+    partial = partial_saver(settings, config, request, github, workspace, default, title)
+    timeout = limits_for(settings, config).timeout
+    if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
+        return bad
+    outcome = run.outcome
+    bot = bot_identity(settings, github)
+    change = workspace.commit(
+        commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
+    )
+    note = withheld_note(change)
+    if change is None or not change.sha:
+        tracking.no_changes(outcome, note)
+        return {"status": "no_changes", "cost_usd": outcome.cost_usd}
+    tracking.advance(PUBLISHING)
+    return Work(outcome, change, note)
+
+
 def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequest,
                     session_id: str, github: RepoSession, repository: dict,
                     tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
@@ -264,24 +295,11 @@ def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequ
     )
     try:
         prompt = implement_prompt(request, f"branch {base}", material)
-        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
-        partial = partial_saver(
-            settings, config, request, github, workspace, base, issue.get("title") or ""
-        )
-        timeout = limits_for(settings, config).timeout
-        if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
-            return bad
-        outcome = run.outcome
-        bot = bot_identity(settings, github)
-        change = workspace.commit(
-            commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
-        )
-        note = withheld_note(change)
-        if change is None or not change.sha:
-            tracking.no_changes(outcome, note)
-            return {"status": "no_changes", "cost_usd": outcome.cost_usd}
-
-        tracking.advance(PUBLISHING)
+        work = agent_work(settings, config, request, session_id, github, workspace, prompt,
+                          tracking, redis, base, issue.get("title") or "")  # fmt: skip
+        if isinstance(work, dict):
+            return work
+        outcome, change, note = work.outcome, work.change, work.note
         wanted = f"{config.branch_prefix}issue-{request.number}-{slug(issue.get('title') or '')}"
         branch = workspace.free_branch(wanted)
         workspace.push(branch, protected=(base,))
@@ -319,31 +337,12 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
     try:
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
                                   focus=focus)  # fmt: skip
-        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
-        partial = partial_saver(
-            settings,
-            config,
-            request,
-            github,
-            workspace,
-            repository["default_branch"],
-            pull.get("title") or "",
-        )
-        timeout = limits_for(settings, config).timeout
-        if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
-            return bad
-        outcome = run.outcome
-        bot = bot_identity(settings, github)
-        change = workspace.commit(
-            commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
-        )
-        note = withheld_note(change)
-        if change is None or not change.sha:
-            tracking.no_changes(outcome, note)
-            return {"status": "no_changes", "cost_usd": outcome.cost_usd}
-
-        tracking.advance(PUBLISHING)
         default = repository["default_branch"]
+        work = agent_work(settings, config, request, session_id, github, workspace, prompt,
+                          tracking, redis, default, pull.get("title") or "")  # fmt: skip
+        if isinstance(work, dict):
+            return work
+        outcome, change, note = work.outcome, work.change, work.note
         if same_repo:
             workspace.push(head_ref, protected=(default,))
             commit_url = f"{repository['html_url']}/commit/{change.sha}"

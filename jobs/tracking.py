@@ -131,7 +131,9 @@ class TrackingComment:
             return
         if not force and time.monotonic() - self._last_edit < PROGRESS_INTERVAL:
             return
-        if self.pacer is not None and not self.pacer.optional():
+        if force:
+            self._pace(essential=True)  # a step change: a handful per session, always shown
+        elif self.pacer is not None and not self.pacer.optional():
             return  # the installation's budget is tight: the final edit matters more
         try:
             self._edit(self._body("👀 **Claude is working on this…**", state="working"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from jobs.redact import redactor
 
 SANDBOX_UID = 1000
+OWNER_FILE = "session-id"  # in each workspace root: the session it belongs to
 _PASSTHROUGH_ENV = (
     "PATH", "LANG", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
     "NO_PROXY", "GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR",
@@ -59,8 +60,10 @@ class Workspace:
         Shallow: the sandbox gets no history, and a push needs only the new commits.
         """
         parent.mkdir(parents=True, exist_ok=True)
-        # Named after the session, so a reaper can tell whose leftovers it finds.
-        ws = cls(Path(tempfile.mkdtemp(prefix=f"{session_id}.", dir=parent)), token)
+        # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
+        # owner file lets a reaper tell whose leftovers it finds.
+        ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token)
+        (ws.root / OWNER_FILE).write_text(session_id)
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
         try:
             ws._git("init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree),
