@@ -7,6 +7,7 @@ to set, not to read a validation traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,17 @@ class Settings(BaseSettings):
     sandbox_memory: str = Field("4g", alias="SANDBOX_MEMORY")
     sandbox_cpus: float = Field(1.0, alias="SANDBOX_CPUS", gt=0)
     sandbox_pids: int = Field(512, alias="SANDBOX_PIDS", gt=0)
+    # The OCI runtime of the sandbox containers: runc (Docker's default) or runsc (gVisor, which
+    # must be registered with dockerd under that name, with runtimeArgs ["--network=none",
+    # "--host-uds=open"]: no network, and leave to connect to the gateway's Unix socket).
+    sandbox_runtime: str = Field("runc", alias="SANDBOX_RUNTIME", min_length=1)
+    # Sizes in Docker's notation (512m, 4g). The root filesystem is read-only: the CLI writes only
+    # to /tmp and its config dir, each a tmpfs of this size (tmpfs pages count as memory).
+    sandbox_tmp_size: str = Field("1g", alias="SANDBOX_TMP_SIZE")
+    sandbox_config_size: str = Field("256m", alias="SANDBOX_CONFIG_SIZE")
+    # The work tree is a bind mount with no size of its own: a session whose tree grows past this
+    # is ended (checked every second while it runs, and once more at the end).
+    sandbox_workspace_size: str = Field("10g", alias="SANDBOX_WORKSPACE_SIZE")
     workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
     queue_name: str = Field("sessions", alias="QUEUE_NAME")
     # The web process (gunicorn.conf.py reads these, so `.env` can set them too).
@@ -59,6 +71,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("sandbox_tmp_size", "sandbox_config_size", "sandbox_workspace_size")
+    @classmethod
+    def _docker_size(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9]+[kmg]?b?", value):
+            raise ValueError("must be a size in Docker's notation, such as 512m or 4g")
+        return value
 
     @field_validator("redis_url")
     @classmethod
