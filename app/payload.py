@@ -27,4 +27,10 @@ def field(payload: Any, *path: str, kind: type | tuple[type, ...] = str, optiona
     # bool is an int subclass; an id of `true` is malformed, not 1.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise PayloadError(f"{'.'.join(path)} has the wrong type")
+    # JSON can escape a lone surrogate ("\ud800"): not text, and Redis cannot store it.
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise PayloadError(f"{'.'.join(path)} is not valid Unicode") from None
     return value

@@ -35,6 +35,8 @@ def read_hints(redis: Redis, repo: str) -> RepoHints:
         raw = redis.get(hints_key(repo))
     except RedisError:
         return RepoHints()  # the enqueue that follows reports the outage
+    except UnicodeEncodeError:
+        return RepoHints()  # a lone surrogate: field() refuses the payload next
     if not raw:
         return RepoHints()
     try:

@@ -117,7 +117,8 @@ def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
     user = field(payload, comment, "user", kind=dict)
     if MARKER in body:
         return Ignore("the bot's own comments never trigger")
-    if is_bot(user) and user.get("login") not in hints.bots:
+    login = user.get("login")
+    if is_bot(user) and not (isinstance(login, str) and login in hints.bots):
         return Ignore("comments by bots never trigger")
     instruction = instruction_from(body, hints.trigger)
     if instruction is None:
@@ -213,7 +214,8 @@ def pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
         for commit in field(payload, "commits", kind=list, optional=True) or []
         if isinstance(commit, dict)
         for key in ("added", "modified", "removed")
-        for path in commit.get(key) or []
+        for path in (commit.get(key) if isinstance(commit.get(key), list) else [])
+        if isinstance(path, str)
     }
     if CONFIG_PATH not in touched:
         return Ignore(f"push does not change {CONFIG_PATH}")

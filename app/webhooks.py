@@ -42,7 +42,7 @@ def receive():
         return _reply(400, error="missing X-GitHub-Event or X-GitHub-Delivery")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return _reply(400, error="body is not JSON")
     if not isinstance(payload, dict):
         return _reply(400, error="body is not a JSON object")
