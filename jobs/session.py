@@ -23,6 +23,7 @@ from app.config import WORKER_REQUIRED, Settings, load_settings
 from app.enqueue import active_key, session_id_for, stop_key
 from app.repo_hints import write_hints
 from jobs.context import gather
+from jobs.egress import EgressProxy
 from jobs.gateway import ModelGateway
 from jobs.github import (
     ISSUE_SESSION_PERMISSIONS,
@@ -219,7 +220,9 @@ def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace
     upstream_key = settings.anthropic_api_key or ""
     tracking.advance(RUNNING)
     limits = limits_for(settings, config)
-    with ModelGateway(
+    # Package registries only by the repository's consent, through an allowlisting proxy.
+    egress = EgressProxy(control / "egress.sock") if config.network.registries else None
+    with egress or contextlib.nullcontext(), ModelGateway(
         control / "gateway.sock", settings.anthropic_base_url, upstream_key,
         # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; this is not.
         budget_usd=config.max_budget_usd,

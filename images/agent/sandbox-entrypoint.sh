@@ -15,6 +15,8 @@
 #   CLAUDECLUSTER_RELAY_PORT      default 8787
 #   CLAUDECLUSTER_RELAY_WAIT      whole seconds to wait for the relay, default 5
 #   CLAUDECLUSTER_SETUP_FILE      default /run/claudecluster/setup.sh (run first, if present)
+#   CLAUDECLUSTER_EGRESS_SOCKET   default /run/claudecluster/egress.sock (registries proxy, if present)
+#   CLAUDECLUSTER_EGRESS_PORT     default 8788
 #   ANTHROPIC_BASE_URL            set to http://127.0.0.1:PORT when the relay
 #                                 runs and it is not set already
 set -euo pipefail
@@ -40,24 +42,41 @@ EOF
     exit 2
 fi
 
-if [ -e "$socket" ]; then
-    [ -S "$socket" ] || die "$socket exists but is not a Unix socket"
-    case "$port" in ''|*[!0-9]*) die "CLAUDECLUSTER_RELAY_PORT='$port' is not a port number" ;; esac
-    case "$wait_s" in ''|*[!0-9]*) die "CLAUDECLUSTER_RELAY_WAIT='$wait_s' is not a whole number of seconds" ;; esac
-    # Relay output goes to stderr: stdout carries the CLI's stream-json.
-    node "$relay" --port "$port" --socket "$socket" >&2 &
-    relay_pid=$!
+case "$wait_s" in ''|*[!0-9]*) die "CLAUDECLUSTER_RELAY_WAIT='$wait_s' is not a whole number of seconds" ;; esac
 
-    # Bounded wait until the port accepts connections. The probe connection
-    # never reaches the gateway (the relay connects upstream on first byte).
+# start_relay PORT SOCKET: expose a host-side Unix socket on 127.0.0.1:PORT and wait until the
+# port accepts connections (bounded). The probe never reaches the socket: the relay connects
+# upstream on the first byte. Relay output goes to stderr: stdout carries the CLI's stream-json.
+start_relay() {
+    local relay_port=$1 relay_socket=$2 relay_pid deadline
+    [ -S "$relay_socket" ] || die "$relay_socket exists but is not a Unix socket"
+    case "$relay_port" in ''|*[!0-9]*) die "'$relay_port' is not a port number" ;; esac
+    node "$relay" --port "$relay_port" --socket "$relay_socket" >&2 &
+    relay_pid=$!
     deadline=$(( $(date +%s%N) / 1000000 + wait_s * 1000 ))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        kill -0 "$relay_pid" 2>/dev/null || die "relay exited before listening on 127.0.0.1:$port (see its message above)"
+    until (exec 3<>"/dev/tcp/127.0.0.1/$relay_port") 2>/dev/null; do
+        kill -0 "$relay_pid" 2>/dev/null || die "relay exited before listening on 127.0.0.1:$relay_port (see its message above)"
         [ "$(( $(date +%s%N) / 1000000 ))" -lt "$deadline" ] \
-            || die "relay not accepting connections on 127.0.0.1:$port after ${wait_s}s"
+            || die "relay not accepting connections on 127.0.0.1:$relay_port after ${wait_s}s"
         sleep 0.05
     done
+}
+
+if [ -e "$socket" ]; then
+    start_relay "$port" "$socket"
     export ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-http://127.0.0.1:$port}"
+fi
+
+# Package registries, only when the repository's config allows them: the worker then serves an
+# allowlisting egress proxy on egress.sock. Everything else stays unreachable.
+egress="${CLAUDECLUSTER_EGRESS_SOCKET:-/run/claudecluster/egress.sock}"
+egress_port="${CLAUDECLUSTER_EGRESS_PORT:-8788}"
+if [ -e "$egress" ]; then
+    start_relay "$egress_port" "$egress"
+    proxy="http://127.0.0.1:$egress_port"
+    export HTTPS_PROXY="$proxy" https_proxy="$proxy" HTTP_PROXY="$proxy" http_proxy="$proxy"
+    # The model gateway is local: never send it through the proxy.
+    export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
 fi
 
 # The repository's setup commands (.github/claude.yml `setup`) run before the command, in

@@ -32,6 +32,7 @@ CONFIGURED = "octo-org/configured"  # setup commands and maintainers' instructio
 FAILING_SETUP = "octo-org/failing-setup"
 CUSTOM = "octo-org/custom"  # its trigger phrase changes during a test
 SLOW = "octo-org/slow"  # a one-minute session timeout
+REGISTRIES = "octo-org/registries"  # setup commands may reach package registries
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
@@ -92,8 +93,17 @@ def github(tmp_path_factory):
         gh.add_repo(SLOW, INSTALLATION, files={
             "README.md": "# slow\n", ".github/claude.yml": "timeout_minutes: 1\n",
         })  # fmt: skip
+        gh.add_repo(REGISTRIES, INSTALLATION, files={
+            "README.md": "# registries\n",
+            ".github/claude.yml": (
+                "network:\n  registries: true\nsetup:\n"
+                "  - npm view left-pad@1.3.0 version > /tmp/registry-ok\n"
+                "  - npm view --registry=https://example.com/ left-pad version"
+                " > /tmp/blocked 2>&1 || true\n"
+            ),
+        })  # fmt: skip
         gh.add_user("octocat", 583231)
-        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW):
+        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW, REGISTRIES):
             gh.add_collaborator(repo, "octocat", "write")
         yield gh
 
