@@ -16,7 +16,9 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
-WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "ANTHROPIC_API_KEY")
+WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY")
+# Only the gateway process holds the model key.
+GATEWAY_REQUIRED = ("ANTHROPIC_API_KEY",)
 
 
 class ConfigError(Exception):
@@ -59,6 +61,8 @@ class Settings(BaseSettings):
     # is ended (checked every second while it runs, and once more at the end).
     sandbox_workspace_size: str = Field("10g", alias="SANDBOX_WORKSPACE_SIZE")
     workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
+    # Where workers reach the gateway process; by default beside the workspaces they share.
+    gateway_socket_path: Path | None = Field(None, alias="GATEWAY_SOCKET")
     queue_name: str = Field("sessions", alias="QUEUE_NAME")
     # The web process (gunicorn.conf.py reads these, so `.env` can set them too).
     host: str = Field("0.0.0.0", alias="HOST")
@@ -92,6 +96,10 @@ class Settings(BaseSettings):
     def _pem_text(cls, value: str | None) -> str | None:
         # Many secret stores flatten newlines to a literal "\n"; accept both forms.
         return value.replace("\\n", "\n").strip() + "\n" if value else value
+
+    @property
+    def gateway_socket(self) -> Path:
+        return self.gateway_socket_path or self.workspace_root / "gateway.ctl"
 
     @cached_property
     def private_key(self) -> str:
@@ -144,11 +152,10 @@ def load_settings(*required: str, **overrides: object) -> Settings:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m app check [web|worker|all]`: the run script's one-line answer."""
+    """`python -m app check [web|worker|gateway|all]`: the run script's one-line answer."""
     role = argv[2] if len(argv) > 2 else "all"
-    names = {"web": WEB_REQUIRED, "worker": WORKER_REQUIRED}.get(
-        role, WEB_REQUIRED + WORKER_REQUIRED
-    )
+    roles = {"web": WEB_REQUIRED, "worker": WORKER_REQUIRED, "gateway": GATEWAY_REQUIRED}
+    names = roles.get(role, WEB_REQUIRED + WORKER_REQUIRED + GATEWAY_REQUIRED)
     try:
         load_settings(*names)
     except ConfigError as exc:

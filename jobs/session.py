@@ -24,7 +24,7 @@ from app.enqueue import active_key, session_id_for, stop_key
 from app.repo_hints import write_hints
 from jobs.context import gather
 from jobs.egress import EgressProxy
-from jobs.gateway import ModelGateway
+from jobs.gateway_service import SOCKET_NAME, GatewayError, session_gateway
 from jobs.github import (
     ISSUE_SESSION_PERMISSIONS,
     READ_PERMISSIONS,
@@ -217,19 +217,18 @@ def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace
               extra_args: list[str] | None = None) -> SandboxRun:  # fmt: skip
     control = workspace.root / "control"
     control.mkdir(mode=0o755)
-    upstream_key = settings.anthropic_api_key or ""
     tracking.advance(RUNNING)
     limits = limits_for(settings, config)
     # Package registries only by the repository's consent, through an allowlisting proxy.
     egress = EgressProxy(control / "egress.sock") if config.network.registries else None
-    with egress or contextlib.nullcontext(), ModelGateway(
-        control / "gateway.sock", settings.anthropic_base_url, upstream_key,
-        # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; this is not.
-        budget_usd=config.max_budget_usd,
-        expires_at=time.monotonic() + limits.timeout + 60,
-    ) as gw:  # fmt: skip
+    # The gateway process holds the model key; this worker only learns the session's key.
+    # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; the gateway's is not.
+    gateway = session_gateway(
+        settings, session_id, control / SOCKET_NAME, config.max_budget_usd, limits.timeout + 60
+    )
+    with egress or contextlib.nullcontext(), gateway as session_key:
         return Sandbox(settings).run(
-            session_id, workspace.tree, control, gw.session_key, prompt,
+            session_id, workspace.tree, control, session_key, prompt,
             limits, extra_args=extra_args, on_action=tracking.action,
             should_stop=lambda: stop_requested(redis, session_id) is not None,
             setup=config.setup,
@@ -433,7 +432,7 @@ def focus_for(github: RepoSession, request: SessionRequest) -> str:
 
 
 def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, SandboxError | GitError):
+    if isinstance(exc, SandboxError | GitError | GatewayError):
         reason = str(exc)
     elif isinstance(exc, RequestFailed):
         sent = exc.response.raw_request

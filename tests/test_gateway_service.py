@@ -1,0 +1,87 @@
+"""The gateway process: it alone holds the model key and opens per-session gateways on request."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from app.config import load_settings
+from jobs.gateway_service import GatewayError, _call, session_gateway
+from tests.standins.anthropic import AnthropicStandIn, Text
+from tests.support import ROOT, wait_for
+
+REAL_KEY = "sk-ant-api03-held-by-the-gateway-process-only"
+
+
+@pytest.fixture
+def api():
+    with AnthropicStandIn(expected_api_key=REAL_KEY) as api:
+        yield api
+
+
+@pytest.fixture
+def service(tmp_path, api):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env.update(ANTHROPIC_API_KEY=REAL_KEY, ANTHROPIC_BASE_URL=api.url,
+               WORKSPACE_ROOT=str(tmp_path / "ws"))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.gateway_service"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    # The worker's view: no model key at all.
+    settings = load_settings(WORKSPACE_ROOT=str(tmp_path / "ws"), ANTHROPIC_API_KEY="")
+    wait_for(lambda: settings.gateway_socket.exists(), 20, what="the gateway service")
+    yield settings
+    proc.terminate()
+    output = proc.communicate(timeout=20)[0].decode()
+    assert REAL_KEY not in output
+
+
+def control_dir(settings):
+    path = settings.workspace_root / "s-1" / "control"
+    path.mkdir(parents=True)
+    return path
+
+
+def test_a_session_gateway_swaps_in_the_key_only_the_service_holds(service, api):
+    api.script([Text("hi")])
+    sock = control_dir(service) / "gateway.sock"
+    with session_gateway(service, "session-1", sock, 1.0, 60) as key:
+        assert key.startswith("ccgw-") and REAL_KEY not in key
+        assert oct(sock.stat().st_mode & 0o777) == "0o666"
+        transport = httpx.HTTPTransport(uds=str(sock))
+        with httpx.Client(transport=transport, base_url="http://sandbox") as client:
+            resp = client.post("/v1/messages", headers={"x-api-key": key}, json={
+                "model": "claude-sonnet-5-5", "max_tokens": 16, "stream": False,
+                "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert resp.status_code == 200
+    assert api.requests[-1].api_key == REAL_KEY
+    assert not sock.exists(), "closing the session removes its socket"
+
+
+def test_sockets_only_inside_a_sessions_control_directory(service, tmp_path):
+    with (
+        pytest.raises(GatewayError, match="only as gateway.sock under WORKSPACE_ROOT"),
+        session_gateway(service, "s2", tmp_path / "elsewhere" / "gateway.sock", None, 60),
+    ):
+        pass  # fmt: skip
+    sneaky = service.workspace_root / "s-2" / "control" / ".." / ".." / ".." / "gateway.sock"
+    with pytest.raises(GatewayError), session_gateway(service, "s3", sneaky, None, 60):
+        pass
+    with (
+        pytest.raises(GatewayError),
+        session_gateway(service, "s4", control_dir(service) / "other.sock", None, 60),
+    ):
+        pass
+
+
+def test_the_control_socket_is_the_services_users_alone(service):
+    assert oct(service.gateway_socket.stat().st_mode & 0o777) == "0o600"
+
+
+def test_no_service_is_a_clear_error(tmp_path):
+    settings = load_settings(WORKSPACE_ROOT=str(tmp_path))
+    with pytest.raises(GatewayError, match="the gateway service is not running"):
+        _call(settings, {"op": "open"}, wait=0.3)
