@@ -29,9 +29,7 @@ READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the re
 
 def _client(api_url: str, auth) -> GitHub:
     # http_cache off: a revalidating cache only adds requests for a short-lived session.
-    return GitHub(
-        auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry
-    )
+    return GitHub(auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry)
 
 
 def app_client(settings: Settings) -> GitHub:

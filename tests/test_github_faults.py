@@ -69,7 +69,6 @@ def test_persistent_server_errors_give_up_after_three_retries(github, session):
     session.issue(1)  # the fifth fault, then the real answer: nothing left over
 
 
-
 def test_client_errors_are_not_retried(github, session):
     github.fail_next("POST", r"/issues/1/comments$", 422)
     before = attempts(github, "POST", "/issues/1/comments")
