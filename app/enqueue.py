@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from redis import Redis
 from redis.commands.core import Script
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Callback, JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs.request import SessionRequest
@@ -30,6 +30,11 @@ DELIVERY_TTL = 7 * 24 * 3600
 RUN_SESSION = "jobs.session.run_session"
 # Clone, push and comment around the sandbox's own wall clock.
 JOB_MARGIN = 300
+# When the session cannot end its tracking comment itself (its horse was killed, RQ found it
+# abandoned, or it raised), these end it as interrupted; by dotted path, so the web process
+# never imports the worker's code. RQ gives a callback 60 s by default.
+ON_FAILURE = Callback("jobs.interrupted.on_failure", timeout=60)
+ON_STOPPED = Callback("jobs.interrupted.on_stopped", timeout=60)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ def enqueue_session(queue: Queue, request: SessionRequest, timeout: int) -> Enqu
         failure_ttl=DELIVERY_TTL,
         description=f"{request.repo}#{request.number} by {request.requester}",
         status=JobStatus.QUEUED,
+        on_failure=ON_FAILURE,
+        on_stopped=ON_STOPPED,
     )
     job.origin = queue.name
     job.enqueued_at = datetime.now(UTC)

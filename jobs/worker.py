@@ -3,46 +3,160 @@
 It checks its configuration first, so a missing variable is one line at start-up rather than a
 failure inside the first session, and it uses RQ's JSON serializer: the queue carries only plain
 values, and nothing in Redis is ever unpickled.
+
+Crashes and shutdowns (see jobs/reaper.py and jobs/interrupted.py):
+
+* At start and every `REAPER_INTERVAL` seconds while idle, RQ's maintenance cleans its registries
+  (abandoned jobs get their failure callback) and the reaper removes the containers and
+  workspaces of sessions not running on a live worker, ending their tracking comments.
+* SIGTERM (or SIGINT) is RQ's warm shutdown: the running session finishes, then the worker
+  exits. A second one is RQ's cold shutdown: the horse is SIGKILLed; this worker then removes
+  that session's container and workspace, fails its job and ends its comment before exiting.
+* A horse that dies on its own (the OOM killer, RQ's hard timeout) is cleaned up the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
 from rq import Worker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from app.config import WORKER_REQUIRED, ConfigError, load_settings
+from app.config import WORKER_REQUIRED, ConfigError, Settings, load_settings
 from app.enqueue import session_queue
 from app.logs import configure_logging
+from jobs.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
+from jobs.reaper import (
+    HORSE_FIELD,
+    HOST_FIELD,
+    PID_FIELD,
+    host_identity,
+    process_token,
+    reap,
+    reap_session,
+)
 from jobs.redact import redactor
 from jobs.redelivery import schedule_sweep
 
+log = logging.getLogger(__name__)
+
+
+class WorkerSettings(BaseSettings):
+    """The worker's own settings (read like app.config's, from the environment and `.env`)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    # Seconds between two reaper passes (RQ's maintenance interval; RQ's own default is 600).
+    reaper_interval: int = Field(60, alias="REAPER_INTERVAL", ge=1, le=3600)
+
 
 class SessionWorker(Worker):
-    """Also books a sweep of failed webhook deliveries at start and every maintenance tick.
+    """An RQ forking worker that also sweeps deliveries and reaps crashed sessions' leftovers.
 
-    RQ runs maintenance at start and every ten minutes between jobs; the sweep's job id names
-    its ten-minute slot, so any number of workers book one sweep per slot.
+    RQ runs maintenance at start and then every `maintenance_interval` seconds, but only between
+    jobs, when its blocking dequeue wakes up (every `worker_ttl - 15` s): the worker's TTL is
+    set so that the dequeue wakes once per interval. The sweep's job id names its ten-minute
+    slot, so any number of workers book one sweep per slot.
     """
+
+    def __init__(self, *args, settings: Settings | None = None, reaper_interval: int = 60,
+                 docker_client=None, **kwargs) -> None:  # fmt: skip
+        kwargs.setdefault("maintenance_interval", reaper_interval)
+        kwargs.setdefault("worker_ttl", reaper_interval + 16)
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self._docker = docker_client
+
+    @property
+    def docker(self):
+        if self._docker is None:
+            try:
+                import docker
+
+                self._docker = docker.from_env()
+            except Exception as exc:  # the engine is away: reap workspaces only, retry later
+                log.warning("reaper: no Docker engine (%s)", type(exc).__name__)
+        return self._docker
+
+    # -- who this worker is, for other workers' reapers ---------------------------------
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self.connection.hset(
+            self.key, mapping={HOST_FIELD: host_identity(), PID_FIELD: process_token(self.pid)}
+        )
+
+    def fork_work_horse(self, job, queue) -> None:
+        super().fork_work_horse(job, queue)  # only the parent returns
+        self.connection.hset(self.key, HORSE_FIELD, process_token(self.horse_pid))
+
+    # -- maintenance --------------------------------------------------------------------
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         schedule_sweep(self.queues[0])
+        if self.settings is not None:
+            try:
+                reap(self.settings, self.connection, self.docker)
+            except Exception:
+                log.exception("reaper: the pass failed")
+
+    # -- a horse that died without its `finally` ----------------------------------------
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self._after_horse_died(job.id, HORSE_KILLED)
+
+    def request_force_stop(self, signum, frame) -> None:
+        job_id = self.get_current_job_id() if self.horse_pid else None
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            if job_id:
+                self._after_horse_died(job_id, WORKER_STOPPED, fail_job=True)
+            raise
+
+    def _after_horse_died(self, job_id: str, why: str, fail_job: bool = False) -> None:
+        if self.settings is None:
+            return
+        try:
+            reap_session(self.settings, self.docker, job_id)
+            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            if fail_job:
+                # What RQ would do once the heartbeat lapsed, now (and without the callback).
+                queue = next((q for q in self.queues if q.name == job.origin), self.queues[0])
+                self.handle_job_failure(job, queue, exc_string=f"Cold shutdown: {why}")
+            interrupt_job(job, self.connection, why, self.settings)
+        except Exception:
+            log.exception("session %s: cleanup after its horse died", job_id)
 
 
 def main() -> int:
     try:
         settings = load_settings(*WORKER_REQUIRED)
+        own = WorkerSettings()
     except ConfigError as exc:
         print(f"configuration: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        print(f"configuration: {problems}", file=sys.stderr, flush=True)
         return 2
     configure_logging(redactor.learn(settings))
     redis = Redis.from_url(settings.redis_url)
     worker = SessionWorker(
-        [session_queue(redis, settings.queue_name)], connection=redis, serializer=JSONSerializer
+        [session_queue(redis, settings.queue_name)],
+        connection=redis,
+        serializer=JSONSerializer,
+        settings=settings,
+        reaper_interval=own.reaper_interval,
     )
+    log.info("reaper: every %s s while idle, and now", own.reaper_interval)
     worker.work(with_scheduler=True)
     return 0
 
