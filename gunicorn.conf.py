@@ -1,6 +1,8 @@
 """gunicorn settings, read from the same environment and `.env` as the app itself.
 
 gunicorn loads this file from the working directory, so the Procfile's `web:` line stays plain.
+Flags in GUNICORN_CMD_ARGS override what is set here, e.g. `--threads 32` or `--access-logfile -`.
+docs/reliability.md ("Load") has the measurements behind these choices.
 """
 
 from pydantic import ValidationError
@@ -16,6 +18,14 @@ except ValidationError:
     bind = "0.0.0.0:8000"
     workers = 1
 
-accesslog = "-"
+# Threads, not one delivery at a time per process: a delivery spends much of its life waiting
+# (on Redis, on the client), and a sync worker holds its whole process meanwhile; on a busy machine
+# every wake-up waits for a CPU too. Threads wait side by side, and can keep connections alive.
+worker_class = "gthread"
+threads = 16
+# No access log by default: GitHub's delivery log already shows every delivery with its answer,
+# and the app logs each queued session and each refusal. A line per request cost 8-11% of the
+# front door's CPU under load; `GUNICORN_CMD_ARGS="--access-logfile -"` turns it back on.
+accesslog = None
 # Deliveries must be answered within GitHub's 10 s; a worker stuck longer is recycled.
 timeout = 30

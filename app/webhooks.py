@@ -27,6 +27,24 @@ def _reply(code: int, **body: object):
     return jsonify(body), code
 
 
+class _HintsOnDemand:
+    """The repository's `RepoHints`, read from Redis when a handler first looks at them.
+
+    Only comment handlers do; pushes, new commits and labels never need the round trip, which
+    costs a threaded worker more CPU than parsing the payload (docs/reliability.md, "Load").
+    """
+
+    __slots__ = ("_redis", "_repo", "_hints")
+
+    def __init__(self, redis, repo: str) -> None:
+        self._redis, self._repo, self._hints = redis, repo, None
+
+    def __getattr__(self, name: str):
+        if self._hints is None:
+            self._hints = read_hints(self._redis, self._repo)
+        return getattr(self._hints, name)
+
+
 @bp.post("/webhooks")
 def receive():
     body = request.get_data(cache=False)
@@ -53,7 +71,7 @@ def receive():
         hints = RepoHints()
         repo = payload.get("repository")
         if handler_for(event, payload) and isinstance(repo, dict) and repo.get("full_name"):
-            hints = read_hints(current_app.extensions["redis"], str(repo["full_name"]))
+            hints = _HintsOnDemand(current_app.extensions["redis"], str(repo["full_name"]))
         decision = decide(event, payload, delivery, hints)
     except PayloadError as exc:
         return _reply(400, error=f"malformed {event} payload: {exc}")
