@@ -127,6 +127,7 @@ class Service:
     logs: dict[str, Path]
     redis_url: str
     issues: list[int] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # what the service's processes run with
 
     def new_issue(self, title: str, body: str = "Please help.") -> int:
         # Issues and pull requests share one sequence of numbers, as on GitHub.
@@ -195,7 +196,8 @@ class Service:
 
 def leftover_containers(session_id: str | None = None) -> list:
     label = f"{LABEL}={session_id}" if session_id else LABEL
-    return docker.from_env().containers.list(all=True, filters={"label": label})
+    # sparse: no inspect per container, which races with containers being removed meanwhile.
+    return docker.from_env().containers.list(all=True, filters={"label": label}, sparse=True)
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +230,7 @@ def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
             ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
             stdout=logs[name].open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, env["REDIS_URL"])
+    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, env["REDIS_URL"], env=env)
 
     def healthy():
         for name, proc in procs.items():

@@ -556,6 +556,7 @@ class AnthropicStandIn:
             self._requests.clear()
             self._queues = {"main": [], "subagent": []}
             self._fail_hits = {"main": 0, "subagent": 0}
+            self._per_conversation = []
 
     # -- request handling -------------------------------------------------------------
 
@@ -610,7 +611,7 @@ class AnthropicStandIn:
             return
 
         rec.kind = classify_messages_request(headers, body)
-        turn = self._next_turn(rec.kind)
+        turn = self._next_turn(rec.kind, rec.headers)
 
         if isinstance(turn, Fail):
             rec.status = turn.status
@@ -647,8 +648,26 @@ class AnthropicStandIn:
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
 
-    def _next_turn(self, kind: str) -> Turn:
+    def script_each_conversation(self, turns: Sequence[Turn]) -> None:
+        """Give every CLI conversation its own copy of ``turns`` (for concurrent sessions).
+
+        Conversations are told apart by the ``x-claude-code-session-id`` header the CLI sends;
+        main-loop requests of each take turns from that conversation's copy only.
+        """
+        turns = list(turns)
+        for t in turns:
+            _validate_turn(t)
+        with self._lock:
+            self._per_conversation = turns
+            self._conversations: dict[str, list[Turn]] = {}
+
+    def _next_turn(self, kind: str, headers: dict[str, str] | None = None) -> Turn:
         """The turn answering a request of ``kind`` ("main", "subagent" or "side")."""
+        conversation = (headers or {}).get("x-claude-code-session-id")
+        if kind == "main" and conversation and getattr(self, "_per_conversation", None):
+            with self._lock:
+                own = self._conversations.setdefault(conversation, list(self._per_conversation))
+                return own.pop(0) if own else Text("done")
         with self._lock:
             main_head = self._queues["main"][0] if self._queues["main"] else None
             # A Fail heading the main script fails every messages request.

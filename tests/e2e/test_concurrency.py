@@ -1,0 +1,51 @@
+"""Eight sessions at once on this 2-core machine: each ends correctly, none steps on another."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.e2e.conftest import REPO, leftover_containers, procfile
+from tests.standins.anthropic import Text, ToolUse
+from tests.support import ROOT, wait_for
+
+SESSIONS = 8
+
+
+def test_eight_sessions_run_at_once_and_all_complete(service, tmp_path):
+    gh, api = service.github, service.anthropic
+    # The service runs one worker; seven more make eight sessions run side by side.
+    extra = [
+        subprocess.Popen(["bash", "-c", f"exec {procfile()['worker']}"], cwd=ROOT,
+                         env=service.env, start_new_session=True,
+                         stdout=(tmp_path / f"worker{i}.log").open("wb"),
+                         stderr=subprocess.STDOUT)
+        for i in range(SESSIONS - 1)
+    ]  # fmt: skip
+    try:
+        # Every session gets the same two turns: write a file named after its sandbox (the
+        # hostname is the container's id), then answer.
+        numbers = [service.new_issue(f"Parallel task {i}") for i in range(SESSIONS)]
+        write = 'echo done > "task-$(hostname).md"'
+        api.script_each_conversation(
+            [ToolUse("Bash", {"command": write}, delay=12), Text("Wrote my task file.")]
+        )
+        for number in numbers:
+            assert service.comment(number, "/claude write your task file").status_code == 202
+        # All eight at once: eight sandbox containers alive together at some moment.
+        wait_for(lambda: len(leftover_containers()) >= SESSIONS, 120,
+                 what="eight sandboxes running together")  # fmt: skip
+        finals = [service.wait_final(number, timeout=300) for number in numbers]
+        assert all("state=done" in f.body for f in finals), [f.body[:200] for f in finals]
+        files = []
+        for number in numbers:
+            (pull,) = service.pulls_for(number)
+            files += gh.git(REPO, "diff", "--name-only", "main", pull.head_ref).split()
+        # One file per session, each from a different sandbox: nobody wrote into another's tree.
+        assert len(files) == len(set(files)) == SESSIONS
+        wait_for(lambda: not leftover_containers(), 60, what="every sandbox removed")
+    finally:
+        for proc in extra:
+            os.killpg(proc.pid, 15)
+        for proc in extra:
+            proc.wait(60)
