@@ -114,6 +114,8 @@ def test_planted_git_state_in_the_tree_is_neither_run_nor_followed(workspace, tm
         (planted / "hooks" / hook).chmod(0o755)
     (planted / "config").write_text(
         f"[core]\n\tfsmonitor = touch {canary}\n\thooksPath = hooks\n"
+        f"\tsshCommand = touch {canary}\n"
+        f'[remote "origin"]\n\turl = ssh://git@localhost/x.git\n'
         f'[filter "x"]\n\tclean = touch {canary}\n\tsmudge = touch {canary}\n'
     )
     (workspace.tree / ".gitattributes").write_text("* filter=x\n")
