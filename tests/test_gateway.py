@@ -28,7 +28,7 @@ from jobs.gateway import ModelGateway, _MessageTally, _SSEUsage
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.support import NPM, free_port, wait_for
 
-REAL_KEY = "sk-ant-api03-real-key-held-only-by-the-gateway"
+REAL_KEY = "sk-ant-api03-test-key-held-only-by-the-gateway"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from jobs.gateway_service import GatewayError, _call, session_gateway
 from tests.standins.anthropic import AnthropicStandIn, Text
 from tests.support import ROOT, wait_for
 
-REAL_KEY = "sk-ant-api03-held-by-the-gateway-process-only"
+REAL_KEY = "sk-ant-api03-test-key-of-the-gateway-process"
 
 
 @pytest.fixture

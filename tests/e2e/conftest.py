@@ -34,7 +34,7 @@ CUSTOM = "octo-org/custom"  # its trigger phrase changes during a test
 SLOW = "octo-org/slow"  # a one-minute session timeout
 REGISTRIES = "octo-org/registries"  # setup commands may reach package registries
 SECRET = "e2e-webhook-secret-0123456789"
-MODEL_KEY = "sk-ant-api03-e2e-real-model-key-0123456789"
+MODEL_KEY = "sk-ant-api03-test-model-key-e2e-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
 ANY_STATE = re.compile(r"<!-- claudecluster:session (\S+) state=\w+ -->")
 
