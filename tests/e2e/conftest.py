@@ -5,6 +5,7 @@ API are stand-ins, each a real HTTP server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import docker
 import httpx
 import pytest
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
 
 from jobs.sandbox import LABEL
 from tests.standins.anthropic import AnthropicStandIn
@@ -196,8 +197,12 @@ class Service:
 
 def leftover_containers(session_id: str | None = None) -> list:
     label = f"{LABEL}={session_id}" if session_id else LABEL
-    # sparse: no inspect per container, which races with containers being removed meanwhile.
-    return docker.from_env().containers.list(all=True, filters={"label": label}, sparse=True)
+    client = docker.from_env()
+    found = []
+    for summary in client.api.containers(all=True, filters={"label": label}):
+        with contextlib.suppress(NotFound):  # removed between the listing and the inspection
+            found.append(client.containers.get(summary["Id"]))
+    return found
 
 
 @pytest.fixture(scope="session")

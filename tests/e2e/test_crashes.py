@@ -601,7 +601,10 @@ class PrivateEngine:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+            # Its own network namespace: a second dockerd on the host's would remove the shared
+            # engine's docker0 bridge, which later tests (and users' other containers) rely on.
+            ["unshare", "--net",
+             "dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
              "--config-file", str(self.root / "daemon.json"), "--bridge", "none",
              "--iptables=false", "--ip-masq=false"],
