@@ -18,14 +18,21 @@ except ValidationError:
     bind = "0.0.0.0:8000"
     workers = 1
 
-# Threads, not one delivery at a time per process: a delivery spends much of its life waiting
-# (on Redis, on the client), and a sync worker holds its whole process meanwhile; on a busy machine
-# every wake-up waits for a CPU too. Threads wait side by side, and can keep connections alive.
-worker_class = "gthread"
-threads = 16
+# uvicorn's worker: an event loop (uvloop) and a C HTTP parser (httptools) per process. A
+# delivery spends most of its life waiting on Redis; a loop waits on hundreds of them for a
+# fraction of the CPU that gthread's threads spend, which is what held the front door under
+# 1,000 deliveries/s on 2 cores (docs/reliability.md, "Load"). The app is ASGI for it.
+worker_class = "uvicorn_worker.UvicornWorker"
 # No access log by default: GitHub's delivery log already shows every delivery with its answer,
 # and the app logs each queued session and each refusal. A line per request cost 8-11% of the
 # front door's CPU under load; `GUNICORN_CMD_ARGS="--access-logfile -"` turns it back on.
 accesslog = None
 # Deliveries must be answered within GitHub's 10 s; a worker stuck longer is recycled.
 timeout = 30
+
+
+def on_starting(server) -> None:
+    """Refuse to start, in one line naming the variable, before any worker is forked."""
+    from app import web_settings
+
+    web_settings()

@@ -1,4 +1,8 @@
-"""The ClaudeCluster web process: a Flask application factory (`gunicorn 'app:create_app()'`)."""
+"""The ClaudeCluster web process.
+
+`create_service()` is what gunicorn serves (the Procfile's `web:` line): webhooks on the event
+loop, everything else through `create_app()`, the Flask application factory.
+"""
 
 from __future__ import annotations
 
@@ -13,32 +17,34 @@ from app.config import WEB_REQUIRED, ConfigError, Settings, load_settings
 MAX_PAYLOAD = 25 * 1024 * 1024
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    if settings is None:
-        try:
-            settings = load_settings(*WEB_REQUIRED)
-        except ConfigError as exc:
-            # One line naming the variable, instead of a traceback from deep inside gunicorn.
-            print(f"configuration: {exc}", file=sys.stderr, flush=True)
-            # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
-            raise SystemExit(3) from None
+def web_settings() -> Settings:
+    try:
+        return load_settings(*WEB_REQUIRED)
+    except ConfigError as exc:
+        # One line naming the variable, instead of a traceback from deep inside gunicorn.
+        print(f"configuration: {exc}", file=sys.stderr, flush=True)
+        # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
+        raise SystemExit(3) from None
 
-    from app import health, webhooks
-    from app.enqueue import session_queue
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or web_settings()
+
+    from app import health
     from app.logs import configure_logging
     from jobs.redact import redactor
 
     configure_logging(redactor.learn(settings))
     app = Flask(__name__)
-    app.config.update(
-        MAX_CONTENT_LENGTH=MAX_PAYLOAD,
-        WEBHOOK_SECRET=settings.github_webhook_secret,
-        SESSION_TIMEOUT=settings.session_timeout,
+    app.config.update(MAX_CONTENT_LENGTH=MAX_PAYLOAD)
+    app.extensions["redis"] = Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
-    # Short timeouts: a dead Redis must turn into a quick 503, not a hung delivery.
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    app.extensions["redis"] = redis
-    app.extensions["session_queue"] = session_queue(redis, settings.queue_name)
-    app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     return app
+
+
+def create_service(settings: Settings | None = None):
+    from app.service import create_service as create
+
+    return create(settings)

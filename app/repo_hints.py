@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 DEFAULT_TRIGGER = "/claude"
@@ -30,9 +31,9 @@ def hints_key(repo: str) -> str:
     return f"claudecluster:repo:{repo.lower()}"
 
 
-def read_hints(redis: Redis, repo: str) -> RepoHints:
+async def read_hints(redis: AsyncRedis, repo: str) -> RepoHints:
     try:
-        raw = redis.get(hints_key(repo))
+        raw = await redis.get(hints_key(repo))
     except RedisError:
         return RepoHints()  # the enqueue that follows reports the outage
     except UnicodeEncodeError:

@@ -34,19 +34,31 @@ class Start:
 Decision = Ignore | Start
 Handler = Callable[[dict, str, RepoHints], Decision]
 HANDLERS: dict[tuple[str, str], Handler] = {}
+# The handlers that read the repository's `RepoHints`: only for these does the web ask Redis.
+HINTED: set[tuple[str, str]] = set()
 
 
-def handles(event: str, action: str) -> Callable[[Handler], Handler]:
+def handles(event: str, action: str, hints: bool = False) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         HANDLERS[(event, action)] = handler
+        if hints:
+            HINTED.add((event, action))
         return handler
 
     return register
 
 
-def handler_for(event: str, payload: dict) -> Handler | None:
+def _key(event: str, payload: dict) -> tuple[str, str]:
     action = payload.get("action") if isinstance(payload, dict) else None
-    return HANDLERS.get((event, action if isinstance(action, str) else ""))
+    return event, action if isinstance(action, str) else ""
+
+
+def handler_for(event: str, payload: dict) -> Handler | None:
+    return HANDLERS.get(_key(event, payload))
+
+
+def reads_hints(event: str, payload: dict) -> bool:
+    return _key(event, payload) in HINTED
 
 
 def decide(event: str, payload: dict, delivery_id: str, hints: RepoHints | None = None) -> Decision:
@@ -133,7 +145,7 @@ def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
     )  # fmt: skip
 
 
-@handles("issue_comment", "created")
+@handles("issue_comment", "created", hints=True)
 def issue_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     pull = field(payload, "issue", "pull_request", kind=dict, optional=True) is not None
     return _commented(
@@ -144,7 +156,7 @@ def issue_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> 
     )  # fmt: skip
 
 
-@handles("pull_request_review_comment", "created")
+@handles("pull_request_review_comment", "created", hints=True)
 def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
         payload, delivery_id, hints, "comment",
@@ -154,7 +166,7 @@ def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) ->
     )  # fmt: skip
 
 
-@handles("pull_request_review", "submitted")
+@handles("pull_request_review", "submitted", hints=True)
 def review_submitted(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
         payload, delivery_id, hints, "review",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import hmac
@@ -9,6 +10,8 @@ import json
 import socket
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -130,3 +133,102 @@ def review_comment_payload(repo: str, number: int, comment_id: int, body: str,
     payload["comment"].update(id=comment_id, body=body)
     payload["comment"]["user"].update(login="octocat", id=583231, type="User")
     return payload
+
+
+def enqueue(redis, request, timeout: int = 600):
+    """Queue a session as the front door does (app.enqueue, async) from a synchronous test."""
+    from redis.asyncio import Redis as AsyncRedis
+
+    from app.enqueue import enqueue_session, session_queue
+
+    async def run():
+        kw = redis.connection_pool.connection_kwargs
+        async with AsyncRedis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)) as client:
+            return await enqueue_session(client, session_queue(redis, "sessions"), request, timeout)
+
+    return asyncio.run(run())
+
+
+@dataclass
+class Reply:
+    status_code: int
+    headers: dict[str, str]
+    data: bytes
+
+    @property
+    def json(self):
+        return json.loads(self.data)
+
+    def get_data(self) -> bytes:
+        return self.data
+
+
+class AsgiClient:
+    """Drives an ASGI app in-process, one request at a time, on one event loop of its own.
+
+    One loop for the client's life, because the app's Redis connections belong to the loop that
+    opened them. Exceptions the app raises reach the caller, where a server would answer 500.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def get(self, path: str, headers=()) -> Reply:
+        return self.request("GET", path, b"", headers)
+
+    def post(self, path: str, data: bytes = b"", headers=()) -> Reply:
+        return self.request("POST", path, data, headers)
+
+    def request(self, method: str, path: str, body: bytes, headers) -> Reply:
+        pairs = list(headers.items() if isinstance(headers, dict) else headers)
+        if not any(k.lower() == "content-length" for k, _ in pairs):
+            pairs.append(("Content-Length", str(len(body))))
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "server": ("testserver", 80),
+            "client": ("127.0.0.1", 12345),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
+        }  # fmt: skip
+        chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
+        sent: list[dict] = []
+
+        async def receive():
+            if chunks:
+                chunk = chunks.pop(0)
+                return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        self.loop.run_until_complete(self.app(scope, receive, send))
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        return Reply(
+            start["status"],
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])},
+            b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+        )
+
+
+@contextmanager
+def serving(app):
+    """An ASGI app on a real loopback port, served by uvicorn in a thread; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, 0.02, "the ASGI app to listen")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -51,7 +51,14 @@ def test_worker_refuses_to_start_naming_the_variable(tmp_path, values, expected)
 
 def test_web_refuses_to_start_without_a_webhook_secret(tmp_path):
     env = clean_env(PYTHONPATH=str(ROOT))
-    cmd = ["gunicorn", "--bind", f"127.0.0.1:{free_port()}", "app:create_app()"]
+    cmd = [
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+        "app:create_service()",
+    ]
     result = run(cmd, env, tmp_path)
     assert result.returncode != 0
     assert problem_lines(result.stderr) == ["configuration: GITHUB_WEBHOOK_SECRET is not set"]

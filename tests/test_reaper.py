@@ -19,7 +19,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from app.config import load_settings
-from app.enqueue import active_key, enqueue_session, session_queue
+from app.enqueue import active_key, session_queue
 from jobs import interrupted
 from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.interrupted import (
@@ -46,6 +46,7 @@ from jobs.sandbox import LABEL
 from jobs.tracking import marker
 from jobs.workspace import OWNER_FILE
 from tests.standins.github import GitHubStandIn
+from tests.support import enqueue
 
 REPO = "octo-org/reaped"
 INSTALLATION = 91
@@ -135,7 +136,7 @@ def new_session(github, redis, instruction: str = "fix the bug", **extra) -> tup
         number=number, requester="octocat", requester_id=583231, instruction=instruction,
         **extra,
     )  # fmt: skip
-    queued = enqueue_session(session_queue(redis, "sessions"), request, timeout=600)
+    queued = enqueue(redis, request)
     return Job.fetch(queued.session_id, connection=redis, serializer="json"), number
 
 
@@ -390,7 +391,7 @@ def test_a_review_thread_reply_is_found_among_the_pulls_review_comments(github, 
         number=pull.number, requester="octocat", requester_id=583231, instruction="tidy",
         pull=True, trigger="review_comment", review_comment_id=asked.id,
     )  # fmt: skip
-    queued = enqueue_session(session_queue(redis, "sessions"), request, timeout=600)
+    queued = enqueue(redis, request)
     job = Job.fetch(queued.session_id, connection=redis, serializer="json")
     gh = RepoSession(settings, INSTALLATION, REPO, ISSUE_SESSION_PERMISSIONS)
     reply = gh.reply_review_comment(pull.number, asked.id, f"👀\n\n{marker(job.id)}")

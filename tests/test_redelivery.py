@@ -1,6 +1,6 @@
 """The failed-delivery sweeper against a real Redis, the real front door and the GitHub stand-in.
 
-The front door (`create_app`) is served over real HTTP and reaches Redis through a gate that a
+The front door (`create_service`) is served over real HTTP and reaches Redis through a gate that a
 test can shut, so "Redis down" is a refused connection, as in an outage. The stand-in POSTs
 deliveries to the front door, logs the outcome like GitHub, and redelivers on request with the
 same `X-GitHub-Delivery`. The sweeper talks to the stand-in with the App's JWT and to the real
@@ -24,9 +24,8 @@ from githubkit.exception import RequestFailed
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
-from werkzeug.serving import make_server
 
-from app import create_app
+from app import create_service
 from app.config import load_settings
 from app.enqueue import session_queue
 from jobs import redelivery
@@ -44,7 +43,7 @@ from tests.standins import openapi
 from tests.standins.github import GitHubStandIn
 from tests.standins.github_hooks import HOOK_ROUTES
 from tests.standins.github_objects import now
-from tests.support import free_port, issue_comment_payload, webhook_example
+from tests.support import free_port, issue_comment_payload, serving, webhook_example
 
 SECRET = "It's a Secret to Everybody"
 REPO = "octo-org/hello-world"
@@ -156,15 +155,9 @@ def gate(redis_url):
 @pytest.fixture
 def service(gate):
     """The real front door over HTTP, its Redis behind the gate; yields the webhook URL."""
-    app = create_app(load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=gate.url))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/webhooks"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    app = create_service(load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=gate.url))
+    with serving(app) as url:
+        yield f"{url}/webhooks"
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from app import create_app
+from app import create_service
 from app.config import load_settings
 from app.repo_hints import write_hints
 from tests.support import (
+    AsgiClient,
     delivery_headers,
     free_port,
     issue_comment_payload,
@@ -26,14 +27,16 @@ SECRET = "It's a Secret to Everybody"
 REPO = "octo-org/hello-world"
 
 
-def make_client(redis_url: str):
+def make_client(redis_url: str) -> AsgiClient:
     settings = load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_url)
-    return create_app(settings).test_client()
+    return AsgiClient(create_service(settings))
 
 
 @pytest.fixture
 def client(redis_url):
-    return make_client(redis_url)
+    client = make_client(redis_url)
+    yield client
+    client.close()
 
 
 def queued(redis_url: str) -> list[str]:
