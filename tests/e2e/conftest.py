@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +128,7 @@ class Service:
     redis_url: str
     issues: list[int] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # what the service's processes run with
+    workspace_root: Path | None = None
 
     def new_issue(self, title: str, body: str = "Please help.") -> int:
         # Issues and pull requests share one sequence of numbers, as on GitHub.
@@ -205,59 +205,77 @@ def leftover_containers(session_id: str | None = None) -> list:
     return found
 
 
-@pytest.fixture(scope="session")
-def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
-    port = free_port()
-    logdir = tmp_path_factory.mktemp("service-logs")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "ANTHROPIC_"))},
+def service_env(github, anthropic, redis_url: str, image: str, workspaces: Path, port: int,
+                inherit_sandbox: bool = True, **overrides: str) -> dict[str, str]:  # fmt: skip
+    """What the Procfile's processes run with: the stand-ins' addresses and the test's keys.
+
+    `inherit_sandbox=False` drops the caller's SANDBOX_* too, for tests that set them exactly.
+    """
+    dropped = ("GITHUB_", "ANTHROPIC_") + (() if inherit_sandbox else ("SANDBOX_",))
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(dropped)},
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "GITHUB_APP_ID": str(github.app_id),
-        "GITHUB_PRIVATE_KEY": github.private_key_pem,
-        "GITHUB_WEBHOOK_SECRET": SECRET,
-        "GITHUB_API_URL": github.api_url,
-        "REDIS_URL": redis_server.removesuffix("/0") + "/1",
-        "ANTHROPIC_API_KEY": MODEL_KEY,
-        "ANTHROPIC_BASE_URL": anthropic.url,
-        "AGENT_IMAGE": agent_image,
-        "WORKSPACE_ROOT": str(tmp_path_factory.mktemp("workspaces")),
-        "SESSION_TIMEOUT": "240",
-        "CLAUDE_MAX_TURNS": "10",
-        "CLAUDE_MAX_RETRIES": "1",
-    }
+        "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "2",
+        "GITHUB_APP_ID": str(github.app_id), "GITHUB_PRIVATE_KEY": github.private_key_pem,
+        "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": github.api_url,
+        "REDIS_URL": redis_url, "ANTHROPIC_API_KEY": MODEL_KEY,
+        "ANTHROPIC_BASE_URL": anthropic.url, "AGENT_IMAGE": image,
+        "WORKSPACE_ROOT": str(workspaces), "SESSION_TIMEOUT": "240",
+        "CLAUDE_MAX_TURNS": "10", "CLAUDE_MAX_RETRIES": "1",
+        **overrides,
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_image: str,
+                tmp_path_factory, inherit_sandbox: bool = True, **overrides: str):  # fmt: skip
+    """Every line of the Procfile, on Redis database `db`, until the block ends."""
+    port = free_port()
+    logdir = tmp_path_factory.mktemp(f"{name}-logs")
+    workspaces = tmp_path_factory.mktemp(f"{name}-workspaces")
+    redis_url = redis_server.removesuffix("/0") + f"/{db}"
+    env = service_env(github, anthropic, redis_url, agent_image, workspaces, port,
+                      inherit_sandbox, **overrides)  # fmt: skip
     procs, logs = {}, {}
-    for name, command in procfile().items():
-        logs[name] = logdir / f"{name}.log"
-        procs[name] = subprocess.Popen(
+    for role, command in procfile().items():
+        logs[role] = logdir / f"{role}.log"
+        procs[role] = subprocess.Popen(
             ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
-            stdout=logs[name].open("wb"), stderr=subprocess.STDOUT,
+            stdout=logs[role].open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, env["REDIS_URL"], env=env)
+    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, redis_url, env=env,
+                  workspace_root=workspaces)  # fmt: skip
 
     def healthy():
-        for name, proc in procs.items():
+        for role, proc in procs.items():
             if proc.poll() is not None:
-                raise AssertionError(f"{name} exited early:\n{svc.tail(name)}")
+                raise AssertionError(f"{role} exited early:\n{svc.tail(role)}")
         try:
             return httpx.get(f"{svc.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, 30, what="the web process")
-    wait_for(lambda: "Listening on" in logs["worker"].read_text() or
-             "*** Listening" in logs["worker"].read_text(), 30, what="the worker")  # fmt: skip
-    yield svc
-    for proc in procs.values():
-        os.killpg(proc.pid, 15)
-    for proc in procs.values():
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-    time.sleep(0)
+    try:
+        wait_for(healthy, 30, what=f"the {name} web process")
+        wait_for(lambda: "Listening on" in logs["worker"].read_text(), 30,
+                 what=f"the {name} worker")  # fmt: skip
+        yield svc
+    finally:
+        for proc in procs.values():
+            os.killpg(proc.pid, 15)
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="session")
+def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
+    # Database 1: unit tests flush database 0 between tests.
+    with run_service("service", 1, github, anthropic, redis_server, agent_image,
+                     tmp_path_factory) as svc:  # fmt: skip
+        yield svc
 
 
 @pytest.fixture(autouse=True)

@@ -37,12 +37,12 @@ from jobs.workspace import OWNER_FILE
 from tests.e2e.conftest import (
     FINAL,
     INSTALLATION,
-    MODEL_KEY,
     REPO,
     SECRET,
     Service,
     leftover_containers,
     procfile,
+    service_env,
 )
 from tests.standins.anthropic import Text
 from tests.support import ROOT, delivery_headers, free_port, issue_comment_payload, wait_for
@@ -65,18 +65,8 @@ class Stack:
         self.redis_url = redis_url
         self.redis = Redis.from_url(redis_url)
         self.port = free_port()
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "ANTHROPIC_"))},
-            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-            "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": "2",
-            "GITHUB_APP_ID": str(github.app_id), "GITHUB_PRIVATE_KEY": github.private_key_pem,
-            "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": github.api_url,
-            "REDIS_URL": redis_url, "ANTHROPIC_API_KEY": MODEL_KEY,
-            "ANTHROPIC_BASE_URL": anthropic.url, "AGENT_IMAGE": image,
-            "WORKSPACE_ROOT": str(self.workspaces), "SESSION_TIMEOUT": "240",
-            "CLAUDE_MAX_TURNS": "10", "CLAUDE_MAX_RETRIES": "1",
-            "REAPER_INTERVAL": str(REAPER_INTERVAL),
-        }  # fmt: skip
+        self.env = service_env(github, anthropic, redis_url, image, self.workspaces, self.port,
+                               REAPER_INTERVAL=str(REAPER_INTERVAL))  # fmt: skip
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.service = Service(f"http://127.0.0.1:{self.port}", github, anthropic, self.logs,

@@ -34,7 +34,6 @@ import uuid
 from pathlib import Path
 
 import docker
-import httpx
 import pytest
 from docker.utils import parse_bytes
 
@@ -45,13 +44,12 @@ from tests.e2e.conftest import (
     ANY_STATE,
     FINAL,
     MODEL_KEY,
-    SECRET,
     Service,
     leftover_containers,
-    procfile,
+    run_service,
 )
 from tests.standins.anthropic import Text, ToolUse
-from tests.support import ROOT, free_port, wait_for
+from tests.support import free_port, wait_for
 
 CONTRIBUTING = "# Contributing\n\nRun `pytest -q`.\n"
 
@@ -115,67 +113,6 @@ def needle_counts(name: str) -> str:
         f'| grep -cF -f {pattern})"',
         f'echo "{name}.files=$(grep -rlsF -D skip -f {pattern} $roots | wc -l)"',
     ])  # fmt: skip
-
-
-@contextlib.contextmanager
-def run_service(name: str, db: int, github, anthropic, redis_server, agent_image,
-                tmp_path_factory, **overrides: str):  # fmt: skip
-    """The service from the Procfile, as conftest's `service`, with sandbox settings of our own.
-
-    Its own Redis database: its queue, worker and web process are separate from `service`'s.
-    """
-    port = free_port()
-    logdir = tmp_path_factory.mktemp(f"{name}-logs")
-    workspaces = tmp_path_factory.mktemp(f"{name}-workspaces")
-    env = {
-        **{k: v for k, v in os.environ.items()
-           if not k.startswith(("GITHUB_", "ANTHROPIC_", "SANDBOX_"))},
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1",
-        "GITHUB_APP_ID": str(github.app_id),
-        "GITHUB_PRIVATE_KEY": github.private_key_pem,
-        "GITHUB_WEBHOOK_SECRET": SECRET,
-        "GITHUB_API_URL": github.api_url,
-        "REDIS_URL": redis_server.removesuffix("/0") + f"/{db}",
-        "ANTHROPIC_API_KEY": MODEL_KEY,
-        "ANTHROPIC_BASE_URL": anthropic.url,
-        "AGENT_IMAGE": agent_image,
-        "WORKSPACE_ROOT": str(workspaces),
-        "SESSION_TIMEOUT": "240", "CLAUDE_MAX_TURNS": "10", "CLAUDE_MAX_RETRIES": "1",
-        **overrides,
-    }  # fmt: skip
-    procs, logs = {}, {}
-    for role, command in procfile().items():
-        logs[role] = logdir / f"{role}.log"
-        procs[role] = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
-            stdout=logs[role].open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, env["REDIS_URL"])
-    svc.workspace_root = workspaces
-
-    def healthy():
-        for role, proc in procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{role} exited early:\n{svc.tail(role)}")
-        try:
-            return httpx.get(f"{svc.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, 30, what=f"the {name} web process")
-        wait_for(lambda: "Listening on" in logs["worker"].read_text(), 30,
-                 what=f"the {name} worker")  # fmt: skip
-        yield svc
-    finally:
-        for proc in procs.values():
-            os.killpg(proc.pid, 15)
-        for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
 
 
 # --------------------------------------------------------------------------- 1. no secrets
@@ -533,8 +470,8 @@ def limited(github, anthropic, redis_server, agent_image, tmp_path_factory):
     """The service with small sandbox limits, so that attacks reach them in seconds."""
     with run_service(
         "limited", 2, github, anthropic, redis_server, agent_image, tmp_path_factory,
-        SANDBOX_MEMORY="384m", SANDBOX_PIDS="64", SANDBOX_WORKSPACE_SIZE="96m",
-        SANDBOX_TMP_SIZE="16m", SANDBOX_CONFIG_SIZE="32m",
+        inherit_sandbox=False, WEB_CONCURRENCY="1", SANDBOX_MEMORY="384m", SANDBOX_PIDS="64",
+        SANDBOX_WORKSPACE_SIZE="96m", SANDBOX_TMP_SIZE="16m", SANDBOX_CONFIG_SIZE="32m",
     ) as svc:  # fmt: skip
         yield svc
 
@@ -642,7 +579,8 @@ def gvisor(github, anthropic, redis_server, agent_image, tmp_path_factory):
             "kill -HUP dockerd"
         )
     with run_service("gvisor", 3, github, anthropic, redis_server, agent_image,
-                     tmp_path_factory, SANDBOX_RUNTIME="runsc") as svc:  # fmt: skip
+                     tmp_path_factory, inherit_sandbox=False, WEB_CONCURRENCY="1",
+                     SANDBOX_RUNTIME="runsc") as svc:  # fmt: skip
         yield svc
 
 
