@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # The work tree is a bind mount with no size of its own: a session whose tree grows past this
     # is ended (checked every second while it runs, and once more at the end).
     sandbox_workspace_size: str = Field("10g", alias="SANDBOX_WORKSPACE_SIZE")
+    # Seconds between checks of a running sandbox: `/claude stop`, the work tree's size (walked
+    # at most a fifth of the time however big it is) and the process count.
+    sandbox_check_interval: float = Field(1.0, alias="SANDBOX_CHECK_INTERVAL", gt=0)
     workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
     # Where workers reach the gateway process; by default beside the workspaces they share.
     gateway_socket_path: Path | None = Field(None, alias="GATEWAY_SOCKET")

@@ -387,9 +387,12 @@ def _flag(args: list[str], name: str) -> str:
     return args[at] if at < len(args) else ""
 
 
-def kill_runsc_orphans(docker_client, proc: Path = Path("/proc"),
-                       older_than: float = ORPHAN_AFTER) -> list[int]:  # fmt: skip
-    """Kill runsc processes (and their shims) of containers the engine no longer knows."""
+def kill_runsc_orphans(docker_client, proc: Path = Path("/proc"), older_than: float = ORPHAN_AFTER,
+                       kill: Callable[[int, int], None] = os.kill) -> list[int]:  # fmt: skip
+    """Kill runsc processes (and their shims) of containers the engine no longer knows.
+
+    `proc` and `kill` are the host's unless a test hands in a /proc of its own making.
+    """
     candidates = [p for p in runsc_processes(proc) if p[2] >= older_than]
     if not candidates:
         return []
@@ -400,7 +403,7 @@ def kill_runsc_orphans(docker_client, proc: Path = Path("/proc"),
         if container in known:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
             killed.append(pid)
             log.warning("reaper: killed pid %s, a runsc leftover of container %s", pid,
                         container[:12])  # fmt: skip

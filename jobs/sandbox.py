@@ -40,7 +40,6 @@ WORKSPACE = "/workspace"
 CONFIG_DIR = "/home/node/.claude"  # the image's CLAUDE_CONFIG_DIR
 RELAY_PORT = 8787
 SETUP_FAILED = 3  # the entrypoint's exit status when the repository's setup commands fail
-MONITOR_INTERVAL = 1.0  # seconds between checks of the stop flag, the work tree and processes
 ENTRY_COST = 4096  # what an entry of the work tree costs at least (an inode, a block)
 
 
@@ -280,7 +279,7 @@ class Sandbox:
             # neither as a limit that would end the run.
             ticks = 0
             next_scan = 0.0
-            while not finished.wait(MONITOR_INTERVAL):
+            while not finished.wait(self.settings.sandbox_check_interval):
                 ticks += 1
                 try:
                     if should_stop is not None and should_stop():

@@ -46,7 +46,7 @@ from jobs.sandbox import LABEL
 from jobs.tracking import marker
 from jobs.workspace import OWNER_FILE
 from tests.standins.github import GitHubStandIn
-from tests.support import enqueue
+from tests.support import enqueue, free_port
 
 REPO = "octo-org/reaped"
 INSTALLATION = 91
@@ -456,10 +456,12 @@ def test_rqs_abandoned_job_cleanup_reaps_and_interrupts_through_the_callback(
     assert edits_of(github, comment) == 1
 
 
-def test_a_failing_callback_never_raises_into_rqs_cleanup(github, redis, monkeypatch):
+def test_a_failing_callback_never_raises_into_rqs_cleanup(github, redis, caplog):
     job, _ = new_session(github, redis)
-    monkeypatch.setattr(interrupted, "interrupt_job", lambda *a, **k: 1 / 0)
-    on_failure(job, redis, RuntimeError, RuntimeError("x"), None)  # logged, not raised
+    dead = Redis(port=free_port(), socket_connect_timeout=1)  # Redis gone mid-cleanup
+    on_failure(job, dead, RuntimeError, RuntimeError("x"), None)  # logged, not raised
+    failed = [r for r in caplog.records if "failure callback" in r.getMessage()]
+    assert failed and failed[0].exc_info and failed[0].exc_info[0].__name__ == "ConnectionError"
 
 
 # -- liveness and gVisor leftovers ----------------------------------------------------------
@@ -492,7 +494,7 @@ def fake_proc(root: Path, pid: int, argv: list[str], start_ticks: int) -> None:
     (root / str(pid) / "stat").write_text(f"{pid} (exe) " + " ".join(fields))
 
 
-def test_runsc_processes_of_containers_docker_forgot_are_found_and_killed(tmp_path, monkeypatch):
+def test_runsc_processes_of_containers_docker_forgot_are_found_and_killed(tmp_path):
     forgotten, known = "a" * 64, "b" * 64
     log = "--log=/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/{}/log.json"
     ticks = os.sysconf("SC_CLK_TCK")
@@ -513,8 +515,8 @@ def test_runsc_processes_of_containers_docker_forgot_are_found_and_killed(tmp_pa
     engine = FakeDocker()
     engine.add("session-x").id = known
     killed = []
-    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
-    assert sorted(kill_runsc_orphans(engine, tmp_path)) == [101, 102, 103]
+    kill = lambda pid, sig: killed.append((pid, sig))  # noqa: E731
+    assert sorted(kill_runsc_orphans(engine, tmp_path, kill=kill)) == [101, 102, 103]
     assert [sig for _, sig in killed] == [9, 9, 9]
 
 

@@ -13,7 +13,6 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
-import jobs.sandbox
 from app.config import ConfigError, load_settings
 from jobs.gateway import ModelGateway
 from jobs.sandbox import (
@@ -144,20 +143,17 @@ def test_a_run_works_through_the_read_only_control_dir(client, session_dirs):
     assert not client.containers.list(all=True, filters={"label": LABEL + "=unit-"})
 
 
-def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(
-    client, session_dirs, monkeypatch
-):
-    # The once-a-second check is switched off here: the check after the run must catch a tree
-    # that grew past the limit just before the end. And no single file may outgrow the limit
-    # (RLIMIT_FSIZE): the shell reports the signal that stops the writer.
-    monkeypatch.setattr(jobs.sandbox, "MONITOR_INTERVAL", 3600)
+def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, session_dirs):
+    # The once-a-second check is pushed out of the run (SANDBOX_CHECK_INTERVAL): the check after
+    # the run must catch a tree that grew past the limit just before the end. And no single file
+    # may outgrow the limit (RLIMIT_FSIZE): the shell reports the signal that stops the writer.
     tree, control = session_dirs
     run, api = run_script(client, tree, control, [
         ToolUse("Bash", {"command": "head -c 40M /dev/zero > /workspace/a; "
                                     "head -c 40M /dev/zero > /workspace/b; "
                                     "head -c 80M /dev/zero > /workspace/c; ls -l /workspace"}),
         Text("done, nothing to see"),
-    ], SANDBOX_WORKSPACE_SIZE="64m")  # fmt: skip
+    ], SANDBOX_WORKSPACE_SIZE="64m", SANDBOX_CHECK_INTERVAL="3600")  # fmt: skip
     assert run.exit_code == 0  # the CLI itself finished...
     assert run.limit == "the workspace grew past its limit of 64m (SANDBOX_WORKSPACE_SIZE)"
     assert run.outcome.is_error and run.outcome.failure == run.limit  # ...but the run failed
