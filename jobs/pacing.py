@@ -8,9 +8,13 @@ optional and are skipped when the budget is tight, so a busy installation never 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 PER_MINUTE = 80
 PER_HOUR = 500
@@ -47,17 +51,32 @@ class Pacer:
         base = f"claudecluster:pace:{self.installation_id}"
         return [f"{base}:last", f"{base}:m:{int(now // 60)}", f"{base}:h:{int(now // 3600)}"]
 
-    def _try(self, per_minute: int, per_hour: int) -> float:
-        """0 when a write may happen now; else seconds to wait (-1/-2: budget spent)."""
+    def _try(self, per_minute: int, per_hour: int) -> float | None:
+        """0 when a write may happen now; else seconds to wait (-1/-2: budget spent).
+
+        None when Redis is away: there is no shared pace to keep until it is back.
+        """
         now = self._clock()
-        return float(self._take(self._keys(now), [now, GAP, per_minute, per_hour]))
+        try:
+            return float(self._take(self._keys(now), [now, GAP, per_minute, per_hour]))
+        except RedisError as exc:
+            log.warning("pacing: Redis unreachable (%s)", type(exc).__name__)
+            return None
 
     def essential(self, limit: float = 120.0) -> None:
-        """Wait for a turn for a write that must happen (bounded: never hold a session long)."""
+        """Wait for a turn for a write that must happen (bounded: never hold a session long).
+
+        Without Redis the write goes ahead: GitHub's own limits are honoured by the retries.
+        """
         deadline = self._clock() + limit
-        while (wait := self._try(PER_MINUTE, PER_HOUR)) != 0 and self._clock() < deadline:
+        while (wait := self._try(PER_MINUTE, PER_HOUR)) not in (0, None) and (
+            self._clock() < deadline
+        ):
             self._sleep(min(max(wait, 0) or 5.0, deadline - self._clock()))
 
     def optional(self) -> bool:
-        """Take a turn for a progress update only if one is free now, leaving a reserve."""
+        """Take a turn for a progress update only if one is free now, leaving a reserve.
+
+        Without Redis, progress waits: the final comment matters more.
+        """
         return self._try(PER_MINUTE - RESERVE_MINUTE, PER_HOUR - RESERVE_HOUR) == 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from app.config import WORKER_REQUIRED, Settings, load_settings
@@ -187,10 +188,15 @@ def active(redis: Redis, thread: str, session_id: str, timeout: int,
     try:
         yield
     finally:
-        # Only our own mark: a stale one may have expired and been taken over.
-        if (redis.get(key) or b"").decode() == session_id:
-            redis.delete(key)
-        redis.delete(stop_key(session_id))
+        try:
+            # Only our own mark: a stale one may have expired and been taken over.
+            if (redis.get(key) or b"").decode() == session_id:
+                redis.delete(key)
+            redis.delete(stop_key(session_id))
+        except RedisError as exc:
+            # The session's answer is out; the mark expires on its own (timeout + 10 min).
+            log.warning("session %s: thread mark not cleared, Redis unreachable (%s)",
+                        session_id, type(exc).__name__)  # fmt: skip
 
 
 class ThreadBusy(RuntimeError):

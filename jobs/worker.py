@@ -17,12 +17,15 @@ Crashes and shutdowns (see jobs/reaper.py and jobs/interrupted.py):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -106,6 +109,19 @@ class SessionWorker(Worker):
             except Exception:
                 log.exception("reaper: the pass failed")
 
+    # -- Redis away while a session runs --------------------------------------------------
+
+    def maintain_heartbeats(self, job) -> None:
+        # RQ lets a failed heartbeat end the worker ("unhandled exception, quitting"), leaving
+        # its running session unwatched and no worker for the queue. The session needs no Redis
+        # to go on; the next heartbeat after Redis is back renews what lapsed.
+        with _redis_away("heartbeat"):
+            super().maintain_heartbeats(job)
+
+    def set_current_job_working_time(self, *args, **kwargs) -> None:
+        with _redis_away("working time"):
+            super().set_current_job_working_time(*args, **kwargs)
+
     # -- a horse that died without its `finally` ----------------------------------------
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
@@ -134,6 +150,15 @@ class SessionWorker(Worker):
             interrupt_job(job, self.connection, why, self.settings)
         except Exception:
             log.exception("session %s: cleanup after its horse died", job_id)
+
+
+@contextlib.contextmanager
+def _redis_away(what: str):
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("Redis unreachable (%s); %s skipped, the session goes on",
+                    type(exc).__name__, what)  # fmt: skip
 
 
 def main() -> int:

@@ -232,3 +232,12 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def dead_redis():
+    """A client of a Redis that is not there, failing at once (redis-py retries by default)."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis import Redis
 
 from jobs.pacing import GAP, PER_HOUR, PER_MINUTE, RESERVE_HOUR, Pacer
+from tests.support import dead_redis
 
 
 class Clock:
@@ -80,3 +81,12 @@ def test_essential_waits_are_bounded(redis_url):
     start = clock.now
     p.essential(limit=10)
     assert clock.now - start <= 10 + 1e-6
+
+
+def test_without_redis_essential_writes_go_ahead_and_progress_waits():
+    clock = Clock()
+    dead = dead_redis()
+    p = Pacer(dead, 1, clock=clock, sleep=clock.sleep)
+    p.essential()  # returns at once: the final comment is never held up by an outage
+    assert clock.slept == []
+    assert not p.optional()

@@ -46,7 +46,7 @@ from jobs.sandbox import LABEL
 from jobs.tracking import marker
 from jobs.workspace import OWNER_FILE
 from tests.standins.github import GitHubStandIn
-from tests.support import enqueue, free_port
+from tests.support import dead_redis, enqueue
 
 REPO = "octo-org/reaped"
 INSTALLATION = 91
@@ -458,7 +458,7 @@ def test_rqs_abandoned_job_cleanup_reaps_and_interrupts_through_the_callback(
 
 def test_a_failing_callback_never_raises_into_rqs_cleanup(github, redis, caplog):
     job, _ = new_session(github, redis)
-    dead = Redis(port=free_port(), socket_connect_timeout=1)  # Redis gone mid-cleanup
+    dead = dead_redis()  # Redis gone mid-cleanup
     on_failure(job, dead, RuntimeError, RuntimeError("x"), None)  # logged, not raised
     failed = [r for r in caplog.records if "failure callback" in r.getMessage()]
     assert failed and failed[0].exc_info and failed[0].exc_info[0].__name__ == "ConnectionError"

@@ -510,6 +510,83 @@ def test_sigterm_to_gunicorn_drops_no_accepted_delivery(stack, tmp_path):
     redis.flushdb()
 
 
+# -- Redis restarted ----------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of its own with an append-only file, so it can die and come back whole."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: self._ping(), 10, 0.05, "redis-server to answer")
+
+    def _ping(self) -> bool:
+        try:
+            return Redis.from_url(self.url, socket_timeout=1).ping()
+        except Exception:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
+    github, anthropic, agent_image, tmp_path_factory
+):
+    redis = PrivateRedis(tmp_path_factory.mktemp("redis-aof"))
+    redis.start()
+    s = Stack(github, anthropic, redis.url, agent_image, tmp_path_factory.mktemp("redis-down"))
+    try:
+        for role in procfile():
+            s.start(role, role=role)
+        # The outage spans a heartbeat of the worker (RQ's job monitoring, every 30 s).
+        s.service.anthropic.script([Text("Answered across the outage, nothing to change.",
+                                         delay=50),
+                                    Text("The next one, nothing to change.")])  # fmt: skip
+        number = s.service.new_issue("Redis dies mid-session")
+        session_id = s.ask(number)
+        s.wait_running(session_id)
+
+        redis.kill()  # SIGKILL: no goodbye to any client
+        down = s.service.comment(number, "/claude and meanwhile this")
+        assert down.status_code == 503, down.text  # never 2xx for what could not be queued
+        time.sleep(35)
+        assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
+        assert "Redis unreachable" in s.service.tail("worker", 200)  # a heartbeat fell in it
+        redis.start()
+        back = time.monotonic()
+
+        final = s.service.wait_final(number, timeout=120)
+        ended = time.monotonic() - back
+        figure("Redis back -> the session's comment final", ended)
+        assert "Answered across the outage" in final.body and "state=done" in final.body
+        assert s.comment_of(number) is not None  # exactly one tracking comment
+        wait_for(lambda: not s.leftovers(session_id), 30, what="no leftovers")
+        wait_for(lambda: s.job(session_id).get_status() == JobStatus.FINISHED, 30,
+                 what="RQ to record the job finished")  # fmt: skip
+        assert s.redis.get(active_key(f"{REPO}#{number}")) is None
+
+        # The same worker, web and gateway go on: the next session runs and ends.
+        assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
+        later = s.service.new_issue("After the outage")
+        s.ask(later, "/claude and now this")
+        assert "The next one" in s.service.wait_final(later, timeout=120).body
+    finally:
+        s.stop_all()
+        redis.kill()
+
+
 # -- 3. Docker faults ---------------------------------------------------------------------
 
 
