@@ -31,7 +31,14 @@ class Start:
     request: SessionRequest
 
 
-Decision = Ignore | Start
+@dataclass(frozen=True)
+class Prime:
+    """Read these repositories' `.github/claude.yml` now: the App was just installed on them."""
+
+    requests: tuple[SessionRequest, ...]
+
+
+Decision = Ignore | Start | Prime
 Handler = Callable[[dict, str, RepoHints], Decision]
 HANDLERS: dict[tuple[str, str], Handler] = {}
 # The handlers that read the repository's `RepoHints`: only for these does the web ask Redis.
@@ -235,3 +242,39 @@ def pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
         _request(payload, delivery_id, ("sender",), instruction="", number=0, mode=REFRESH,
                  trigger="config")
     )  # fmt: skip
+
+
+# A new installation's repositories learn their trigger phrase before anyone comments; past
+# this many in one delivery, the rest learn it from their first config push or session.
+PRIMED_AT_MOST = 100
+
+
+def _primed(payload: dict, delivery_id: str, key: str) -> Decision:
+    listed = field(payload, key, kind=list, optional=True) or []
+    repos = [repo for repo in listed if isinstance(repo, dict)][:PRIMED_AT_MOST]
+    if not repos:
+        return Ignore("no repositories to read the config of")
+    installation_id = field(payload, "installation", "id", kind=int)
+    requester = field(payload, "sender", "login")
+    requester_id = field(payload, "sender", "id", kind=int)
+    return Prime(tuple(
+        SessionRequest(
+            # One delivery, one session per repository: each id derived, so a redelivery of
+            # the installation event queues none of them twice.
+            delivery_id=f"{delivery_id}-r{field(repo, 'id', kind=int)}",
+            installation_id=installation_id, repo=field(repo, "full_name"), number=0,
+            requester=requester, requester_id=requester_id, instruction="", mode=REFRESH,
+            trigger="config",
+        )
+        for repo in repos
+    ))  # fmt: skip
+
+
+@handles("installation", "created")
+def installed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    return _primed(payload, delivery_id, "repositories")
+
+
+@handles("installation_repositories", "added")
+def repositories_added(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    return _primed(payload, delivery_id, "repositories_added")

@@ -22,7 +22,7 @@ from rq import Queue
 from app.enqueue import enqueue_session, request_stop
 from app.payload import PayloadError
 from app.repo_hints import RepoHints, read_hints
-from app.triggers import Ignore, decide, reads_hints
+from app.triggers import Ignore, Prime, decide, reads_hints
 from jobs.request import STOP
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class Webhooks:
             return Answer(400, {"error": f"malformed {event} payload: {exc}"})
         if isinstance(decision, Ignore):
             return Answer(200, {"status": "ignored", "reason": decision.reason})
+        if isinstance(decision, Prime):
+            return await self.prime(delivery, decision)
 
         request = decision.request
         try:
@@ -99,3 +101,19 @@ class Webhooks:
             return Answer(200, {"status": "duplicate", "session": queued.session_id})
         log.info("queued %s for %s#%s", queued.session_id, request.repo, request.number)
         return Answer(202, {"status": "queued", "session": queued.session_id})
+
+    async def prime(self, delivery: str, decision: Prime) -> Answer:
+        """Queue a config read for each repository an installation brought."""
+        sessions = []
+        try:
+            for request in decision.requests:
+                queued = await enqueue_session(
+                    self.redis, self.queue, request, timeout=self.session_timeout
+                )
+                sessions.append(queued.session_id)
+        except RedisError:
+            # Those queued stay queued; GitHub's redelivery queues the rest, none twice.
+            log.warning("queue unavailable; delivery %s refused with 503", delivery)
+            return Answer(503, {"error": "queue unavailable, redeliver later"})
+        log.info("queued %d config reads for delivery %s", len(sessions), delivery)
+        return Answer(202, {"status": "queued", "sessions": sessions})

@@ -377,3 +377,50 @@ def test_push_changing_the_config_on_the_default_branch_refreshes_it(client, red
     payload["ref"] = "refs/heads/main"
     payload["commits"] = [{"added": ["README.md"], "modified": [], "removed": []}]
     assert post(client, "push", payload).json["status"] == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("event", "action", "key"),
+    [("installation", "created", "repositories"),
+     ("installation_repositories", "added", "repositories_added")],
+)  # fmt: skip
+def test_an_installation_queues_one_config_read_per_repository_once(
+    client, redis_url, event, action, key
+):
+    payload = webhook_example(event, action)
+    template = payload[key][0]
+    payload[key] = [{**template, "id": 100 + i, "full_name": f"octo-org/repo-{i}"}
+                    for i in range(3)]  # fmt: skip
+    resp = post(client, event, payload, "install-1")
+    assert resp.status_code == 202
+    sessions = resp.json["sessions"]
+    assert sessions == [f"session-install-1-r{100 + i}" for i in range(3)]
+    assert queued(redis_url) == sessions
+    for i, session in enumerate(sessions):
+        kwargs = job_kwargs(redis_url, session)
+        assert (kwargs["repo"], kwargs["mode"], kwargs["number"]) == (
+            f"octo-org/repo-{i}",
+            "refresh",
+            0,
+        )
+        assert kwargs["installation_id"] == payload["installation"]["id"]
+    # GitHub's redelivery of the same event queues nothing new.
+    assert post(client, event, payload, "install-1").json["sessions"] == sessions
+    assert queued(redis_url) == sessions
+
+
+def test_an_installation_without_repositories_is_ignored(client, redis_url):
+    payload = webhook_example("installation_repositories", "added")
+    payload["repositories_added"] = []
+    resp = post(client, "installation_repositories", payload)
+    assert resp.status_code == 200 and resp.json["status"] == "ignored"
+    assert queued(redis_url) == []
+
+
+def test_an_installation_past_the_cap_reads_the_first_hundred(client, redis_url):
+    payload = webhook_example("installation", "created")
+    template = payload["repositories"][0]
+    payload["repositories"] = [{**template, "id": i, "full_name": f"big-org/r{i}"}
+                               for i in range(1, 251)]  # fmt: skip
+    assert post(client, "installation", payload, "big").status_code == 202
+    assert len(queued(redis_url)) == 100

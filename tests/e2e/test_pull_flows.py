@@ -306,3 +306,28 @@ def test_new_trigger_phrase_works_from_its_first_use(service):
     assert service.comment(1, "@claudebot say hi", repo=CUSTOM).status_code == 202
     final = service.wait_final(1, repo=CUSTOM)
     assert "No changes were needed" in final.body
+
+
+def test_a_new_installations_repositories_know_their_trigger_before_any_push(service):
+    gh, api = service.github, service.anthropic
+    repo = "octo-org/installed"
+    created = gh.add_repo(repo, INSTALLATION, files={".github/claude.yml": 'trigger: "@helper"\n'})
+    gh.add_collaborator(repo, "octocat", "write")
+    gh.add_issue(repo, 1, "Say hi", "", "octocat", 583231)
+    # GitHub's own example of the event, pointed at the stand-in's installation and repository.
+    added = webhook_example("installation_repositories", "added")
+    added["installation"]["id"] = INSTALLATION
+    added["repositories_added"] = [{**added["repositories_added"][0], "full_name": repo,
+                                    "name": "installed", "id": created.id}]  # fmt: skip
+    resp = service.deliver(added, event="installation_repositories")
+    assert resp.status_code == 202 and len(resp.json()["sessions"]) == 1, resp.text
+    redis = Redis.from_url(service.redis_url)
+    wait_for(lambda: b"@helper" in (redis.get(hints_key(repo)) or b""), 60,
+             what="the installed repository's trigger phrase")  # fmt: skip
+    again = service.deliver(added, event="installation_repositories",
+                            delivery=resp.request.headers["X-GitHub-Delivery"])  # fmt: skip
+    assert again.json()["sessions"] == resp.json()["sessions"]  # a redelivery queues nothing
+
+    api.script([Text("Hi! Nothing to change.")])
+    assert service.comment(1, "@helper say hi", repo=repo).status_code == 202
+    assert "No changes were needed" in service.wait_final(1, repo=repo).body
