@@ -122,6 +122,11 @@ class SessionWorker(Worker):
         with _redis_away("working time"):
             super().set_current_job_working_time(*args, **kwargs)
 
+    def set_state(self, *args, **kwargs) -> None:
+        # Also called outside RQ's retrying dequeue loop, when a session ends during an outage.
+        with _redis_away("worker state"):
+            super().set_state(*args, **kwargs)
+
     # -- a horse that died without its `finally` ----------------------------------------
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:

@@ -553,7 +553,8 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
         # The outage spans a heartbeat of the worker (RQ's job monitoring, every 30 s).
         s.service.anthropic.script([Text("Answered across the outage, nothing to change.",
                                          delay=50),
-                                    Text("The next one, nothing to change.")])  # fmt: skip
+                                    Text("The next one, nothing to change."),
+                                    Text("Served once Redis was back, nothing to change.")])  # fmt: skip
         number = s.service.new_issue("Redis dies mid-session")
         session_id = s.ask(number)
         s.wait_running(session_id)
@@ -582,6 +583,15 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
         later = s.service.new_issue("After the outage")
         s.ask(later, "/claude and now this")
         assert "The next one" in s.service.wait_final(later, timeout=120).body
+
+        # Redis away while the worker waits for work: RQ's dequeue retries with a backoff.
+        redis.kill()
+        time.sleep(10)
+        redis.start()
+        last = s.service.new_issue("After an idle outage")
+        s.ask(last, "/claude and this too")
+        assert "Served once Redis was back" in s.service.wait_final(last, timeout=120).body
+        assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
     finally:
         s.stop_all()
         redis.kill()
