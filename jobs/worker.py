@@ -101,7 +101,8 @@ class SessionWorker(Worker):
     # -- maintenance --------------------------------------------------------------------
 
     def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+        with _redis_away("maintenance"):
+            super().run_maintenance_tasks()
         schedule_sweep(self.queues[0])
         if self.settings is not None:
             try:
@@ -109,23 +110,37 @@ class SessionWorker(Worker):
             except Exception:
                 log.exception("reaper: the pass failed")
 
-    # -- Redis away while a session runs --------------------------------------------------
+    # -- Redis away ---------------------------------------------------------------------
+    # RQ quits the worker on any Redis error outside its dequeue (which retries with a
+    # backoff): a failed heartbeat mid-session, a job ending while Redis is down, a maintenance
+    # pass. Then the running session goes unwatched and nothing serves the queue. Here each of
+    # those is skipped while Redis is away; the loop comes back to the dequeue, which waits for
+    # Redis. What lapsed meanwhile (heartbeats, a result not recorded) is settled by RQ's
+    # registry cleanup and the reaper once Redis is back; a final comment is never overwritten.
+
+    def execute_job(self, job, queue) -> None:
+        with _redis_away(f"recording the end of {job.id}"):
+            super().execute_job(job, queue)
 
     def maintain_heartbeats(self, job) -> None:
-        # RQ lets a failed heartbeat end the worker ("unhandled exception, quitting"), leaving
-        # its running session unwatched and no worker for the queue. The session needs no Redis
-        # to go on; the next heartbeat after Redis is back renews what lapsed.
         with _redis_away("heartbeat"):
             super().maintain_heartbeats(job)
+
+    def heartbeat(self, *args, **kwargs) -> None:
+        with _redis_away("heartbeat"):
+            super().heartbeat(*args, **kwargs)
 
     def set_current_job_working_time(self, *args, **kwargs) -> None:
         with _redis_away("working time"):
             super().set_current_job_working_time(*args, **kwargs)
 
     def set_state(self, *args, **kwargs) -> None:
-        # Also called outside RQ's retrying dequeue loop, when a session ends during an outage.
         with _redis_away("worker state"):
             super().set_state(*args, **kwargs)
+
+    def check_for_suspension(self, *args, **kwargs) -> None:
+        with _redis_away("suspension check"):
+            super().check_for_suspension(*args, **kwargs)
 
     # -- a horse that died without its `finally` ----------------------------------------
 

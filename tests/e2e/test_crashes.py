@@ -541,6 +541,7 @@ class PrivateRedis:
             self.proc.wait(10)
 
 
+@pytest.mark.timeout(420)  # two outages and three sessions
 def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
     github, anthropic, agent_image, tmp_path_factory
 ):
@@ -553,8 +554,8 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
         # The outage spans a heartbeat of the worker (RQ's job monitoring, every 30 s).
         s.service.anthropic.script([Text("Answered across the outage, nothing to change.",
                                          delay=50),
-                                    Text("The next one, nothing to change."),
-                                    Text("Served once Redis was back, nothing to change.")])  # fmt: skip
+                                    Text("Ended while Redis was away.", delay=8),
+                                    Text("Served after both outages.")])  # fmt: skip
         number = s.service.new_issue("Redis dies mid-session")
         session_id = s.ask(number)
         s.wait_running(session_id)
@@ -578,20 +579,25 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
                  what="RQ to record the job finished")  # fmt: skip
         assert s.redis.get(active_key(f"{REPO}#{number}")) is None
 
-        # The same worker, web and gateway go on: the next session runs and ends.
-        assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
-        later = s.service.new_issue("After the outage")
-        s.ask(later, "/claude and now this")
-        assert "The next one" in s.service.wait_final(later, timeout=120).body
-
-        # Redis away while the worker waits for work: RQ's dequeue retries with a backoff.
+        # A session that ends while Redis is away: its answer is posted all the same, and the
+        # worker, which cannot record the end, waits for Redis instead of quitting.
+        later = s.service.new_issue("Ends during the outage")
+        second = s.ask(later, "/claude and now this")
+        s.wait_running(second)
         redis.kill()
-        time.sleep(10)
-        redis.start()
-        last = s.service.new_issue("After an idle outage")
-        s.ask(last, "/claude and this too")
-        assert "Served once Redis was back" in s.service.wait_final(last, timeout=120).body
+        ended_down = s.service.wait_final(later, timeout=120)
+        assert "Ended while Redis was away" in ended_down.body and "state=done" in ended_down.body
+        wait_for(lambda: not s.leftovers(second), 30, what="no leftovers of the second session")
+        time.sleep(5)  # the worker is back in its dequeue, retrying
         assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
+        redis.start()
+
+        # The same worker, web and gateway go on: the next session runs and ends.
+        last = s.service.new_issue("After the outages")
+        s.ask(last, "/claude and this too")
+        assert "Served after both outages" in s.service.wait_final(last, timeout=150).body
+        assert s.procs["worker"].poll() is None, s.service.tail("worker", 80)
+        assert s.comment_of(later).body == ended_down.body  # never overwritten, never doubled
     finally:
         s.stop_all()
         redis.kill()
