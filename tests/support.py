@@ -7,13 +7,17 @@ import copy
 import hashlib
 import hmac
 import json
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 NPM = ROOT / ".cache" / "npm" / "node_modules"
@@ -236,8 +240,48 @@ def serving(app):
 
 def dead_redis():
     """A client of a Redis that is not there, failing at once (redis-py retries by default)."""
-    from redis import Redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     return Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free loopback port.
+
+    `durable`: an append-only file synced on every write, so a killed server comes back whole.
+    """
+
+    def __init__(self, data: Path, durable: bool = False) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.data, self.durable, self.port = data, durable, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence, "--dir", str(self.data)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self._ping, 10, 0.05, "redis-server to answer")
+
+    def _ping(self) -> bool:
+        try:
+            return Redis.from_url(self.url, socket_timeout=1).ping()
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -13,7 +13,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import docker
 import pytest
+from docker.errors import DockerException, ImageNotFound
 from redis import Redis
 from rq import Worker
 from rq.job import Job, JobStatus
@@ -86,6 +88,9 @@ def reset_env(monkeypatch, github, redis_url, tmp_path):
         "ANTHROPIC_API_KEY": "sk-test", "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
+
+
+IMAGE = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
 
 
 # -- doubles and helpers ----------------------------------------------------------------
@@ -434,7 +439,7 @@ def test_enqueued_sessions_carry_the_failure_and_stopped_callbacks(github, redis
 
 
 def test_rqs_abandoned_job_cleanup_reaps_and_interrupts_through_the_callback(
-    github, redis, settings, monkeypatch
+    github, redis, settings
 ):
     job, number = new_session(github, redis)
     start(redis, job, alive_key=False)  # the worker died: its key expired with its heartbeat
@@ -442,18 +447,23 @@ def test_rqs_abandoned_job_cleanup_reaps_and_interrupts_through_the_callback(
     redis.zadd(registry.key, {f"{job.id}:exec-1": time.time() - 5})  # heartbeat lapsed
     comment = post_tracking(settings, github, number, job.id)
     path = workspace(settings, job.id)
-    engine = FakeDocker()
-    engine.add(job.id)
-    monkeypatch.setattr(interrupted, "_docker", lambda: engine)
+    # A real container of the session, left behind by its dead horse (created, never started).
+    engine = docker.from_env()
+    try:
+        engine.images.get(IMAGE)
+    except (ImageNotFound, DockerException) as exc:
+        pytest.fail(f"needs the Docker engine and {IMAGE} (bash scripts/build-images.sh): {exc}")
+    engine.containers.create(IMAGE, "true", labels={LABEL: job.id})
 
-    registry.cleanup()  # what a worker's maintenance runs
+    registry.cleanup()  # what a worker's maintenance runs (the callback finds the engine itself)
 
-    assert engine.ids() == [] and not path.exists()
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL}={job.id}"}) == []
+    assert not path.exists()
     assert headline(WORKER_STOPPED) in comment_body(github, comment)
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert job.id in FailedJobRegistry("sessions", connection=redis, serializer="json")
     # The reaper coming after it changes nothing.
-    assert reap(settings, redis, engine, here=HERE).interrupted == []
+    assert reap(settings, redis, FakeDocker(), here=HERE).interrupted == []
     assert edits_of(github, comment) == 1
 
 

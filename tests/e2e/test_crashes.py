@@ -45,7 +45,14 @@ from tests.e2e.conftest import (
     service_env,
 )
 from tests.standins.anthropic import Text
-from tests.support import ROOT, delivery_headers, free_port, issue_comment_payload, wait_for
+from tests.support import (
+    ROOT,
+    RedisServer,
+    delivery_headers,
+    free_port,
+    issue_comment_payload,
+    wait_for,
+)
 
 REAPER_INTERVAL = 5  # seconds, for this module's workers (the default is 60)
 INTERRUPTED = headline("the worker stopped")
@@ -513,39 +520,11 @@ def test_sigterm_to_gunicorn_drops_no_accepted_delivery(stack, tmp_path):
 # -- Redis restarted ----------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of its own with an append-only file, so it can die and come back whole."""
-
-    def __init__(self, data: Path) -> None:
-        self.data, self.port = data, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(lambda: self._ping(), 10, 0.05, "redis-server to answer")
-
-    def _ping(self) -> bool:
-        try:
-            return Redis.from_url(self.url, socket_timeout=1).ping()
-        except Exception:
-            return False
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.mark.timeout(420)  # two outages and three sessions
 def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
     github, anthropic, agent_image, tmp_path_factory
 ):
-    redis = PrivateRedis(tmp_path_factory.mktemp("redis-aof"))
+    redis = RedisServer(tmp_path_factory.mktemp("redis-aof"), durable=True)
     redis.start()
     s = Stack(github, anthropic, redis.url, agent_image, tmp_path_factory.mktemp("redis-down"))
     try:
