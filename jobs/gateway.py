@@ -57,6 +57,68 @@ _DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much of a refuse
 _MAX_EVENT_BYTES = 4 * 1024 * 1024  # an SSE line or event the usage parser will hold
 _MAX_JSON_ANSWER = 16 * 1024 * 1024  # a JSON answer the usage parser will hold
 
+# Requests of one session in the API at once; more wait their turn (the CLI's main loop and its
+# subagents run side by side, so a refusal would end a subagent's work).
+MAX_IN_FLIGHT = 4
+_ADMISSION_WAIT = 300  # seconds a request waits for its turn before a 429
+MIN_OUTPUT_TOKENS = 16  # below this the budget left pays for no useful answer: 402
+# Beside requests already in flight, a request is admitted only if the budget left can pay for
+# this much of its output on top of their worst case; else it waits for them to finish.
+_PARALLEL_MIN_OUTPUT = 8192
+
+# What Claude Code 2.1.332 sends (observed through the stand-in, tests/standins/anthropic.py),
+# and the client-side features it asks for in other configurations: a 1M-token context, prompt
+# caching scopes and TTLs, structured outputs, token counting. Nothing that has the API run a
+# tool, fetch a URL, reach an MCP server or a container, or read stored files.
+ALLOWED_BETAS = frozenset(
+    {
+        "claude-code-20250219",
+        "interleaved-thinking-2025-05-14",
+        "context-management-2025-06-27",
+        "per-turn-control-2026-07-01",
+        "mid-conversation-tool-changes-2026-07-01",
+        "thinking-token-count-2026-05-13",
+        "advanced-tool-use-2025-11-20",
+        "effort-2025-11-24",
+        "thinking-display-updates-2026-08-18",
+        "context-1m-2025-08-07",
+        "prompt-caching-scope-2026-01-05",
+        "extended-cache-ttl-2025-04-11",
+        "structured-outputs-2025-12-15",
+        "token-counting-2024-11-01",
+        "redact-thinking-2026-02-12",
+    }
+)
+# The Messages API fields a client-tool conversation uses; `mcp_servers`, `container` and
+# anything newer are not passed on.
+_REQUEST_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stream",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "metadata",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "context_management",
+        "output_config",
+        "output_format",
+    }
+)
+# Content blocks a client sends back; the server tools' blocks (server_tool_use,
+# web_fetch_tool_result, mcp_tool_use, container_upload, ...) have no business here.
+_CONTENT_BLOCKS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
+# Sources the API reads from the request itself; `url` has it fetch, `file` reads stored files.
+_INLINE_SOURCES = frozenset({"base64", "text", "content"})
+
 # Never passed on, in either direction: connection-level headers and what we recompute.
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -93,6 +155,7 @@ class Usage:
     cache_read_input_tokens: int = 0
     cost_usd: float = 0.0
     by_model: dict[str, Usage] = field(default_factory=dict)
+    requests: int = 0  # model requests answered: the gateway's count of turns
 
     @property
     def tokens(self) -> int:
@@ -238,6 +301,34 @@ class _JSONUsage:
             self.tally.update(message.get("model"), message.get("usage"))
 
 
+def _check_blocks(blocks: list[Any], depth: int = 0) -> None:
+    """Refuse content blocks of server tools, and sources the API would fetch or look up."""
+    if depth > 4:
+        raise _Refused(400, "invalid_request_error", "content nested too deep")
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise _Refused(400, "invalid_request_error", "a content block must be an object")
+        kind = block.get("type")
+        if kind not in _CONTENT_BLOCKS:
+            raise _Refused(
+                400, "invalid_request_error", f"the gateway does not pass {str(kind)[:80]!r} blocks"
+            )
+        source = block.get("source")
+        if kind in ("image", "document"):
+            origin = source.get("type") if isinstance(source, dict) else None
+            if origin not in _INLINE_SOURCES:
+                raise _Refused(
+                    400,
+                    "invalid_request_error",
+                    f"the gateway passes images and documents only inline, "
+                    f"not by {str(origin)[:80]!r}",
+                )
+            if isinstance(content := source.get("content"), list):
+                _check_blocks(content, depth + 1)
+        if kind == "tool_result" and isinstance(content := block.get("content"), list):
+            _check_blocks(content, depth + 1)
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     # A full Unix-socket backlog refuses at once (no SYN retry as with TCP); the CLI opens
@@ -316,15 +407,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         gateway = self.server.gateway
         try:
-            body = self._admit(gateway)
+            body, request = self._admit(gateway)
+            asked = request.get("max_tokens")
+            reserved = gateway._enter(request, self._path(), len(body))
         except _Refused as refusal:
             return self._refuse(refusal.status, refusal.kind, refusal.message)
-        headers = [(k, v) for k, v in self.headers.items() if _forwardable(k)]
-        headers += [("x-api-key", gateway.upstream_key), ("accept-encoding", "identity")]
-        self._forward(gateway, body, headers)
+        try:
+            if request.get("max_tokens") != asked:  # lowered to what the budget left can pay
+                body = json.dumps(request).encode()
+            headers = [(k, v) for k, v in self.headers.items() if _forwardable(k)]
+            headers += [("x-api-key", gateway.upstream_key), ("accept-encoding", "identity")]
+            self._forward(gateway, body, headers)
+        finally:
+            gateway._leave(reserved)
 
-    def _admit(self, gateway: ModelGateway) -> bytes:
-        """The request's body, once every check has passed; else raises `_Refused`."""
+    def _admit(self, gateway: ModelGateway) -> tuple[bytes, dict[str, Any]]:
+        """The request's body and its parsed form, once every check has passed; else `_Refused`."""
         if gateway.closed:
             raise _Refused(401, "authentication_error", "session closed")
         if self._path() not in ALLOWED_PATHS:
@@ -339,21 +437,83 @@ class _Handler(BaseHTTPRequestHandler):
         if spent := gateway.spent():
             raise _Refused(402, "billing_error", spent)
         body = self._read_body(limit=gateway.max_body_bytes)
-        if gateway.allowed_models is not None:
-            self._check_model(gateway, body)
+        request = self._check_request(gateway, body)
         if gateway.closed:  # closed while the body arrived
             raise _Refused(401, "authentication_error", "session closed")
-        return body
+        return body, request
 
-    def _check_model(self, gateway: ModelGateway, body: bytes) -> None:
+    def _check_request(self, gateway: ModelGateway, body: bytes) -> dict[str, Any]:
+        """The parsed body, if it asks only for what Claude Code needs; else `_Refused` (400)."""
         if self.headers.get("content-encoding", "identity").lower() != "identity":
             raise _Refused(415, "invalid_request_error", "compressed bodies are not accepted")
+        query = (getattr(self, "path", None) or "").partition("?")[2]
+        if query not in ("", "beta=true"):
+            raise _Refused(
+                400, "invalid_request_error", "the gateway passes no query but beta=true"
+            )
+        for value in self.headers.get_all("anthropic-beta") or ():
+            for beta in filter(None, (b.strip() for b in value.split(","))):
+                if beta not in ALLOWED_BETAS:
+                    raise _Refused(
+                        400,
+                        "invalid_request_error",
+                        f"the gateway does not pass the beta {beta[:80]!r}",
+                    )
         try:
-            model = json.loads(body).get("model")
-        except (ValueError, AttributeError):
-            model = None
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            raise _Refused(400, "invalid_request_error", "the body is not a JSON object")
+        if extra := sorted(set(request) - _REQUEST_FIELDS):
+            raise _Refused(
+                400,
+                "invalid_request_error",
+                f"the gateway does not pass the field {extra[0][:80]!r}",
+            )
+        model = request.get("model")
         if not isinstance(model, str):
             raise _Refused(400, "invalid_request_error", "the body names no model")
+        if gateway.allowed_models is not None:
+            self._check_model(gateway, model)
+        if self._path() == "/v1/messages":
+            tokens = request.get("max_tokens")
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+                raise _Refused(
+                    400, "invalid_request_error", "max_tokens must be a positive integer"
+                )
+        tools = request.get("tools", [])
+        if not isinstance(tools, list):
+            raise _Refused(400, "invalid_request_error", "tools must be a list")
+        for tool in tools:
+            if not isinstance(tool, dict):
+                raise _Refused(400, "invalid_request_error", "a tool must be an object")
+            if tool.get("type", "custom") != "custom":  # the CLI's own tools carry no type
+                raise _Refused(
+                    400,
+                    "invalid_request_error",
+                    f"the tool type {str(tool['type'])[:80]!r} runs on the API's side; "
+                    "the gateway passes only client tools",
+                )
+        system = request.get("system")
+        if isinstance(system, list):
+            _check_blocks(system)
+        elif system is not None and not isinstance(system, str):
+            raise _Refused(400, "invalid_request_error", "system must be text or a list of blocks")
+        messages = request.get("messages", [])
+        if not isinstance(messages, list):
+            raise _Refused(400, "invalid_request_error", "messages must be a list")
+        for message in messages:
+            if not isinstance(message, dict):
+                raise _Refused(400, "invalid_request_error", "a message must be an object")
+            if isinstance(content := message.get("content"), list):
+                _check_blocks(content)
+            elif not isinstance(content, str):
+                raise _Refused(400, "invalid_request_error", "content must be text or blocks")
+        return request
+
+    def _check_model(self, gateway: ModelGateway, model: str) -> None:
+        assert gateway.allowed_models is not None
         if pricing.family(model) not in gateway.allowed_models:
             allowed = ", ".join(sorted(gateway.allowed_models))
             raise _Refused(
@@ -448,6 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> _SSEUsage | _JSONUsage | None:
         if self._path() != "/v1/messages" or upstream.status_code != 200:
             return None
+        gateway._answered()
         tally = _MessageTally(gateway, "")
         kind = upstream.headers.get("content-type", "")
         if kind.startswith("text/event-stream"):
@@ -510,7 +671,7 @@ class ModelGateway:
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.socket_path = socket_path
-        self.upstream = upstream.rstrip("/")
+        self.upstream = str(upstream).rstrip("/")
         self.upstream_key = upstream_key
         self.session_key = "ccgw-" + secrets.token_urlsafe(32)
         self.budget_usd = budget_usd
@@ -521,7 +682,10 @@ class ModelGateway:
         )
         self.max_body_bytes = max_body_bytes
         self._scrub: Callable[[object], str] = Redactor(upstream_key, self.session_key)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._turn = threading.Condition(self._lock)  # a request in flight has finished
+        self._in_flight = 0
+        self._reserved_usd = 0.0  # the worst case of the requests in flight, not yet counted
         self._usage = Usage()
         self._closed = False
         self._connections: set[socket.socket] = set()
@@ -577,6 +741,82 @@ class ModelGateway:
             )
         return None
 
+    def _enter(self, request: dict[str, Any], path: str, size: int) -> float:
+        """Wait for the request's turn and admit it; what it may cost, held until `_leave`.
+
+        The budget is checked again once the request's turn has come, with what the requests
+        before it cost, and `max_tokens` is lowered to what the budget left can pay; beside
+        requests still in flight, a request is admitted only if the budget left can pay for it
+        on top of their worst case. Else `_Refused`: 402, or 429 after a long wait.
+        """
+        deadline = time.monotonic() + _ADMISSION_WAIT
+        with self._turn:
+            while True:
+                if self._closed:
+                    raise _Refused(401, "authentication_error", "session closed")
+                if spent := self.spent():
+                    raise _Refused(402, "billing_error", spent)
+                if self._in_flight < MAX_IN_FLIGHT:
+                    reserved = self._reserve(request, path, size)
+                    if reserved is not None:
+                        self._in_flight += 1
+                        self._reserved_usd += reserved
+                        return reserved
+                if (left := deadline - time.monotonic()) <= 0:
+                    raise _Refused(
+                        429,
+                        "rate_limit_error",
+                        f"over {MAX_IN_FLIGHT} requests of this session in flight",
+                    )
+                self._turn.wait(left)
+
+    def _reserve(self, request: dict[str, Any], path: str, size: int) -> float | None:
+        """Lower the request's max_tokens to what the budget left pays; None: wait for others."""
+        if path != "/v1/messages" or (self.budget_usd is None and self.max_tokens is None):
+            return 0.0
+        rates = pricing.price(request["model"])
+        # Dearest case: every prompt token a 1-hour cache write past the long-prompt price.
+        per_output = rates.output * rates.long_output_factor / pricing.MTOK
+        per_byte = rates.input * rates.long_input_factor * pricing.CACHE_WRITE_1H / pricing.MTOK
+        prompt = size / 4 * per_byte  # the stand-in's and a rough real ratio of bytes to tokens
+        affordable = request["max_tokens"]
+        if self.budget_usd is not None:
+            left = self.budget_usd - self._usage.cost_usd - self._reserved_usd
+            if self._in_flight:
+                left -= prompt
+            affordable = min(affordable, max(0, int(left / per_output)))
+        if self.max_tokens is not None:
+            affordable = min(affordable, max(0, self.max_tokens - self._usage.tokens))
+        if self._in_flight:
+            if affordable < min(request["max_tokens"], _PARALLEL_MIN_OUTPUT):
+                return None
+        elif affordable < MIN_OUTPUT_TOKENS:
+            raise _Refused(
+                402,
+                "billing_error",
+                f"the session's budget left cannot pay for an answer of "
+                f"{MIN_OUTPUT_TOKENS} tokens from {request['model'][:100]!r}",
+            )
+        if affordable < request["max_tokens"]:
+            request["max_tokens"] = affordable
+            thinking = request.get("thinking")
+            if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
+                if affordable <= 1024:  # the API's least thinking budget: answer without
+                    del request["thinking"]
+                else:
+                    thinking["budget_tokens"] = min(thinking["budget_tokens"], affordable - 1)
+        return affordable * per_output + prompt
+
+    def _leave(self, reserved: float) -> None:
+        with self._turn:
+            self._in_flight -= 1
+            self._reserved_usd = max(0.0, self._reserved_usd - reserved)
+            self._turn.notify_all()
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._usage = replace(self._usage, requests=self._usage.requests + 1)
+
     def _add(self, model: str, tokens: dict[str, int], cost: float) -> None:
         with self._lock:
             before = self._usage
@@ -607,6 +847,7 @@ class ModelGateway:
             if self._closed:
                 return
             self._closed = True
+            self._turn.notify_all()  # requests waiting for their turn: refused
             connections = list(self._connections)
         self.socket_path.unlink(missing_ok=True)
         if self._thread.is_alive():

