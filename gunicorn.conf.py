@@ -7,10 +7,10 @@ docs/reliability.md ("Load") has the measurements behind these choices.
 
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import WebSettings, env_file
 
 try:
-    _settings = Settings()
+    _settings = WebSettings(_env_file=(".env", str(env_file("web"))))
     bind = f"{_settings.host}:{_settings.port}"
     workers = _settings.web_concurrency
 except ValidationError:

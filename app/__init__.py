@@ -11,15 +11,15 @@ import sys
 from flask import Flask
 from redis import Redis
 
-from app.config import WEB_REQUIRED, ConfigError, Settings, load_settings
+from app.config import ConfigError, WebSettings
 
 # GitHub caps webhook payloads at 25 MB; anything larger is not from GitHub.
 MAX_PAYLOAD = 25 * 1024 * 1024
 
 
-def web_settings() -> Settings:
+def web_settings() -> WebSettings:
     try:
-        return load_settings(*WEB_REQUIRED)
+        return WebSettings.load()
     except ConfigError as exc:
         # One line naming the variable, instead of a traceback from deep inside gunicorn.
         print(f"configuration: {exc}", file=sys.stderr, flush=True)
@@ -27,7 +27,7 @@ def web_settings() -> Settings:
         raise SystemExit(3) from None
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: WebSettings | None = None) -> Flask:
     settings = settings or web_settings()
 
     from app import health
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def create_service(settings: Settings | None = None):
+def create_service(settings: WebSettings | None = None):
     from app.service import create_service as create
 
     return create(settings)

@@ -1,49 +1,225 @@
-"""Configuration from the environment (and a `.env` file), shared by the web and worker processes.
+"""Configuration from the environment, one settings class per role.
 
-pydantic-settings reads and type-checks the values; `require()` turns what a role needs into one
-readable line per problem, because an operator starting the service wants to know which variable
-to set, not to read a validation traceback.
+Each process (web, worker, gateway) declares only the variables it uses, and reads them from its
+environment, the shared `.env` (no secrets) and its own env file, `deploy/env/<role>.env`. A
+secret belongs to one role (SECRET_OWNERS): another role that finds it in its environment or its
+files refuses to start, so a deployment that hands the worker the model key, or the
+internet-facing web the App's private key, fails at once instead of holding it quietly.
+
+pydantic-settings reads and type-checks the values (secrets as `SecretStr`, never printed);
+`load()` turns what a role needs into one readable line per problem, because an operator starting
+the service wants to know which variable to set, not to read a validation traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, ClassVar, Self, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from dotenv import dotenv_values
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
 WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY")
-# Only the gateway process holds the model key.
 GATEWAY_REQUIRED = ("ANTHROPIC_API_KEY",)
+ROLES = ("web", "worker", "gateway", "egress")
+# Each secret and the one role that may hold it.
+SECRET_OWNERS = {
+    "GITHUB_WEBHOOK_SECRET": "web",
+    "GITHUB_PRIVATE_KEY": "worker",
+    "GITHUB_PRIVATE_KEY_PATH": "worker",
+    "ANTHROPIC_API_KEY": "gateway",
+}
+ENV_DIR = Path(os.environ.get("CLAUDECLUSTER_ENV_DIR", "deploy/env"))
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]  # kept as text, without a trailing slash
+
+
+def env_file(role: str) -> Path:
+    return ENV_DIR / f"{role}.env"
 
 
 class ConfigError(Exception):
     """A required setting is missing or malformed; the message names the variable."""
 
 
-class Settings(BaseSettings):
+class CommonSettings(BaseSettings):
+    """What every role shares: where Redis and the workspaces are. Nothing secret."""
+
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+    ROLE: ClassVar[str] = ""
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
+    workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
+    # Where workers reach the gateway process; by default beside the workspaces they share.
+    gateway_socket_path: Path | None = Field(None, alias="GATEWAY_SOCKET")
+    # And the egress process (the registries proxy), likewise.
+    egress_socket_path: Path | None = Field(None, alias="EGRESS_SOCKET")
+    queue_name: str = Field("sessions", alias="QUEUE_NAME")
+    session_timeout: int = Field(1800, alias="SESSION_TIMEOUT", gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @property
+    def gateway_socket(self) -> Path:
+        return self.gateway_socket_path or self.workspace_root / "gateway.ctl"
+
+    @property
+    def egress_socket(self) -> Path:
+        return self.egress_socket_path or self.workspace_root / "egress.ctl"
+
+    def secrets(self) -> list[str]:
+        """This role's secret values, for the redactor."""
+        return [
+            value.get_secret_value()
+            for value in self.__dict__.values()
+            if isinstance(value, SecretStr) and value.get_secret_value()
+        ]
+
+    @classmethod
+    def load(cls, *required: str) -> Self:
+        """The role's settings as its process starts: no other role's secret where it reads
+        them, and what `required` names (default: the role's own) set."""
+        foreign = cls.foreign_secrets()
+        if foreign:
+            raise ConfigError("; ".join(foreign))
+        return cls.parse().require(required or cls.REQUIRED)
+
+    @classmethod
+    def parse(cls, **overrides: object) -> Self:
+        """Read and check the values; `overrides` (by variable name) win, for tests and
+        embedding. Another role's variables are ignored, as in the environment: this class
+        has no field to hold them."""
+        files = (".env", str(env_file(cls.ROLE))) if cls.ROLE else (".env",)
+        try:
+            return cls(_env_file=files, **overrides)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                name = err["loc"][0] if err["loc"] else "?"
+                problems.append(f"{name}: {err['msg']}")
+            raise ConfigError("; ".join(problems)) from None
+
+    @classmethod
+    def foreign_secrets(cls) -> list[str]:
+        """Another role's secret found where this role reads its settings, one line each."""
+        found = []
+        sources = {"the environment": dict(os.environ)}
+        for path in (Path(".env"), env_file(cls.ROLE)):
+            if cls.ROLE and path.is_file():
+                sources[str(path)] = {k: v or "" for k, v in dotenv_values(path).items()}
+        for where, values in sources.items():
+            for name, owner in SECRET_OWNERS.items():
+                if values.get(name) and owner != cls.ROLE:
+                    found.append(
+                        f"{name} is set in {where} of the {cls.ROLE}, but only the {owner} may "
+                        f"hold it: move it to {env_file(owner)} (see README: Configuration)"
+                    )
+        return found
+
+    def require(self, names: tuple[str, ...]) -> Self:
+        missing = []
+        for name in names:
+            if name == "GITHUB_PRIVATE_KEY":
+                try:
+                    self.private_key  # noqa: B018 - loads and checks the key
+                except ConfigError as exc:
+                    missing.append(str(exc))
+                continue
+            field = next(
+                (f for f, info in type(self).model_fields.items() if info.alias == name), None
+            )
+            value = getattr(self, field) if field else None
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value in (None, ""):
+                missing.append(f"{name} is not set")
+        if missing:
+            raise ConfigError("; ".join(missing))
+        return self
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+class WebSettings(CommonSettings):
+    """The internet-facing web process: the webhook secret, and no key to anything."""
+
+    ROLE: ClassVar[str] = "web"
+    REQUIRED: ClassVar[tuple[str, ...]] = WEB_REQUIRED
+
+    github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
+    # gunicorn.conf.py reads these, so the env files can set them too.
+    host: str = Field("0.0.0.0", alias="HOST")
+    port: int = Field(8000, alias="PORT", gt=0, lt=65536)
+    web_concurrency: int = Field(2, alias="WEB_CONCURRENCY", gt=0)
+
+
+class GatewaySettings(CommonSettings):
+    """The model gateway process: the only holder of the model key."""
+
+    ROLE: ClassVar[str] = "gateway"
+    REQUIRED: ClassVar[tuple[str, ...]] = GATEWAY_REQUIRED
+
+    anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: HttpUrl = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
+
+
+class EgressSettings(CommonSettings):
+    """The egress process: it parses the sandboxes' traffic to registries, and holds nothing."""
+
+    ROLE: ClassVar[str] = "egress"
+
+
+class WorkerSettings(CommonSettings):
+    """The worker: the App's key (it mints installation tokens), Docker, the sessions' limits."""
+
+    ROLE: ClassVar[str] = "worker"
+    REQUIRED: ClassVar[tuple[str, ...]] = WORKER_REQUIRED
 
     github_app_id: int | None = Field(None, alias="GITHUB_APP_ID")
-    github_private_key: str | None = Field(None, alias="GITHUB_PRIVATE_KEY")
+    github_private_key: SecretStr | None = Field(None, alias="GITHUB_PRIVATE_KEY")
     github_private_key_path: Path | None = Field(None, alias="GITHUB_PRIVATE_KEY_PATH")
-    github_webhook_secret: str | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
-    github_api_url: str = Field("https://api.github.com", alias="GITHUB_API_URL")
-    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
-    anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY")
-    anthropic_base_url: str = Field(
-        "https://api.anthropic.com", validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
-    )
+    github_api_url: HttpUrl = Field("https://api.github.com", alias="GITHUB_API_URL")
     agent_image: str = Field("claudecluster/agent:latest", alias="AGENT_IMAGE")
 
+    # Seconds between two reaper passes (RQ's maintenance interval; RQ's own default is 600).
+    reaper_interval: int = Field(60, alias="REAPER_INTERVAL", ge=1, le=3600)
     # Session limits: sensible defaults; repo config (issue 3) may lower them per repository.
-    session_timeout: int = Field(1800, alias="SESSION_TIMEOUT", gt=0)
     max_turns: int = Field(40, alias="CLAUDE_MAX_TURNS", gt=0)
     model: str | None = Field(None, alias="CLAUDE_MODEL")
+    # The models (names or families: opus, sonnet, haiku) sessions may use at all; the gateway
+    # refuses others. Unset: any; a repository's `model` narrows it to that one (and haiku,
+    # which the CLI uses for small side requests).
+    allowed_models: list[str] | None = Field(None, alias="CLAUDE_ALLOWED_MODELS")
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return names or None
+        return value
+
     # The CLI's own default (10 retries, backoff to ~40 s) keeps a dead API busy for 3 minutes.
     model_retries: int = Field(4, alias="CLAUDE_MAX_RETRIES", ge=0)
     sandbox_memory: str = Field("4g", alias="SANDBOX_MEMORY")
@@ -63,21 +239,6 @@ class Settings(BaseSettings):
     # Seconds between checks of a running sandbox: `/claude stop`, the work tree's size (walked
     # at most a fifth of the time however big it is) and the process count.
     sandbox_check_interval: float = Field(1.0, alias="SANDBOX_CHECK_INTERVAL", gt=0)
-    workspace_root: Path = Field(Path("/tmp/claudecluster"), alias="WORKSPACE_ROOT")
-    # Where workers reach the gateway process; by default beside the workspaces they share.
-    gateway_socket_path: Path | None = Field(None, alias="GATEWAY_SOCKET")
-    queue_name: str = Field("sessions", alias="QUEUE_NAME")
-    # The web process (gunicorn.conf.py reads these, so `.env` can set them too).
-    host: str = Field("0.0.0.0", alias="HOST")
-    port: int = Field(8000, alias="PORT", gt=0, lt=65536)
-    web_concurrency: int = Field(2, alias="WEB_CONCURRENCY", gt=0)
-
-    @field_validator("github_api_url", "anthropic_base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
     @field_validator("sandbox_tmp_size", "sandbox_config_size", "sandbox_workspace_size")
     @classmethod
@@ -87,27 +248,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a size in Docker's notation, such as 512m or 4g")
         return value
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
-
     @field_validator("github_private_key")
     @classmethod
-    def _pem_text(cls, value: str | None) -> str | None:
+    def _pem_text(cls, value: SecretStr | None) -> SecretStr | None:
         # Many secret stores flatten newlines to a literal "\n"; accept both forms.
-        return value.replace("\\n", "\n").strip() + "\n" if value else value
-
-    @property
-    def gateway_socket(self) -> Path:
-        return self.gateway_socket_path or self.workspace_root / "gateway.ctl"
+        if not value or not value.get_secret_value():
+            return value
+        return SecretStr(value.get_secret_value().replace("\\n", "\n").strip() + "\n")
 
     @cached_property
     def private_key(self) -> str:
         """The App's PEM key, from the variable or the file; checked to be a private key."""
-        pem = self.github_private_key
+        pem = self.github_private_key.get_secret_value() if self.github_private_key else ""
         if not pem and self.github_private_key_path:
             try:
                 pem = self.github_private_key_path.read_text()
@@ -125,43 +277,39 @@ class Settings(BaseSettings):
             raise ConfigError("GITHUB_PRIVATE_KEY: not a PEM private key") from None
         return pem
 
-    def require(self, names: tuple[str, ...]) -> Settings:
-        missing = []
-        for name in names:
-            if name == "GITHUB_PRIVATE_KEY":
-                try:
-                    self.private_key  # noqa: B018 - loads and checks the key
-                except ConfigError as exc:
-                    missing.append(str(exc))
-                continue
-            field = next(f for f, info in type(self).model_fields.items() if info.alias == name)
-            if getattr(self, field) in (None, ""):
-                missing.append(f"{name} is not set")
-        if missing:
-            raise ConfigError("; ".join(missing))
-        return self
+    def secrets(self) -> list[str]:
+        found = super().secrets()
+        with contextlib.suppress(ConfigError):
+            found.append(self.private_key)  # also when it came from GITHUB_PRIVATE_KEY_PATH
+        return found
 
 
-def load_settings(*required: str, **overrides: object) -> Settings:
+def settings_at_start(settings_class: type[S]) -> S | None:
+    """A process's settings as it starts, or None after one line naming what is wrong (the
+    caller exits 2: an operator wants the variable to set, not a traceback)."""
     try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = err["loc"][0] if err["loc"] else "?"
-            problems.append(f"{name}: {err['msg']}")
-        raise ConfigError("; ".join(problems)) from None
-    return settings.require(tuple(required))
+        return settings_class.load()
+    except ConfigError as exc:
+        print(f"configuration: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+SETTINGS = {
+    "web": WebSettings,
+    "worker": WorkerSettings,
+    "gateway": GatewaySettings,
+    "egress": EgressSettings,
+}
 
 
 def main(argv: list[str]) -> int:
     """`python -m app check [web|worker|gateway|all]`: the run script's one-line answer."""
     role = argv[2] if len(argv) > 2 else "all"
-    roles = {"web": WEB_REQUIRED, "worker": WORKER_REQUIRED, "gateway": GATEWAY_REQUIRED}
-    names = roles.get(role, WEB_REQUIRED + WORKER_REQUIRED + GATEWAY_REQUIRED)
-    try:
-        load_settings(*names)
-    except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    status = 0
+    for name in ROLES if role == "all" else (role,):
+        try:
+            SETTINGS[name].load()
+        except ConfigError as exc:
+            print(f"configuration of the {name}: {exc}", file=sys.stderr)
+            status = 2
+    return status

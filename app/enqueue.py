@@ -28,6 +28,9 @@ from rq.serializers import JSONSerializer
 from jobs.request import SessionRequest
 
 DELIVERY_TTL = 7 * 24 * 3600
+# How long a trigger's content is remembered: a signed delivery stays valid forever, so a replay
+# is recognised by what it is about for much longer than a delivery id is kept.
+CONTENT_TTL = 90 * 24 * 3600
 RUN_SESSION = "jobs.session.run_session"
 # Clone, push and comment around the sandbox's own wall clock.
 JOB_MARGIN = 300
@@ -56,16 +59,26 @@ def claim_key(delivery_id: str) -> str:
     return f"claudecluster:delivery:{delivery_id}"
 
 
+def content_key(request: SessionRequest) -> str:
+    """Set once a trigger's content is queued, whatever the delivery id that brought it."""
+    what = request.content_id or f"delivery:{request.delivery_id}"
+    digest = hashlib.sha256(f"{request.repo}\0{what}".encode()).hexdigest()[:40]
+    return f"claudecluster:content:{digest}"
+
+
 def session_queue(redis: Redis, name: str) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
-# KEYS: the claim, the job hash, the queue's list, RQ's set of queues.
+# KEYS: the claim, the job hash, the queue's list, RQ's set of queues, the content's claim.
 # ARGV: session id, claim TTL, job TTL (-1: none), queue key, the job hash's text fields as one
-# JSON object, then its binary fields (RQ's compressed `data`) as name/value pairs. One JSON
+# JSON object, then its binary fields (RQ's compressed `data`) as name/value pairs, and last the
+# content claim's TTL. One JSON
 # argument instead of forty: redis-py packs each argument in Python, and that was a third of the
 # front door's time per queued session.
-# Returns 1 when queued, 0 for a duplicate (claimed before, or the job exists: RQ's own check).
+# Returns 1 when queued, 0 for a duplicate (claimed before, or the job exists: RQ's own check),
+# and the session that has the content when that was queued before under another delivery id
+# (this delivery's claim then stays: it was answered, as a duplicate).
 # A write that fails (a key of the wrong type) undoes the claim and the job, then errors, so the
 # delivery can be queued when GitHub sends it again.
 CLAIM_AND_ENQUEUE = """
@@ -75,8 +88,11 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
     return 0
 end
+if not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[#ARGV]) then
+    return redis.call('GET', KEYS[5])
+end
 local function undo(reply)
-    redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
     return reply
 end
 local fields = {}
@@ -84,7 +100,7 @@ for name, value in pairs(cjson.decode(ARGV[5])) do
     fields[#fields + 1] = name
     fields[#fields + 1] = value
 end
-for i = 6, #ARGV do
+for i = 6, #ARGV - 1 do
     fields[#fields + 1] = ARGV[i]
 end
 local reply = redis.pcall('HSET', KEYS[2], unpack(fields))
@@ -125,9 +141,13 @@ def job_writes(queue: Queue, request: SessionRequest, timeout: int) -> tuple[str
             binary += (name, value)
         elif value is not None:
             text[name] = value if isinstance(value, str) else str(value)
-    keys = [claim_key(request.delivery_id), job.key, queue.key, queue.redis_queues_keys]
+    keys = [
+        claim_key(request.delivery_id), job.key, queue.key, queue.redis_queues_keys,
+        content_key(request),
+    ]  # fmt: skip
     ttl = job.ttl if job.ttl else -1
-    args = [session_id, DELIVERY_TTL, ttl, queue.key, json.dumps(text, ensure_ascii=False), *binary]
+    text_fields = json.dumps(text, ensure_ascii=False)
+    args = [session_id, DELIVERY_TTL, ttl, queue.key, text_fields, *binary, CONTENT_TTL]
     return session_id, keys, args
 
 
@@ -137,6 +157,8 @@ async def enqueue_session(
     """Queue the session once per delivery; `queue` (sync) only builds the job, `redis` writes."""
     session_id, keys, args = job_writes(queue, request, timeout)
     queued = await redis.register_script(CLAIM_AND_ENQUEUE)(keys=keys, args=args)
+    if isinstance(queued, bytes):  # the same content, queued before as this session
+        return Enqueued(queued.decode(), duplicate=True)
     return Enqueued(session_id, duplicate=not queued)
 
 
@@ -145,18 +167,27 @@ def active_key(thread: str) -> str:
 
 
 def stop_key(session_id: str) -> str:
+    """Set (to the login who asked) once the session has accepted a stop."""
     return f"claudecluster:stop:{session_id}"
+
+
+def stop_requests_key(session_id: str) -> str:
+    """Logins that asked the session to stop, for it to check: the web cannot ask GitHub."""
+    return f"claudecluster:stop-requests:{session_id}"
 
 
 async def request_stop(redis: AsyncRedis, request: SessionRequest) -> str | None:
     """Flag the thread's running session to stop; its id, or None when nothing runs.
 
-    The session polls the flag, kills its container and says who stopped it; a stop queued
-    behind it as a job would only run after it had finished.
+    The session polls the requests, checks that each asker may trigger in the repository (the
+    web holds no token to ask GitHub), kills its container and says who stopped it; a stop
+    queued behind it as a job would only run after it had finished.
     """
     running = await redis.get(active_key(request.thread))
     if running is None:
         return None
     session_id = running.decode()
-    await redis.set(stop_key(session_id), request.requester, ex=3600)
+    key = stop_requests_key(session_id)
+    await redis.rpush(key, request.requester)
+    await redis.expire(key, 3600)
     return session_id

@@ -15,7 +15,7 @@ from a2wsgi import WSGIMiddleware
 from redis.asyncio import Redis
 
 from app import MAX_PAYLOAD, create_app, web_settings
-from app.config import Settings
+from app.config import WebSettings
 from app.enqueue import session_queue
 from app.webhooks import Answer, Webhooks
 
@@ -26,6 +26,26 @@ JSON = (b"content-type", b"application/json")
 
 class TooLarge(Exception):
     pass
+
+
+# What is read and dropped of an oversize body before the 413, so that an ordinary client,
+# still sending, reads the answer instead of a reset; past this the connection is simply closed.
+DRAIN_LIMIT = 4 * MAX_PAYLOAD
+
+
+async def drain(scope: dict, receive, limit: int = DRAIN_LIMIT) -> None:
+    """Read and drop the rest of the body (not when the client waits for 100-continue: it has
+    sent nothing yet, and the 413 tells it not to)."""
+    if any(name == b"expect" for name, _ in scope["headers"]):
+        return
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def read_body(scope: dict, receive) -> bytes:
@@ -84,7 +104,9 @@ class Service:
         try:
             body = await read_body(scope, receive)
         except TooLarge:
-            await answer(send, Answer(413, {"error": "payload over GitHub's 25 MB cap"}))
+            await drain(scope, receive)
+            reply = Answer(413, {"error": "payload over GitHub's 25 MB cap"})
+            await answer(send, reply, ((b"connection", b"close"),))
             return
         except ConnectionError:
             return  # nobody is left to answer; GitHub records the delivery as failed
@@ -101,12 +123,13 @@ class Service:
                 return
 
 
-def create_service(settings: Settings | None = None) -> Service:
+def create_service(settings: WebSettings | None = None) -> Service:
     settings = settings or web_settings()
     pages = create_app(settings)
     # Short timeouts: a dead Redis must turn into a quick 503, not a hung delivery.
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     # The queue only builds jobs (no I/O); the async client writes them.
     queue = session_queue(pages.extensions["redis"], settings.queue_name)
-    webhooks = Webhooks(settings.github_webhook_secret, redis, queue, settings.session_timeout)
+    secret = settings.github_webhook_secret.get_secret_value()
+    webhooks = Webhooks(secret, redis, queue, settings.session_timeout)
     return Service(webhooks, pages)

@@ -146,9 +146,11 @@ def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
     when = field(payload, comment, "created_at", optional=True) or field(
         payload, comment, "submitted_at", optional=True
     )
+    own_id = field(payload, comment, "id", kind=int)
+    content = f"{values.get('trigger', 'comment')}:{values.get('number')}:{own_id}"
     return Start(
         _request(payload, delivery_id, (comment, "user"), instruction=instruction, mode=mode,
-                 triggered_at=when or "", phrase=hints.trigger, **values)
+                 triggered_at=when or "", phrase=hints.trigger, content_id=content, **values)
     )  # fmt: skip
 
 
@@ -170,6 +172,7 @@ def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) ->
         number=field(payload, "pull_request", "number", kind=int),
         review_comment_id=field(payload, "comment", "id", kind=int),
         pull=True, trigger="review_comment",
+        head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
     )  # fmt: skip
 
 
@@ -180,6 +183,7 @@ def review_submitted(payload: dict, delivery_id: str, hints: RepoHints) -> Decis
         number=field(payload, "pull_request", "number", kind=int),
         review_id=field(payload, "review", "id", kind=int),
         pull=True, trigger="review",
+        head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
     )  # fmt: skip
 
 
@@ -187,10 +191,18 @@ def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decis
     if is_bot(field(payload, "sender", kind=dict)):
         return Ignore("bots never trigger")
     # Which labels mean a run is the repository's choice: the worker checks its config.
+    # The label's own time (the thread's update stamp, which labelling sets): comments after it
+    # are not material of this session, as for a comment trigger.
+    when = field(payload, thread, "updated_at", optional=True) or ""
+    number = field(payload, thread, "number", kind=int)
+    # A label event has no id of its own: the thread, the label and the time it was put on.
+    label_id = field(payload, "label", "id", kind=int, optional=True)
+    name = field(payload, "label", "name")
+    content = f"label:{number}:{label_id}:{name}:{when}"
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="",
-                 number=field(payload, thread, "number", kind=int), pull=pull, trigger="label",
-                 label=field(payload, "label", "name"))
+        _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=pull,
+                 trigger="label", label=name, triggered_at=when,
+                 content_id=content)
     )  # fmt: skip
 
 
@@ -212,10 +224,16 @@ def pull_request_pushed(payload: dict, delivery_id: str, hints: RepoHints) -> De
     if is_bot(field(payload, "sender", kind=dict)):
         return Ignore("pushes by bots never trigger (our own commits included)")
     names = sorted(str(label.get("name")) for label in labels if isinstance(label, dict))
+    when = field(payload, "pull_request", "updated_at", optional=True) or ""
+    # The pushed head names the push: the same sha again is the same push.
+    number = field(payload, "pull_request", "number", kind=int)
+    head = field(payload, "after", optional=True) or field(
+        payload, "pull_request", "head", "sha", optional=True
+    )
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="",
-                 number=field(payload, "pull_request", "number", kind=int), pull=True,
-                 trigger="push", label=",".join(names))
+        _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=True,
+                 trigger="push", label=",".join(names), triggered_at=when,
+                 content_id=f"push:{number}:{head}" if head else "")
     )  # fmt: skip
 
 

@@ -8,8 +8,9 @@ characters), comments edited after the trigger are dropped, and the whole is bou
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from jobs.framing import tag
 from jobs.github import RepoSession
 from jobs.request import SessionRequest
 
@@ -28,13 +29,13 @@ def clean(text: str | None, limit: int = MAX_SECTION) -> str:
 
 @dataclass(frozen=True)
 class Section:
-    kind: str  # issue, pull_request, comment, review_comment, diff, …
+    kind: str  # issue, pull_request, comment, review_comment, diff, diff_hunk
     text: str
-    attributes: str = ""
+    attributes: dict[str, object] = field(default_factory=dict)
 
     def render(self) -> str:
-        attrs = f" {self.attributes}" if self.attributes else ""
-        return f"<{self.kind}{attrs}>\n{self.text}\n</{self.kind}>"
+        # Quoted: whatever the text holds, it cannot close this section or the material.
+        return tag(self.kind, self.text, **self.attributes)
 
 
 def _is_ours(comment: dict) -> bool:
@@ -52,9 +53,12 @@ def gather(github: RepoSession, request: SessionRequest, thread: dict, trigger_t
     """The thread's text as material sections, oldest first, within MAX_MATERIAL."""
     kind = "pull_request" if request.pull else "issue"
     sections = [
-        Section(kind, f"Title: {clean(thread.get('title'), 500)}\n\n{clean(thread.get('body'))}",
-                f'number="{request.number}" author="{(thread.get("user") or {}).get("login")}"')
-    ]  # fmt: skip
+        Section(
+            kind,
+            f"Title: {clean(thread.get('title'), 500)}\n\n{clean(thread.get('body'))}",
+            {"number": request.number, "author": (thread.get("user") or {}).get("login")},
+        )
+    ]
     for comment in github.issue_comments(request.number):
         if comment.get("id") == request.comment_id or _is_ours(comment):
             continue
@@ -62,16 +66,16 @@ def gather(github: RepoSession, request: SessionRequest, thread: dict, trigger_t
         later = request.comment_id and int(comment.get("id") or 0) > request.comment_id
         if _before(comment, trigger_time) and not later:
             author = (comment.get("user") or {}).get("login")
-            sections.append(Section("comment", clean(comment.get("body")), f'author="{author}"'))
+            sections.append(Section("comment", clean(comment.get("body")), {"author": author}))
     if request.pull:
         for comment in github.review_comments(request.number):
             if comment.get("id") == request.review_comment_id or _is_ours(comment):
                 continue
             if _before(comment, trigger_time):
-                where = f'path="{comment.get("path")}" line="{comment.get("line")}"'
+                where = {"path": comment.get("path"), "line": comment.get("line")}
                 author = (comment.get("user") or {}).get("login")
-                sections.append(Section("review_comment", clean(comment.get("body")),
-                                        f'{where} author="{author}"'))  # fmt: skip
+                attributes = {**where, "author": author}
+                sections.append(Section("review_comment", clean(comment.get("body")), attributes))
     if diff is not None:
         sections.append(Section("diff", clean(diff, MAX_DIFF)))
     return bounded(sections)

@@ -6,7 +6,7 @@ session's control directory, and to close it when the session ends. So neither t
 runs git over hostile work trees, nor the sandbox ever holds the key; and a gateway whose worker
 died is closed by the service once the session's deadline has passed.
 
-Protocol: one JSON object per line, one answer per request, one request per connection.
+Protocol (jobs/control.py):
   {"op": "open", "session": ID, "socket": PATH, "budget_usd": X|null, "expires_in": SECONDS}
       -> {"ok": true, "key": SESSION_KEY}
   {"op": "close", "session": ID}  -> {"ok": true, "usage": {...}}
@@ -15,176 +15,118 @@ Protocol: one JSON object per line, one answer per request, one request per conn
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.config import GATEWAY_REQUIRED, ConfigError, Settings, load_settings
-from app.logs import configure_logging
+from app.config import CommonSettings, GatewaySettings
+from jobs.control import ControlError, Leases, call, serve_leases, service_main, session_socket
 from jobs.gateway import ModelGateway
-from jobs.redact import redactor
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "gateway.sock"
-GRACE = 60  # seconds a gateway outlives its session's deadline before the janitor closes it
 
 
-class GatewayError(RuntimeError):
+class GatewayError(ControlError):
     """The gateway service refused or could not be reached."""
 
 
-class _Control(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 128
-    service: GatewayService
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    server: _Control
-
-    def handle(self) -> None:
-        try:
-            request = json.loads(self.rfile.readline(64 * 1024) or b"{}")
-            answer = self.server.service.handle(request)
-        except (ValueError, TypeError, KeyError) as exc:
-            answer = {"ok": False, "error": f"bad request: {type(exc).__name__}"}
-        except GatewayError as exc:
-            answer = {"ok": False, "error": str(exc)}
-        self.wfile.write(json.dumps(answer).encode() + b"\n")
-
-
 class GatewayService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.root = settings.workspace_root.resolve()
-        self._gateways: dict[str, tuple[ModelGateway, float]] = {}
-        self._lock = threading.Lock()
+        self.gateways: Leases[ModelGateway] = Leases("gateway")
 
     def handle(self, request: dict) -> dict:
         op, session = request["op"], str(request["session"])
         if op == "open":
             return self.open(session, Path(request["socket"]), request.get("budget_usd"),
-                             float(request["expires_in"]))  # fmt: skip
+                             float(request["expires_in"]), request.get("models"))  # fmt: skip
         if op == "close":
             return {"ok": True, "usage": self.close(session)}
         raise GatewayError(f"unknown op {op!r}")
 
-    def open(self, session: str, path: Path, budget_usd: float | None, expires_in: float) -> dict:
-        # Only a session's own control directory: the protocol must not plant sockets elsewhere.
-        resolved = path.parent.resolve() / path.name
-        if path.name != SOCKET_NAME or self.root not in resolved.parents:
-            raise GatewayError(f"sockets are opened only as {SOCKET_NAME} under WORKSPACE_ROOT")
+    def open(
+        self,
+        session: str,
+        path: Path,
+        budget_usd: float | None,
+        expires_in: float,
+        models: list[str] | None = None,
+    ) -> dict:
+        resolved = session_socket(self.root, path, SOCKET_NAME)
         deadline = time.monotonic() + expires_in
         gateway = ModelGateway(
-            resolved, self.settings.anthropic_base_url, self.settings.anthropic_api_key or "",
-            budget_usd=budget_usd, expires_at=deadline,
-        )  # fmt: skip
+            resolved,
+            self.settings.anthropic_base_url,
+            self.settings.anthropic_api_key.get_secret_value(),
+            budget_usd=budget_usd,
+            expires_at=deadline,
+            allowed_models=models,
+        )
         gateway.__enter__()
-        with self._lock:
-            old = self._gateways.pop(session, None)
-            self._gateways[session] = (gateway, deadline)
-        if old:
-            old[0].close()
-        log.info("gateway opened for %s", session)
+        self.gateways.put(session, gateway, expires_in)
         return {"ok": True, "key": gateway.session_key}
 
     def close(self, session: str) -> dict:
-        with self._lock:
-            entry = self._gateways.pop(session, None)
-        if entry is None:
-            return {}
-        entry[0].close()
-        log.info("gateway closed for %s", session)
-        return entry[0].usage.as_dict()
-
-    def sweep(self) -> None:
-        """Close gateways whose session is past its deadline (its worker may have died)."""
-        now = time.monotonic()
-        with self._lock:
-            stale = [s for s, (_, deadline) in self._gateways.items() if now > deadline + GRACE]
-        for session in stale:
-            self.close(session)
+        gateway = self.gateways.close(session)
+        return gateway.usage.as_dict() if gateway else {}
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    path = settings.gateway_socket
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+def serve(settings: GatewaySettings, stop: threading.Event | None = None) -> None:
     service = GatewayService(settings)
-    old_umask = os.umask(0o177)  # the control socket: the service's own user only
-    try:
-        server = _Control(str(path), _Handler)
-    finally:
-        os.umask(old_umask)
-    server.service = service
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    log.info("gateway service listening on %s", path)
-    stop = stop or threading.Event()
-    try:
-        while not stop.wait(5):
-            service.sweep()
-    finally:
-        server.shutdown()
-        server.server_close()
-        for session in list(service._gateways):
-            service.close(session)
-        path.unlink(missing_ok=True)
+    serve_leases(
+        settings.gateway_socket, service.handle, service.gateways, stop or threading.Event()
+    )
 
 
-def _call(settings: Settings, request: dict, wait: float = 10.0) -> dict:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(30)
-                conn.connect(str(settings.gateway_socket))
-                conn.sendall(json.dumps(request).encode() + b"\n")
-                answer = json.loads(conn.makefile("rb").readline() or b"{}")
-            break
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            if time.monotonic() > deadline:  # the service may still be starting
-                raise GatewayError(f"the gateway service is not running ({exc.strerror})") from None
-            time.sleep(0.2)
-    if not answer.get("ok"):
-        raise GatewayError(answer.get("error") or "the gateway service refused")
-    return answer
+def _call(settings: CommonSettings, request: dict, wait: float = 10.0) -> dict:
+    try:
+        return call(settings.gateway_socket, request, "gateway service", wait)
+    except ControlError as exc:
+        raise GatewayError(str(exc)) from None
+
+
+@dataclass
+class SessionGateway:
+    """A session's gateway as the worker sees it: the key the CLI presents, and, once it is
+    closed, the gateway's own account of what the session used (its `Usage.as_dict()`)."""
+
+    key: str
+    usage: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
-def session_gateway(settings: Settings, session: str, path: Path, budget_usd: float | None,
-                    expires_in: float) -> Iterator[str]:  # fmt: skip
-    """Open the session's gateway in the gateway process; yields the per-session key."""
+def session_gateway(
+    settings: CommonSettings,
+    session: str,
+    path: Path,
+    budget_usd: float | None,
+    expires_in: float,
+    models: list[str] | None = None,
+) -> Iterator[SessionGateway]:
+    """Open the session's gateway in the gateway process; yields its key, then its usage.
+
+    `models`: the model names or families it lets through (None: any)."""
     answer = _call(settings, {"op": "open", "session": session, "socket": str(path),
-                              "budget_usd": budget_usd, "expires_in": expires_in})  # fmt: skip
+                              "budget_usd": budget_usd, "expires_in": expires_in,
+                              "models": models})  # fmt: skip
+    lease = SessionGateway(answer["key"])
     try:
-        yield answer["key"]
+        yield lease
     finally:
         with contextlib.suppress(GatewayError):
-            _call(settings, {"op": "close", "session": session}, wait=2.0)
+            closed = _call(settings, {"op": "close", "session": session}, wait=2.0)
+            lease.usage = closed.get("usage") or {}
 
 
 def main() -> int:
-    try:
-        settings = load_settings(*GATEWAY_REQUIRED)
-    except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr, flush=True)
-        return 2
-    configure_logging(redactor.learn(settings))
-    stop = threading.Event()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    serve(settings, stop)
-    return 0
+    return service_main(GatewaySettings, serve)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit.exception import GitHubException
 
-from app.config import Settings
+from app.config import WorkerSettings
 from jobs.redact import redactor
 from jobs.retries import bounded_retry
 
@@ -32,7 +32,7 @@ def _client(api_url: str, auth) -> GitHub:
     return GitHub(auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry)
 
 
-def app_client(settings: Settings) -> GitHub:
+def app_client(settings: WorkerSettings) -> GitHub:
     auth = AppAuthStrategy(str(settings.github_app_id), settings.private_key)
     return _client(settings.github_api_url, auth)
 
@@ -59,7 +59,7 @@ def noreply_domain(api_url: str) -> str:
 _bots: dict[tuple[str, int], BotIdentity] = {}
 
 
-def bot_identity(settings: Settings, session: RepoSession) -> BotIdentity:
+def bot_identity(settings: WorkerSettings, session: RepoSession) -> BotIdentity:
     """The App's bot user, which authors commits; asked once per worker process.
 
     The slug needs the App's JWT (`GET /app`); the user lookup needs an installation token.
@@ -81,7 +81,7 @@ class RepoSession:
     """A GitHub client for one repository, holding one scoped installation token."""
 
     def __init__(
-        self, settings: Settings, installation_id: int, repo: str, permissions: dict[str, str]
+        self, settings: WorkerSettings, installation_id: int, repo: str, permissions: dict[str, str]
     ) -> None:
         self.owner, self.name = repo.split("/", 1)
         # Keep the client in a variable: `.rest` holds only a weak reference to it.

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from app.config import Settings
+from app.config import WorkerSettings
 from jobs.repo_config import RepoConfig
 
 
-def help_text(config: RepoConfig, settings: Settings) -> str:
+def help_text(config: RepoConfig, settings: WorkerSettings) -> str:
     trigger = config.trigger
     labels = ", ".join(f"`{name}` → {mode}" for name, mode in config.labels.items()) or "none"
     turns = min(settings.max_turns, config.max_turns)
@@ -16,7 +16,7 @@ def help_text(config: RepoConfig, settings: Settings) -> str:
 | Command | What happens |
 |---|---|
 | `{trigger} <what to do>` on an issue | Claude makes the change and opens a pull request. |
-| `{trigger} <what to do>` on a pull request | Claude pushes new commits to its branch (a fork gets a follow-up pull request). |
+| `{trigger} <what to do>` on a pull request | Claude pushes new commits to its branch (a fork's gets suggestions and a patch, or a follow-up pull request with `fork_pull_requests: follow_up`). |
 | `{trigger} <what to do>` on a line of a pull request's diff | The same, focused on that line; the answer is threaded under your comment. |
 | `{trigger} review [focus]` | Claude reviews the pull request and posts a review with inline comments; nothing is pushed. |
 | `{trigger} stop` | Stops the session running on this issue or pull request; nothing is pushed. |

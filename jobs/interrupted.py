@@ -34,8 +34,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from app.config import WORKER_REQUIRED, Settings, load_settings
-from app.enqueue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key
+from app.config import WorkerSettings
+from app.enqueue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key, stop_requests_key
 from jobs.github import RepoSession, app_client
 from jobs.pacing import Pacer
 from jobs.redact import redactor
@@ -83,11 +83,11 @@ def _request(job: Job) -> SessionRequest | None:
 
 def release_thread(redis: Redis, request: SessionRequest, session_id: str) -> None:
     redis.eval(_RELEASE, 1, active_key(request.thread), session_id)
-    redis.delete(stop_key(session_id))
+    redis.delete(stop_key(session_id), stop_requests_key(session_id))
 
 
 def interrupt_job(job: Job, redis: Redis, why: str = WORKER_STOPPED,
-                  settings: Settings | None = None) -> str:  # fmt: skip
+                  settings: WorkerSettings | None = None) -> str:  # fmt: skip
     """End `job`'s tracking comment as interrupted. Returns what happened:
 
     `edited`, `already_final`, `no_comment`, `claimed` (another caller did or does it),
@@ -104,7 +104,7 @@ def interrupt_job(job: Job, redis: Redis, why: str = WORKER_STOPPED,
     redis.zadd(PENDING, {job.id: time.time()}, nx=True)
     redis.set(done_key(job.id) + ":why", why, ex=PENDING_FOR, nx=True)  # for a retry
     try:
-        outcome = _end_comment(settings or load_settings(*WORKER_REQUIRED), redis, request, job,
+        outcome = _end_comment(settings or WorkerSettings.load(), redis, request, job,
                                why)  # fmt: skip
     except BaseException:
         redis.delete(done_key(job.id))
@@ -116,7 +116,7 @@ def interrupt_job(job: Job, redis: Redis, why: str = WORKER_STOPPED,
     return outcome
 
 
-def retry_pending(redis: Redis, settings: Settings) -> list[str]:
+def retry_pending(redis: Redis, settings: WorkerSettings) -> list[str]:
     """Try again the comments GitHub could not be asked to end; the ids edited now."""
     edited = []
     cutoff = time.time() - PENDING_FOR
@@ -143,7 +143,7 @@ def retry_pending(redis: Redis, settings: Settings) -> list[str]:
 _bot_logins: dict[tuple[str, int], str] = {}
 
 
-def bot_login(settings: Settings) -> str:
+def bot_login(settings: WorkerSettings) -> str:
     """`<app slug>[bot]`, the author of every tracking comment; asked once per process."""
     key = (settings.github_api_url, settings.github_app_id or 0)
     if key not in _bot_logins:
@@ -205,7 +205,7 @@ def render(request: SessionRequest, job: Job, why: str) -> str:
     return redactor("\n\n".join(parts))
 
 
-def _end_comment(settings: Settings, redis: Redis, request: SessionRequest, job: Job,
+def _end_comment(settings: WorkerSettings, redis: Redis, request: SessionRequest, job: Job,
                  why: str) -> str:  # fmt: skip
     github = RepoSession(settings, request.installation_id, request.repo, PERMISSIONS)
     try:
@@ -258,7 +258,7 @@ def on_failure(job: Job, connection: Redis, exc_type, exc_value, tb) -> None:
 
         if job.retries_left:
             return  # RQ runs it again (callbacks fire on every failed attempt): not the end
-        settings = load_settings(*WORKER_REQUIRED)
+        settings = WorkerSettings.load()
         if isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError):
             from jobs.reaper import reap_session, session_running
 
@@ -275,7 +275,7 @@ def on_stopped(job: Job, connection: Redis) -> None:
     try:
         from jobs.reaper import reap_session
 
-        settings = load_settings(*WORKER_REQUIRED)
+        settings = WorkerSettings.load()
         reap_session(settings, _docker(), job.id)
         interrupt_job(job, connection, OPERATOR_STOPPED, settings)
     except Exception:

@@ -51,7 +51,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from app.config import Settings
+from app.config import WorkerSettings
 from jobs.interrupted import WORKER_STOPPED, interrupt_job, retry_pending
 from jobs.sandbox import LABEL
 from jobs.workspace import OWNER_FILE
@@ -223,7 +223,7 @@ def remove_dirs(paths: Iterable[Path], report: ReapReport) -> None:
             report.workspaces.append(str(path))
 
 
-def close_gateway(settings: Settings, session_id: str) -> bool:
+def close_gateway(settings: WorkerSettings, session_id: str) -> bool:
     """Ask the gateway process to close the session's model gateway (and its socket).
 
     With the gateway in a process of its own (jobs/gateway_service.py), a session's gateway
@@ -245,7 +245,7 @@ def close_gateway(settings: Settings, session_id: str) -> bool:
     return True
 
 
-def reap_session(settings: Settings, docker_client, session_id: str,
+def reap_session(settings: WorkerSettings, docker_client, session_id: str,
                  report: ReapReport | None = None) -> ReapReport:  # fmt: skip
     """Remove one session's container and workspace, unconditionally: its horse is known dead."""
     report = report or ReapReport()
@@ -266,7 +266,7 @@ def reap_session(settings: Settings, docker_client, session_id: str,
 # -- the pass -----------------------------------------------------------------------------
 
 
-def reap(settings: Settings, redis: Redis, docker_client, *,
+def reap(settings: WorkerSettings, redis: Redis, docker_client, *,
          interrupt: Callable[[Job, str], object] | None = None,
          here: str | None = None) -> ReapReport:  # fmt: skip
     """One pass over this host's leftovers; never raises for a single leftover's trouble.

@@ -29,12 +29,8 @@ class Redactor:
             self.add(secret)
 
     def learn(self, settings) -> Redactor:
-        """Add the configured secrets: the webhook secret, the model key, the App's key."""
-        for secret in (
-            settings.github_webhook_secret,
-            settings.anthropic_api_key,
-            settings.github_private_key,
-        ):
+        """Add the secrets a role's settings hold (its `secrets()`)."""
+        for secret in settings.secrets():
             self.add(secret)
         return self
 

@@ -43,7 +43,7 @@ from redis.exceptions import LockError, RedisError
 from rq import Queue, get_current_job
 from rq.exceptions import DuplicateJobError
 
-from app.config import Settings, load_settings
+from app.config import WorkerSettings
 from app.enqueue import claim_key
 from jobs.github import app_client
 
@@ -71,7 +71,7 @@ def in_flight_key(guid: str) -> str:
     return f"claudecluster:redelivery:{guid}"
 
 
-def window_for(settings: Settings) -> timedelta:
+def window_for(settings: WorkerSettings) -> timedelta:
     """GitHub's redelivery window: 7 days on Enterprise Server (`…/api/v3`), else 3."""
     path = urlsplit(settings.github_api_url).path.rstrip("/")
     return GHES_WINDOW if path.endswith("/api/v3") else WINDOW
@@ -177,7 +177,7 @@ def _list_attempts(gh, cutoff: datetime, per_page: int, report: SweepReport) -> 
 
 
 def sweep(
-    settings: Settings,
+    settings: WorkerSettings,
     redis: Redis,
     since: timedelta = WINDOW,
     *,
@@ -215,7 +215,7 @@ def sweep(
 
 
 def _sweep(
-    settings: Settings,
+    settings: WorkerSettings,
     redis: Redis,
     since: timedelta,
     budget: int,
@@ -314,7 +314,7 @@ def schedule_sweep(queue: Queue, every: timedelta = SWEEP_EVERY) -> str | None:
 
 def scheduled_sweep() -> dict:
     """The RQ job: one sweep over GitHub's whole redelivery window."""
-    settings = load_settings(*SWEEP_REQUIRED)
+    settings = WorkerSettings.load(*SWEEP_REQUIRED)
     current = get_current_job()
     redis = current.connection if current else Redis.from_url(settings.redis_url)
     return sweep(settings, redis, window_for(settings)).as_dict()

@@ -161,6 +161,10 @@ class RepoConfig(BaseModel):
     branch_prefix: Annotated[str, Field(max_length=100), AfterValidator(_branch_prefix)] = "claude/"
     allow_workflow_changes: bool = False
     network: Network = Field(default_factory=Network)
+    # What a request on a fork's pull request gives back: suggestions on its diff and a patch
+    # (no fork commit reaches this repository), or a follow-up pull request built on its head,
+    # whose workflows then run here with this repository's secrets: only by consent.
+    fork_pull_requests: Literal["suggest", "follow_up"] = "suggest"
 
     @field_validator("labels")
     @classmethod

@@ -33,6 +33,12 @@ class SessionRequest:
     label: str = ""  # the label that asked, for label triggers
     phrase: str = "/claude"  # the trigger phrase the front door matched
     triggered_at: str = ""  # ISO time of the asking comment; later edits are not material
+    # What the delivery is about, from its signed content (the comment's, review's or push's own
+    # id): a captured delivery re-posted under a fresh X-GitHub-Delivery is still a duplicate.
+    content_id: str = ""
+    # The pull request's head when the request was made, where the payload says (review and
+    # review-comment events); a fork's session works on that commit or not at all.
+    head_sha: str = ""
 
     @property
     def owner(self) -> str:

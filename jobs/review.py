@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.context import Section
 from jobs.diff import DiffIndex, annotate_diff, commentable, commentable_range, parse_diff
+from jobs.framing import quote
 
 __all__ = [
     "MAX_BODY",
@@ -122,12 +124,7 @@ def review_cli_args(schema: dict[str, Any] | None = None) -> list[str]:
 
 _HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
 _INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-_OUR_TAGS = re.compile(r"<(/?)(pull_request|diff|instruction|focus|material)\b", re.IGNORECASE)
-
-
-def _quote(text: str) -> str:
-    """Material can't close our tags: `</diff>` inside it becomes `<\\/diff>`."""
-    return _OUR_TAGS.sub(lambda m: "<" + ("\\/" if m.group(1) else "") + m.group(2), text)
+_quote = quote  # material can't open or close our tags (jobs/framing.py)
 
 
 def _show_invisible(text: str) -> str:
@@ -167,7 +164,7 @@ def review_prompt(
     *,
     focus: str = "",
     requester: str = "",
-    material: str = "",
+    material: Sequence[Section] = (),
     diff_file: str | None = None,
     workspace: str = "/workspace",
 ) -> str:
@@ -177,7 +174,7 @@ def review_prompt(
     `application/vnd.github.diff` text. Only `focus` (the requester's words) is instructions;
     the PR's title, description, diff and any extra `material` (e.g. rendered discussion) are
     quoted. When the diff is too long for the prompt the rest is named, and `diff_file` (a path
-    the model can Read, inside the working directory) is offered for the whole diff.
+    the model may Read: the CLI is given its folder with --add-dir) is offered for the whole diff.
     """
     title = _INVISIBLE.sub("", str(pull.get("title") or ""))[:500]
     body = _INVISIBLE.sub("", _HIDDEN.sub("", str(pull.get("body") or "")))
@@ -189,7 +186,7 @@ def review_prompt(
     shown, left_out = _bounded_diff(_show_invisible(diff), MAX_PROMPT_DIFF)
     asked = f"@{requester} asked" if requester else "You are asked"
     focus_text = (
-        f"\nThey asked you to focus on this:\n\n<focus>\n{focus.strip()}\n</focus>\n"
+        f"\nThey asked you to focus on this:\n\n<focus>\n{quote(focus.strip())}\n</focus>\n"
         if focus.strip()
         else ""
     )
@@ -201,7 +198,8 @@ def review_prompt(
             + ", ".join(f"`{p}`" for p in left_out[:200])
             + f". Read those files in {workspace} to review them.{where}\n"
         )
-    extra = f"\n<material>\n{_quote(material)}\n</material>\n" if material.strip() else ""
+    rendered = "\n\n".join(section.render() for section in material)
+    extra = f"\n<material>\n{rendered}\n</material>\n" if material else ""
     return f"""You are reviewing pull request #{number} of the GitHub repository {repo}. Its head \
 ({head}) is checked out at {workspace}; it is to be merged into {base}.
 

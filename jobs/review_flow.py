@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from app.config import Settings
+from app.config import WorkerSettings
 from jobs.context import gather
 from jobs.diff import parse_diff
 from jobs.github import RepoSession, bot_identity
@@ -16,14 +16,18 @@ from jobs.redact import redactor
 from jobs.repo_config import RepoConfig
 from jobs.request import SessionRequest
 from jobs.review import parse_review, review_cli_args, review_prompt, to_github_review
+from jobs.sandbox import CONTROL_DIR
 from jobs.session import finished_badly, limits_for, run_agent
 from jobs.tracking import PUBLISHING, TrackingComment
 from jobs.workspace import Workspace
 
-DIFF_FILE = ".claudecluster-review.diff"
+# In the control dir, never in the tree (see Workspace.write_control); the review's CLI may read
+# that one folder besides the tree.
+REVIEW_DIR = "review"
+DIFF_FILE = f"{REVIEW_DIR}/pull-request.diff"
 
 
-def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
+def review_pull(settings: WorkerSettings, config: RepoConfig, request: SessionRequest,
                 session_id: str, github: RepoSession, repository: dict,
                 tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
     pull = github.pull(request.number)
@@ -34,19 +38,24 @@ def review_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
         diff = github.pull_diff(request.number)
     head_sha = pull["head"]["sha"]
     sections = gather(github, request, pull, request.triggered_at)
-    material = "\n\n".join(section.render() for section in sections[1:])
+    material = sections[1:]
     ref = f"refs/pull/{request.number}/head"
     workspace = Workspace.clone(
         settings.workspace_root, repository["clone_url"], ref, github.token, session_id
     )
     try:
-        (workspace.tree / DIFF_FILE).write_text(diff)
+        workspace.write_control(DIFF_FILE, diff)
         prompt = review_prompt(
             request.repo, request.number, pull, diff, focus=request.instruction,
-            requester=request.requester, material=material, diff_file=DIFF_FILE,
+            requester=request.requester, material=material,
+            diff_file=f"{CONTROL_DIR}/{DIFF_FILE}",
         )  # fmt: skip
+        extra = [*review_cli_args(), f"--add-dir={CONTROL_DIR}/{REVIEW_DIR}"]
+        # A review of a fork runs none of the fork's code: its setup commands would.
+        head_repo = (pull.get("head") or {}).get("repo") or {}
+        same_repo = head_repo.get("full_name") == repository["full_name"]
         run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis,
-                        extra_args=review_cli_args())  # fmt: skip
+                        extra_args=extra, run_setup=same_repo)  # fmt: skip
         timeout = limits_for(settings, config).timeout
         if bad := finished_badly(run, tracking, redis, session_id, timeout):
             return bad

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import docker
 from docker.errors import DockerException, ImageNotFound
-from docker.types import Ulimit
+from docker.types import LogConfig, Ulimit
 from docker.utils import parse_bytes
 
-from app.config import Settings
+from app.config import WorkerSettings
 from jobs.transcript import Outcome, Transcript
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ CONFIG_DIR = "/home/node/.claude"  # the image's CLAUDE_CONFIG_DIR
 RELAY_PORT = 8787
 SETUP_FAILED = 3  # the entrypoint's exit status when the repository's setup commands fail
 ENTRY_COST = 4096  # what an entry of the work tree costs at least (an inode, a block)
+# What the worker holds of the sandbox's output: the CLI prints one stream-json event per line,
+# none near a megabyte; a longer line is skipped, and a session that prints more than all of
+# this in total is ended, so that a flood cannot grow the worker.
+MAX_LINE = 1 << 20
+MAX_OUTPUT = 128 << 20
+STDERR_TAIL = 64 << 10
 
 
 class SandboxError(RuntimeError):
@@ -69,6 +75,54 @@ class Limits:
     max_budget_usd: float | None = None
     # The maintainers' extra instructions (.github/claude.yml `instructions`).
     append_system_prompt: str = ""
+
+
+class OutputReader:
+    """Splits the sandbox's stdout into lines for `on_line`, holding at most one bounded line.
+
+    `feed` answers False once more than `max_total` bytes came in all; the caller ends the run.
+    """
+
+    def __init__(
+        self, on_line: Callable[[str], None], max_line: int = MAX_LINE, max_total: int = MAX_OUTPUT
+    ) -> None:
+        self._on_line = on_line
+        self._max_line = max_line
+        self._max_total = max_total
+        self._pending = bytearray()
+        self._skipping = False  # inside a line that is already too long
+        self.total = 0
+        self.skipped = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        self.total += len(chunk)
+        if self.total > self._max_total:
+            return False
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            self._take(chunk[start:end])
+            if not self._skipping:
+                self._on_line(self._pending.decode("utf-8", "replace"))
+            self._pending.clear()
+            self._skipping = False
+            start = end + 1
+        self._take(chunk[start:])
+        return True
+
+    def close(self) -> None:
+        if self._pending and not self._skipping:
+            self._on_line(self._pending.decode("utf-8", "replace"))
+        self._pending.clear()
+
+    def _take(self, piece: bytes) -> None:
+        if self._skipping:
+            return
+        if len(self._pending) + len(piece) > self._max_line:
+            self._pending.clear()
+            self._skipping = True
+            self.skipped += 1
+        else:
+            self._pending += piece
 
 
 def sandbox_user() -> str:
@@ -101,7 +155,7 @@ def tree_usage(root: Path) -> int:
 
 
 class Sandbox:
-    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, client: docker.DockerClient | None = None) -> None:
         self.settings = settings
         self._client = client
 
@@ -184,6 +238,9 @@ class Sandbox:
             ],
             # Should the host itself run short of memory, a sandbox goes before the service.
             oom_score_adj=500,
+            # The worker reads the output as it comes (attached, bounded); a log file kept by
+            # the engine would grow on the host with whatever the sandbox prints.
+            log_config=LogConfig(type=LogConfig.types.NONE),
             init=True,
         )
 
@@ -316,22 +373,41 @@ class Sandbox:
             log.warning("sandbox: no OOM events (%s); relying on the container's state", exc)
             events = None
         timer = threading.Timer(timeout, stop_at_deadline)
+        stderr_tail = b""
         try:
             if events is not None:
                 threading.Thread(target=watch_oom, args=(events,), daemon=True).start()
+            # Attached before the start, so that not a byte is missed; no log driver keeps it.
             try:
+                output = container.attach(
+                    stdout=True, stderr=True, stream=True, logs=False, demux=True
+                )
                 container.start()
             except DockerException as exc:
                 raise SandboxError(f"the sandbox container did not start ({exc})") from None
             threading.Thread(target=monitor, daemon=True).start()
             timer.start()
-            pending = b""
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=False):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    transcript.feed(line.decode("utf-8", "replace"))
-            transcript.feed(pending.decode("utf-8", "replace"))
+            reader = OutputReader(transcript.feed)
+            for out, err in output:
+                if err:
+                    stderr_tail = (stderr_tail + err)[-STDERR_TAIL:]
+                if out and not reader.feed(out):
+                    limit_reached(
+                        f"the sandbox printed more than {MAX_OUTPUT >> 20} MiB of output", end=False
+                    )
+                    break
+            # Closed before the kill: the engine would otherwise wait, with the container, on a
+            # reader that no longer reads.
+            with contextlib.suppress(Exception):
+                output.close()
+            if hit:
+                kill()
+            reader.close()
+            if reader.skipped:
+                log.warning(
+                    "sandbox %s: %d output lines over %d bytes were skipped",
+                    container.short_id, reader.skipped, MAX_LINE,
+                )  # fmt: skip
             status = container.wait(timeout=60)
         finally:
             timer.cancel()
@@ -346,7 +422,7 @@ class Sandbox:
                 limit_reached(self._memory_reason(), end=False)
         if reason := self._workspace_over(tree):  # grown since the last check
             limit_reached(reason, end=False)
-        stderr = container.logs(stdout=False, stderr=True, tail=20).decode("utf-8", "replace")
+        stderr = "\n".join(stderr_tail.decode("utf-8", "replace").splitlines()[-20:])
         outcome = transcript.outcome
         if hit:
             outcome.is_error = True

@@ -20,12 +20,15 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from app.config import WORKER_REQUIRED, Settings, load_settings
-from app.enqueue import active_key, session_id_for, stop_key
+from app.config import WorkerSettings
+from app.enqueue import active_key, session_id_for, stop_key, stop_requests_key
 from app.repo_hints import write_hints
-from jobs.context import gather
-from jobs.egress import EgressProxy
-from jobs.gateway_service import SOCKET_NAME, GatewayError, session_gateway
+from jobs.context import Section, clean, gather
+from jobs.control import ControlError
+from jobs.egress_service import SOCKET_NAME as EGRESS_SOCKET
+from jobs.egress_service import session_egress
+from jobs.fork_flow import offer_to_fork
+from jobs.gateway_service import SOCKET_NAME, session_gateway
 from jobs.github import (
     ISSUE_SESSION_PERMISSIONS,
     READ_PERMISSIONS,
@@ -34,6 +37,7 @@ from jobs.github import (
     bot_identity,
 )
 from jobs.help import help_text
+from jobs.pricing import family
 from jobs.prompt import implement_prompt
 from jobs.redact import redactor
 from jobs.repo_config import (
@@ -55,7 +59,7 @@ log = logging.getLogger(__name__)
 
 def run_session(**job: object) -> dict:
     request = SessionRequest.from_job(job)
-    settings = load_settings(*WORKER_REQUIRED)
+    settings = WorkerSettings.load()
     current = get_current_job()
     session_id = current.id if current else session_id_for(request.delivery_id)
     redis = current.connection if current else Redis.from_url(settings.redis_url)
@@ -83,7 +87,7 @@ def run_session(**job: object) -> dict:
                         session_id)  # fmt: skip
 
 
-def _run(settings: Settings, request: SessionRequest, session_id: str, github: RepoSession,
+def _run(settings: WorkerSettings, request: SessionRequest, session_id: str, github: RepoSession,
          redis: Redis) -> dict:  # fmt: skip
     from jobs.pacing import Pacer
 
@@ -104,15 +108,12 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
             # A label or push this repository does not act on, a refresh, or an old phrase.
             return {"status": "ignored", "trigger": config.trigger}
         tracking.mode = mode
-        # Bots the config names are trusted by name: an App's bot is no collaborator.
-        trusted_bot = bot_allowed(config, request.requester)
-        role = "bot" if trusted_bot else github.permission(request.requester)
-        if not trusted_bot and not permission_at_least(role, config.min_permission):
+        if not (role := may_trigger(github, config, request.requester)):
             tracking.answered(
                 f"🚫 **@{request.requester}, only collaborators with {config.min_permission} "
                 "access can ask Claude to work here.**", "",
             )  # fmt: skip
-            return {"status": "refused", "role": role}
+            return {"status": "refused", "role": role.name}
         if mode == HELP:
             unknown = (
                 f"`{request.instruction}` is not a command.\n\n" if request.instruction else ""
@@ -122,6 +123,13 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
         if mode == STOP:
             tracking.answered("ℹ️ **Nothing is running here, so there is nothing to stop.**", "")
             return {"status": "nothing_to_stop"}
+        if not model_allowed(settings, config):
+            tracking.answered(
+                f"⚠️ **`.github/claude.yml` asks for the model `{config.model}`, which this "
+                "service does not allow, so nothing ran.**",
+                f"Allowed: {', '.join(settings.allowed_models or [])} (CLAUDE_ALLOWED_MODELS).",
+            )
+            return {"status": "invalid_config", "reason": "model not allowed"}
         if mode == REVIEW and not request.pull:
             tracking.answered("ℹ️ **`review` works on pull requests.**", help_text(config, settings))
             return {"status": "help"}
@@ -144,6 +152,56 @@ def _run(settings: Settings, request: SessionRequest, session_id: str, github: R
         with contextlib.suppress(GitHubException):
             tracking.failed(reason)
         return {"status": "failed", "reason": reason}
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str  # GitHub's role_name, or "bot" for a bot the config names
+    allowed: bool
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def may_trigger(github: RepoSession, config: RepoConfig, login: str) -> Role:
+    """Whether `login` may trigger (and so stop) sessions here: GitHub's answer, never the
+    payload's author_association. Bots the config names are trusted by name: an App's bot is no
+    collaborator."""
+    if bot_allowed(config, login):
+        return Role("bot", True)
+    role = github.permission(login)
+    return Role(role, permission_at_least(role, config.min_permission))
+
+
+class StopCheck:
+    """The sandbox's stop check: the first stop request from someone who may trigger here
+    stops the session; anyone else gets a short refusal and the session runs on."""
+
+    def __init__(self, redis: Redis, session_id: str, config: RepoConfig,
+                 tracking: TrackingComment) -> None:  # fmt: skip
+        self.redis, self.session_id = redis, session_id
+        self.config, self.tracking = config, tracking
+        self._allowed = {tracking.request.requester}  # who started it may stop it
+
+    def __call__(self) -> bool:
+        if self.redis.exists(stop_key(self.session_id)):
+            return True
+        while raw := self.redis.lpop(stop_requests_key(self.session_id)):
+            login = raw.decode()
+            try:
+                allowed = login in self._allowed or may_trigger(
+                    self.tracking.github, self.config, login
+                )
+            except Exception:
+                # GitHub away for a moment: ask again at the next check, lose nobody's stop.
+                self.redis.lpush(stop_requests_key(self.session_id), login)
+                raise
+            if allowed:
+                self.redis.set(stop_key(self.session_id), login, ex=3600)
+                return True
+            log.info("session %s: stop by %s refused", self.session_id, login)
+            self.tracking.stop_refused(login, self.config.min_permission)
+        return False
 
 
 def decide_mode(request: SessionRequest, config: RepoConfig) -> str | None:
@@ -192,7 +250,7 @@ def active(redis: Redis, thread: str, session_id: str, timeout: int,
             # Only our own mark: a stale one may have expired and been taken over.
             if (redis.get(key) or b"").decode() == session_id:
                 redis.delete(key)
-            redis.delete(stop_key(session_id))
+            redis.delete(stop_key(session_id), stop_requests_key(session_id))
         except RedisError as exc:
             # The session's answer is out; the mark expires on its own (timeout + 10 min).
             log.warning("session %s: thread mark not cleared, Redis unreachable (%s)",
@@ -208,7 +266,7 @@ def stop_requested(redis: Redis, session_id: str) -> str | None:
     return value.decode() if value else None
 
 
-def limits_for(settings: Settings, config: RepoConfig) -> Limits:
+def limits_for(settings: WorkerSettings, config: RepoConfig) -> Limits:
     return Limits(
         timeout=min(settings.session_timeout, config.timeout_minutes * 60),
         max_turns=min(settings.max_turns, config.max_turns),
@@ -218,27 +276,65 @@ def limits_for(settings: Settings, config: RepoConfig) -> Limits:
     )
 
 
-def run_agent(settings: Settings, config: RepoConfig, session_id: str, workspace: Workspace,
-              prompt: str, tracking: TrackingComment, redis: Redis,
-              extra_args: list[str] | None = None) -> SandboxRun:  # fmt: skip
-    control = workspace.root / "control"
-    control.mkdir(mode=0o755)
+def model_allowed(settings: WorkerSettings, config: RepoConfig) -> bool:
+    if not (settings.allowed_models and config.model):
+        return True
+    return family(config.model) in {family(m) for m in settings.allowed_models}
+
+
+def allowed_models(settings: WorkerSettings, config: RepoConfig) -> list[str] | None:
+    """The model families the session's gateway lets through: the service's, narrowed by the
+    repository's `model` (and haiku, for the CLI's small side requests); None: any."""
+    allowed = {family(m) for m in settings.allowed_models} if settings.allowed_models else None
+    if config.model:
+        wanted = {family(config.model), "haiku"}
+        allowed = wanted if allowed is None else allowed & wanted
+    return None if allowed is None else sorted(allowed)
+
+
+def run_agent(
+    settings: WorkerSettings,
+    config: RepoConfig,
+    session_id: str,
+    workspace: Workspace,
+    prompt: str,
+    tracking: TrackingComment,
+    redis: Redis,
+    extra_args: list[str] | None = None,
+    run_setup: bool = True,
+) -> SandboxRun:
+    """Run the CLI in the session's sandbox. `run_setup=False` leaves the repository's setup
+    commands out: a fork's `npm ci` would run the fork's code where nothing else does."""
+    control = workspace.control
     tracking.advance(RUNNING)
     limits = limits_for(settings, config)
     # Package registries only by the repository's consent, through an allowlisting proxy.
-    egress = EgressProxy(control / "egress.sock") if config.network.registries else None
+    # In a process of its own: the proxy parses the sandbox's traffic, and this one holds the
+    # App's key and the Docker socket.
+    egress = (
+        session_egress(settings, session_id, control / EGRESS_SOCKET, limits.timeout + 60)
+        if config.network.registries
+        else None
+    )
     # The gateway process holds the model key; this worker only learns the session's key.
     # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; the gateway's is not.
     gateway = session_gateway(
-        settings, session_id, control / SOCKET_NAME, config.max_budget_usd, limits.timeout + 60
-    )
-    with egress or contextlib.nullcontext(), gateway as session_key:
-        return Sandbox(settings).run(
-            session_id, workspace.tree, control, session_key, prompt,
+        settings, session_id, control / SOCKET_NAME, config.max_budget_usd, limits.timeout + 60,
+        allowed_models(settings, config),
+    )  # fmt: skip
+    with egress or contextlib.nullcontext(), gateway as lease:
+        run = Sandbox(settings).run(
+            session_id, workspace.tree, control, lease.key, prompt,
             limits, extra_args=extra_args, on_action=tracking.action,
-            should_stop=lambda: stop_requested(redis, session_id) is not None,
-            setup=config.setup,
+            should_stop=StopCheck(redis, session_id, config, tracking),
+            setup=config.setup if run_setup else (),
         )  # fmt: skip
+    # What the comments report is the gateway's count, not what the sandbox printed: a steered
+    # agent can print any result line it likes.
+    if lease.usage:
+        run.outcome.cost_usd = float(lease.usage.get("cost_usd") or 0.0)
+        run.outcome.num_turns = int(lease.usage.get("requests") or 0)
+    return run
 
 
 def finished_badly(run: SandboxRun, tracking: TrackingComment, redis: Redis, session_id: str,
@@ -270,12 +366,30 @@ class Work:
     note: str  # what the comment must add, e.g. workflow files left out
 
 
-def agent_work(settings: Settings, config: RepoConfig, request: SessionRequest, session_id: str,
-               github: RepoSession, workspace: Workspace, prompt: str, tracking: TrackingComment,
-               redis: Redis, default: str, title: str) -> Work | dict:  # fmt: skip
-    """Run the agent and commit what it left; a dict is already the session's final result."""
+def agent_work(
+    settings: WorkerSettings,
+    config: RepoConfig,
+    request: SessionRequest,
+    session_id: str,
+    github: RepoSession,
+    workspace: Workspace,
+    prompt: str,
+    tracking: TrackingComment,
+    redis: Redis,
+    default: str,
+    title: str,
+    save_partial: bool = True,
+) -> Work | dict:
+    """Run the agent and commit what it left; a dict is already the session's final result.
+
+    `save_partial=False`: a run that timed out pushes nothing (a fork's commits must not reach
+    a branch of the base repository)."""
     run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
-    partial = partial_saver(settings, config, request, github, workspace, default, title)
+    partial = (
+        partial_saver(settings, config, request, github, workspace, default, title)
+        if save_partial
+        else None
+    )
     timeout = limits_for(settings, config).timeout
     if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
         return bad
@@ -292,7 +406,7 @@ def agent_work(settings: Settings, config: RepoConfig, request: SessionRequest, 
     return Work(outcome, change, note)
 
 
-def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequest,
+def implement_issue(settings: WorkerSettings, config: RepoConfig, request: SessionRequest,
                     session_id: str, github: RepoSession, repository: dict,
                     tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
     issue = github.issue(request.number)
@@ -326,7 +440,7 @@ def implement_issue(settings: Settings, config: RepoConfig, request: SessionRequ
         workspace.remove()
 
 
-def implement_pull(settings: Settings, config: RepoConfig, request: SessionRequest,
+def implement_pull(settings: WorkerSettings, config: RepoConfig, request: SessionRequest,
                    session_id: str, github: RepoSession, repository: dict,
                    tracking: TrackingComment, redis: Redis) -> dict:  # fmt: skip
     pull = github.pull(request.number)
@@ -334,20 +448,28 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
     same_repo = head_repo.get("full_name") == repository["full_name"]
     head_ref = pull["head"]["ref"]
     # A fork's head cannot be pushed with this installation's token: fetch it through the base
-    # repository's refs/pull/N/head and offer the work as a follow-up pull request instead.
+    # repository's refs/pull/N/head and offer the work back (suggestions and a patch), or as a
+    # follow-up pull request where the repository asks for one. Either way, on the head the
+    # request was made on: its author may have pushed since a maintainer read the diff.
     ref = head_ref if same_repo else f"refs/pull/{request.number}/head"
+    accepted_head = request.head_sha or pull["head"]["sha"]
+    suggest = not same_repo and config.fork_pull_requests == "suggest"
+    focus, pointed_at = focus_for(github, request)
     material = gather(github, request, pull, request.triggered_at,
-                      diff=github.pull_diff(request.number))  # fmt: skip
-    focus = focus_for(github, request)
+                      diff=github.pull_diff(request.number)) + pointed_at  # fmt: skip
     workspace = Workspace.clone(
         settings.workspace_root, repository["clone_url"], ref, github.token, session_id
     )
     try:
+        if not same_repo and workspace.base_sha != accepted_head:
+            tracking.head_moved(accepted_head, workspace.base_sha)
+            return {"status": "head_moved", "accepted": accepted_head, "now": workspace.base_sha}
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
                                   focus=focus)  # fmt: skip
         default = repository["default_branch"]
         work = agent_work(settings, config, request, session_id, github, workspace, prompt,
-                          tracking, redis, default, pull.get("title") or "")  # fmt: skip
+                          tracking, redis, default, pull.get("title") or "",
+                          save_partial=not suggest)  # fmt: skip
         if isinstance(work, dict):
             return work
         outcome, change, note = work.outcome, work.change, work.note
@@ -357,6 +479,8 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
             tracking.pushed(head_ref, commit_url, change.files, outcome, note)
             return {"status": "pushed", "branch": head_ref, "commit": change.sha,
                     "cost_usd": outcome.cost_usd}  # fmt: skip
+        if suggest:
+            return offer_to_fork(github, request, workspace, outcome, note, tracking)
         wanted = f"{config.branch_prefix}pr-{request.number}-{slug(pull.get('title') or '')}"
         branch = workspace.free_branch(wanted)
         workspace.push(branch, protected=(default,))
@@ -381,7 +505,7 @@ def implement_pull(settings: Settings, config: RepoConfig, request: SessionReque
 WORKFLOWS = ".github/workflows/"
 
 
-def partial_saver(settings: Settings, config: RepoConfig, request: SessionRequest,
+def partial_saver(settings: WorkerSettings, config: RepoConfig, request: SessionRequest,
                   github: RepoSession, workspace: Workspace, default: str, title: str):  # fmt: skip
     def save() -> str | None:
         bot = bot_identity(settings, github)
@@ -414,31 +538,42 @@ def withheld_note(change) -> str:
     )
 
 
-def focus_for(github: RepoSession, request: SessionRequest) -> str:
-    """For inline and review triggers: where in the code the request points."""
+def focus_for(github: RepoSession, request: SessionRequest) -> tuple[str, list[Section]]:
+    """For inline and review triggers: where in the code the request points, as a sentence of
+    ours and the quoted material it points at (the diff hunk, the review's comments)."""
     if request.review_comment_id:
         comment = github.review_comment(request.review_comment_id)
         start, end = comment.get("start_line") or comment.get("line"), comment.get("line")
         lines = f"line {end}" if start == end else f"lines {start}–{end}"
+        hunk = Section(
+            "diff_hunk", clean((comment.get("diff_hunk") or "")[-4000:]),
+            {"path": comment.get("path"), "lines": lines},
+        )  # fmt: skip
         return (
-            f"The request was made on `{comment.get('path')}`, {lines}, at this part of the "
-            "diff:\n"
-            f"```diff\n{(comment.get('diff_hunk') or '')[-4000:]}\n```"
+            "The request was made on a line of the diff: the <diff_hunk> in the material shows "
+            f"where ({lines} of the file its path attribute names).",
+            [hunk],
         )
     if request.review_id:
         comments = github.comments_of_review(request.number, request.review_id)
-        listed = "\n".join(
-            f"- `{c.get('path')}` line {c.get('line')}: {(c.get('body') or '')[:1500]}"
+        quoted = [
+            Section(
+                "review_comment",
+                clean(c.get("body"), 1500),
+                {"path": c.get("path"), "line": c.get("line"), "review": request.review_id},
+            )  # fmt: skip
             for c in comments
-        )
+        ]
         return (
-            f"The request came with a review whose inline comments are part of the task:\n{listed}"
+            "The request came with a review: its inline comments, quoted in the material as "
+            f'<review_comment review="{request.review_id}">, are part of the task.',
+            quoted,
         )
-    return ""
+    return "", []
 
 
 def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, SandboxError | GitError | GatewayError):
+    if isinstance(exc, SandboxError | GitError | ControlError):
         reason = str(exc)
     elif isinstance(exc, RequestFailed):
         sent = exc.response.raw_request

@@ -124,6 +124,7 @@ class TrackingComment:
 
     def action(self, description: str) -> None:
         self.actions.append(description)
+        del self.actions[:-SHOWN_ACTIONS]  # only the last few are shown; a loop must not grow it
         self._progress()
 
     def _progress(self, force: bool = False) -> None:
@@ -146,6 +147,37 @@ class TrackingComment:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
         self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
 
+    def suggested(self, review_url: str, count: int, patch: str, patch_paths: list[str],
+                  outcome: Outcome, note: str = "") -> None:  # fmt: skip
+        """A fork's pull request: the change as suggestions in a review, and a patch."""
+        if count:
+            headline = (
+                f"💡 **Claude suggested {count} change{'s' if count > 1 else ''}** in "
+                f"[a review]({review_url}): commit them from the pull request's Files tab."
+            )
+        else:
+            headline = (
+                "💡 **Claude's change is in the patch below**: apply it on the pull request's "
+                "branch with `git am`."
+            )
+        parts = []
+        if patch and count:
+            listed = ", ".join(f"`{p}`" for p in patch_paths[:20])
+            parts.append(
+                f"What suggestions cannot carry ({listed}) is in this patch; apply it on the "
+                "pull request's branch with `git am`:"
+            )
+        parts += [patch, note, outcome.result]
+        self._final(headline, "\n\n".join(filter(None, parts)), outcome)
+
+    def head_moved(self, accepted: str, now: str) -> None:
+        self._final(
+            "⚠️ **The pull request's head moved after this request, so nothing ran.**",
+            f"It was `{accepted[:12]}` when the request came and is `{now[:12]}` now: read the "
+            "new commits, then ask again.",
+            None,
+        )
+
     def pushed(self, branch: str, commit_url: str, files: list[str], outcome: Outcome,
                note: str = "") -> None:  # fmt: skip
         listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
@@ -166,6 +198,17 @@ class TrackingComment:
 
     def stopped(self, by: str, outcome: Outcome | None = None) -> None:
         self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "failed")
+
+    def stop_refused(self, login: str, needed: str) -> None:
+        """A short reply to a stop from someone who may not trigger here; the session runs on."""
+        body = (
+            f"🚫 @{login}, only collaborators with {needed} access can stop Claude here; "
+            "the session goes on."
+        )
+        try:
+            self.github.comment(self.request.number, body)
+        except GitHubException as exc:
+            log.warning("session %s: stop refusal not posted (%s)", self.session_id, exc)
 
     def failed(self, reason: str, outcome: Outcome | None = None) -> None:
         self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")

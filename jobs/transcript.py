@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _TARGET_KEYS = ("file_path", "path", "command", "pattern", "url", "description")
+# The comment shows the last few; a run that loops on tool calls must not grow the worker.
+MAX_ACTIONS = 500
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Transcript:
             if isinstance(block, dict) and block.get("type") == "tool_use":
                 action = describe_tool_use(block)
                 self.outcome.actions.append(action)
+                if len(self.outcome.actions) > MAX_ACTIONS:
+                    del self.outcome.actions[: MAX_ACTIONS // 2]
                 if self._on_action is not None:
                     self._on_action(action)
 

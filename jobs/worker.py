@@ -21,17 +21,15 @@ import contextlib
 import logging
 import sys
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from app.config import WORKER_REQUIRED, ConfigError, Settings, load_settings
-from app.enqueue import session_queue
+from app.config import WorkerSettings, settings_at_start
+from app.enqueue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
 from app.logs import configure_logging
 from jobs.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.reaper import (
@@ -44,18 +42,61 @@ from jobs.reaper import (
     reap_session,
 )
 from jobs.redact import redactor
-from jobs.redelivery import schedule_sweep
+from jobs.redelivery import SWEEP_JOB, schedule_sweep
 
 log = logging.getLogger(__name__)
 
 
-class WorkerSettings(BaseSettings):
-    """The worker's own settings (read like app.config's, from the environment and `.env`)."""
+# What this worker runs: its own job functions and callbacks. Redis is an attack surface (anyone
+# who can write to it can queue a job); a job naming anything else is refused before its name is
+# ever imported.
+JOB_FUNCTIONS = frozenset({RUN_SESSION, SWEEP_JOB})
+JOB_CALLBACKS = frozenset({ON_FAILURE.name, ON_STOPPED.name})
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
-    # Seconds between two reaper passes (RQ's maintenance interval; RQ's own default is 600).
-    reaper_interval: int = Field(60, alias="REAPER_INTERVAL", ge=1, le=3600)
+class RefusedJob(RuntimeError):
+    """A job on the queue names a function or callback that is not one of ours."""
+
+
+def job_refusal(job: Job) -> str:
+    """Why `job` must not run ('' when it may), read from its names alone: nothing imported."""
+    try:
+        func = job.func_name
+    except Exception as exc:  # undecodable data: refused, not raised into the work loop
+        return f"its data cannot be read ({type(exc).__name__})"
+    if func not in JOB_FUNCTIONS:
+        return f"it names {func!r}, which is not one of this worker's job functions"
+    for kind in ("success", "failure", "stopped"):
+        name = getattr(job, f"_{kind}_callback_name", None)
+        if name and name not in JOB_CALLBACKS:
+            return f"its {kind} callback {name!r} is not one of this worker's"
+    return ""
+
+
+class SessionJob(Job):
+    """A job that imports its function or callbacks only when they are this worker's own.
+
+    The worker checks each job before it runs; this guards the other ways RQ reaches a job's
+    names (registry cleanups run failure callbacks of abandoned jobs, for one).
+    """
+
+    @property
+    def func(self):
+        if reason := job_refusal(self):
+            raise RefusedJob(reason)
+        return super().func
+
+    @property
+    def success_callback(self):
+        return None if job_refusal(self) else super().success_callback
+
+    @property
+    def failure_callback(self):
+        return None if job_refusal(self) else super().failure_callback
+
+    @property
+    def stopped_callback(self):
+        return None if job_refusal(self) else super().stopped_callback
 
 
 class SessionWorker(Worker):
@@ -67,11 +108,14 @@ class SessionWorker(Worker):
     slot, so any number of workers book one sweep per slot.
     """
 
-    def __init__(self, *args, settings: Settings | None = None, reaper_interval: int = 60,
+    def __init__(self, *args, settings: WorkerSettings | None = None, reaper_interval: int = 60,
                  docker_client=None, **kwargs) -> None:  # fmt: skip
+        kwargs.setdefault("job_class", SessionJob)
         kwargs.setdefault("maintenance_interval", reaper_interval)
         kwargs.setdefault("worker_ttl", reaper_interval + 16)
         super().__init__(*args, **kwargs)
+        for queue in self.queues:  # their registries' cleanups fetch jobs as SessionJob too
+            queue.job_class = self.job_class
         self.settings = settings
         self._docker = docker_client
 
@@ -93,6 +137,15 @@ class SessionWorker(Worker):
         self.connection.hset(
             self.key, mapping={HOST_FIELD: host_identity(), PID_FIELD: process_token(self.pid)}
         )
+
+    def refuse(self, job: Job, queue, reason: str) -> None:
+        """Fail a foreign job where an operator sees it, running none of its callbacks."""
+        log.error("refused job %s from queue %s: %s", job.id, queue.name, reason)
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            # RQ's own record of a failure (the failed registry and a result), minus callbacks.
+            job._handle_failure(f"refused: {reason}", pipe, worker_name=self.name)
+            pipe.execute()
 
     def fork_work_horse(self, job, queue) -> None:
         super().fork_work_horse(job, queue)  # only the parent returns
@@ -120,6 +173,9 @@ class SessionWorker(Worker):
 
     def execute_job(self, job, queue) -> None:
         with _redis_away(f"recording the end of {job.id}"):
+            if reason := job_refusal(job):
+                self.refuse(job, queue, reason)
+                return
             super().execute_job(job, queue)
 
     def maintain_heartbeats(self, job) -> None:
@@ -182,15 +238,8 @@ def _redis_away(what: str):
 
 
 def main() -> int:
-    try:
-        settings = load_settings(*WORKER_REQUIRED)
-        own = WorkerSettings()
-    except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except ValidationError as exc:
-        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        print(f"configuration: {problems}", file=sys.stderr, flush=True)
+    settings = settings_at_start(WorkerSettings)
+    if settings is None:
         return 2
     configure_logging(redactor.learn(settings))
     redis = Redis.from_url(settings.redis_url)
@@ -199,9 +248,9 @@ def main() -> int:
         connection=redis,
         serializer=JSONSerializer,
         settings=settings,
-        reaper_interval=own.reaper_interval,
+        reaper_interval=settings.reaper_interval,
     )
-    log.info("reaper: every %s s while idle, and now", own.reaper_interval)
+    log.info("reaper: every %s s while idle, and now", settings.reaper_interval)
     worker.work(with_scheduler=True)
     return 0
 

@@ -47,6 +47,9 @@ class Workspace:
         self.root = root
         self.gitdir = root / "git"
         self.tree = root / "tree"
+        # What the worker hands the sandbox besides the tree (gateway socket, prompt, the
+        # review's diff): mounted read-only, so nothing in it can be a link the agent planted.
+        self.control = root / "control"
         self._token = token
         self._home = root / "home"
         self._home.mkdir()
@@ -74,11 +77,28 @@ class Workspace:
             ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", full_ref)
             ws._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
             ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
+            ws.control.mkdir(mode=0o755)
             ws._hand_tree_to_sandbox()
         except BaseException:
             ws.remove()
             raise
         return ws
+
+    def write_control(self, name: str, text: str) -> Path:
+        """Write `name` (a relative path) under the control dir for the sandbox to read.
+
+        Never into the tree: a pull request can commit a symlink under any name, and a write
+        through it would land wherever it points, as the worker's user. Each step is opened
+        without following links, and an existing entry is an error, not overwritten.
+        """
+        path = self.control / name
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(path, 0o644, follow_symlinks=False)
+        return path
 
     def _hand_tree_to_sandbox(self) -> None:
         if os.geteuid() != 0:
@@ -112,6 +132,24 @@ class Workspace:
         self._git("commit", "--quiet", "--no-verify", "--file", "-", input=message, env=identity)
         sha = self._git("rev-parse", "HEAD").stdout.strip()
         return Change(sha, files, withheld)
+
+    def change_diff(self) -> str:
+        """The session's commit over the checkout, without context lines (for suggestions)."""
+        return self._git(
+            "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "-U0",
+            self.base_sha, "HEAD",
+        ).stdout  # fmt: skip
+
+    def file_lines(self, rev: str, path: str) -> list[str] | None:
+        """`path`'s lines at `rev` (a blob read as stored: no filters), None if absent."""
+        found = self._git("cat-file", "blob", f"{rev}:{path}", check=False)
+        return found.stdout.splitlines() if found.returncode == 0 else None
+
+    def patch(self, paths: list[str]) -> str:
+        """The session's commit limited to `paths`, as `git format-patch` writes it."""
+        return self._git(
+            "format-patch", "-1", "--stdout", "--no-color", "--no-ext-diff", "HEAD", "--", *paths
+        ).stdout
 
     def free_branch(self, wanted: str) -> str:
         """`wanted`, or `wanted-2`, `wanted-3`… when an earlier session already used the name."""

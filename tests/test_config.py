@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, GatewaySettings, WebSettings, WorkerSettings
 from tests.support import ROOT, free_port
 
 
@@ -64,14 +64,67 @@ def test_web_refuses_to_start_without_a_webhook_secret(tmp_path):
     assert problem_lines(result.stderr) == ["configuration: GITHUB_WEBHOOK_SECRET is not set"]
 
 
-def test_dotenv_file_is_read(tmp_path, monkeypatch):
+def test_the_shared_dotenv_and_the_roles_own_env_file_are_read(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("GITHUB_WEBHOOK_SECRET", "REDIS_URL"):
+    for name in ("GITHUB_WEBHOOK_SECRET", "REDIS_URL", "PORT"):
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / ".env").write_text("GITHUB_WEBHOOK_SECRET=from-dotenv\nREDIS_URL=redis://r:1/2\n")
-    settings = load_settings("GITHUB_WEBHOOK_SECRET")
-    assert settings.github_webhook_secret == "from-dotenv"
-    assert settings.redis_url == "redis://r:1/2"
+    (tmp_path / ".env").write_text("REDIS_URL=redis://r:1/2\nPORT=9000\n")
+    (tmp_path / "deploy" / "env").mkdir(parents=True)
+    (tmp_path / "deploy" / "env" / "web.env").write_text(
+        "GITHUB_WEBHOOK_SECRET=from-the-web-env-file\nPORT=9001\n"
+    )
+    settings = WebSettings.load()
+    assert settings.github_webhook_secret.get_secret_value() == "from-the-web-env-file"
+    assert "from-the-web-env-file" not in repr(settings)  # a SecretStr prints as stars
+    assert settings.redis_url == "redis://r:1/2" and settings.port == 9001  # the role's file wins
+    assert WorkerSettings.parse().redis_url == "redis://r:1/2"
+
+
+def test_no_role_has_a_field_for_another_roles_secret():
+    def names(cls) -> set[str]:
+        return {info.alias for info in cls.model_fields.values()}
+
+    assert not {"ANTHROPIC_API_KEY", "GITHUB_WEBHOOK_SECRET"} & names(WorkerSettings)
+    assert not {"GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "ANTHROPIC_API_KEY"} & names(
+        WebSettings
+    )
+    assert not {"GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "GITHUB_WEBHOOK_SECRET"} & names(
+        GatewaySettings
+    )
+    held = WorkerSettings.parse(ANTHROPIC_API_KEY="sk-ant-api03-not-for-the-worker-0123")
+    assert "sk-ant-api03-not-for-the-worker-0123" not in repr(held.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("role", "command", "secret", "where"),
+    [
+        ("worker", ["-m", "jobs.worker"], "ANTHROPIC_API_KEY", "environment"),
+        ("worker", ["-m", "jobs.worker"], "GITHUB_WEBHOOK_SECRET", ".env"),
+        ("gateway", ["-m", "jobs.gateway_service"], "GITHUB_PRIVATE_KEY", "deploy/env/gateway.env"),
+        ("web", ["-m", "app", "check", "web"], "GITHUB_PRIVATE_KEY_PATH", ".env"),
+        ("web", ["-m", "app", "check", "web"], "ANTHROPIC_API_KEY", "environment"),
+    ],
+)  # fmt: skip
+def test_a_role_given_another_roles_secret_refuses_to_start(tmp_path, role, command, secret,
+                                                            where):  # fmt: skip
+    own = {
+        "web": {"GITHUB_WEBHOOK_SECRET": "a-webhook-secret-for-the-test"},
+        "worker": {"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent"},
+        "gateway": {"ANTHROPIC_API_KEY": "sk-ant-api03-gateway-key-for-the-test"},
+    }[role]
+    value = "a-value-that-must-stay-where-it-belongs"
+    values = {**own, "PYTHONPATH": str(ROOT)}
+    if where == "environment":
+        values[secret] = value
+    else:
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / where).write_text(f"{secret}={value}\n")
+    result = run([sys.executable, *command], clean_env(**values), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"{secret} is set in" in result.stderr and f"of the {role}, but only the" in result.stderr
+    )
+    assert value not in result.stderr + result.stdout
 
 
 def test_private_key_with_escaped_newlines_is_accepted(tmp_path):
@@ -83,25 +136,29 @@ def test_private_key_with_escaped_newlines_is_accepted(tmp_path):
         serialization.NoEncryption(),
     ).decode()  # fmt: skip
     flat = pem.strip().replace("\n", "\\n")
-    settings = load_settings(GITHUB_PRIVATE_KEY=flat)
+    settings = WorkerSettings.parse(GITHUB_PRIVATE_KEY=flat)
     assert settings.private_key.strip() == pem.strip()
     key_file = tmp_path / "key.pem"
     key_file.write_text(pem)
-    assert load_settings(GITHUB_PRIVATE_KEY_PATH=str(key_file)).private_key == pem
+    from_file = WorkerSettings.parse(GITHUB_PRIVATE_KEY_PATH=str(key_file))
+    assert from_file.private_key == pem and pem in from_file.secrets()  # the redactor learns it
 
 
 def test_every_problem_is_named_at_once():
     with pytest.raises(ConfigError) as error:
-        load_settings("GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY", GITHUB_WEBHOOK_SECRET="",
-                      ANTHROPIC_API_KEY="")  # fmt: skip
-    assert str(error.value) == "GITHUB_WEBHOOK_SECRET is not set; ANTHROPIC_API_KEY is not set"
+        WorkerSettings.parse(GITHUB_PRIVATE_KEY="").require(("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY"))
+    assert str(error.value) == (
+        "GITHUB_APP_ID is not set; GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set"
+    )
 
 
 def test_run_script_check_names_everything_missing(tmp_path):
     result = run([sys.executable, "-m", "app", "check", "all"], clean_env(PYTHONPATH=str(ROOT)),
                  tmp_path)  # fmt: skip
     assert result.returncode == 2
-    assert problem_lines(result.stderr) == [
-        "configuration: GITHUB_WEBHOOK_SECRET is not set; GITHUB_APP_ID is not set; "
-        "GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set; ANTHROPIC_API_KEY is not set"
+    assert [line for line in result.stderr.splitlines() if line.startswith("configuration")] == [
+        "configuration of the web: GITHUB_WEBHOOK_SECRET is not set",
+        "configuration of the worker: GITHUB_APP_ID is not set; "
+        "GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set",
+        "configuration of the gateway: ANTHROPIC_API_KEY is not set",
     ]

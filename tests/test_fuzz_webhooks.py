@@ -31,8 +31,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app import MAX_PAYLOAD, create_service
-from app.config import load_settings
-from app.enqueue import active_key, stop_key
+from app.config import WebSettings
+from app.enqueue import active_key, stop_key, stop_requests_key
 from app.payload import PayloadError
 from app.triggers import HANDLERS, Ignore, Prime, Start, decide
 from tests.support import AsgiClient, _webhook_examples, sign, webhook_example
@@ -96,7 +96,7 @@ class Front:
 @pytest.fixture(scope="module")
 def front(redis_server):
     # AsgiClient lets an exception out of the app (a server would answer 500): the case fails.
-    app = create_service(load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_server))
+    app = create_service(WebSettings.parse(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_server))
     redis = Redis.from_url(redis_server)
     client = AsgiClient(app)
     yield Front(client, redis, Queue("sessions", connection=redis, serializer=JSONSerializer))
@@ -225,10 +225,13 @@ def judge(front: Front, resp, body: bytes, event: str, delivery: str, signed: bo
     assert status == 202, f"Start, yet {status}: {resp.get_data()[:300]!r}"
     running = preset.get(active_key(decision.request.thread).encode())
     if running is not None and decision.request.mode == "stop":
-        # Stopping a running session flags it; a stop queued behind it would come too late.
+        # Stopping a running session asks it (it checks who asked); a stop queued behind it
+        # would come too late.
         assert resp.json == {"status": "stopping", "session": running}
         assert jobs == [], f"a stop for a running session queued {jobs}"
-        assert front.redis.get(stop_key(running)) == decision.request.requester.encode()
+        asked = front.redis.lrange(stop_requests_key(running), 0, -1)
+        assert asked == [decision.request.requester.encode()]
+        assert front.redis.get(stop_key(running)) is None, "only the session decides to stop"
         return "stopping"
     session = resp.json["session"]
     assert resp.json == {"status": "queued", "session": session}

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from app.config import load_settings
+from app.config import WorkerSettings
 from jobs.gateway_service import GatewayError, _call, session_gateway
 from tests.standins.anthropic import AnthropicStandIn, Text
 from tests.support import ROOT, wait_for
@@ -31,7 +31,7 @@ def service(tmp_path, api):
     proc = subprocess.Popen([sys.executable, "-m", "jobs.gateway_service"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     # The worker's view: no model key at all.
-    settings = load_settings(WORKSPACE_ROOT=str(tmp_path / "ws"), ANTHROPIC_API_KEY="")
+    settings = WorkerSettings.parse(WORKSPACE_ROOT=str(tmp_path / "ws"))
     wait_for(lambda: settings.gateway_socket.exists(), 20, what="the gateway service")
     yield settings
     proc.terminate()
@@ -48,7 +48,8 @@ def control_dir(settings):
 def test_a_session_gateway_swaps_in_the_key_only_the_service_holds(service, api):
     api.script([Text("hi")])
     sock = control_dir(service) / "gateway.sock"
-    with session_gateway(service, "session-1", sock, 1.0, 60) as key:
+    with session_gateway(service, "session-1", sock, 1.0, 60) as lease:
+        key = lease.key
         assert key.startswith("ccgw-") and REAL_KEY not in key
         assert oct(sock.stat().st_mode & 0o777) == "0o666"
         transport = httpx.HTTPTransport(uds=str(sock))
@@ -59,6 +60,8 @@ def test_a_session_gateway_swaps_in_the_key_only_the_service_holds(service, api)
         assert resp.status_code == 200
     assert api.requests[-1].api_key == REAL_KEY
     assert not sock.exists(), "closing the session removes its socket"
+    # The gateway's own account comes back at the close: what the comments report.
+    assert lease.usage["requests"] == 1 and lease.usage["cost_usd"] > 0
 
 
 def test_sockets_only_inside_a_sessions_control_directory(service, tmp_path):
@@ -82,6 +85,39 @@ def test_the_control_socket_is_the_services_users_alone(service):
 
 
 def test_no_service_is_a_clear_error(tmp_path):
-    settings = load_settings(WORKSPACE_ROOT=str(tmp_path))
+    settings = WorkerSettings.parse(WORKSPACE_ROOT=str(tmp_path))
     with pytest.raises(GatewayError, match="the gateway service is not running"):
         _call(settings, {"op": "open"}, wait=0.3)
+
+
+def test_the_models_a_session_may_use_reach_its_gateway(service, api):
+    api.script([Text("hi")])
+    sock = control_dir(service) / "gateway.sock"
+    with session_gateway(service, "session-m", sock, 1.0, 60, models=["haiku"]) as lease:
+        key = lease.key
+        transport = httpx.HTTPTransport(uds=str(sock))
+        with httpx.Client(transport=transport, base_url="http://sandbox") as client:
+
+            def ask(model: str) -> httpx.Response:
+                return client.post("/v1/messages", headers={"x-api-key": key}, json={
+                    "model": model, "max_tokens": 16, "stream": False,
+                    "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+
+            refused = ask("claude-opus-5-5")
+            assert refused.status_code == 400 and "not allowed" in refused.text
+            assert ask("claude-haiku-4-5").status_code == 200
+    assert [r.body["model"] for r in api.requests] == ["claude-haiku-4-5"]
+
+
+def test_a_repositorys_model_narrows_what_the_service_allows():
+    from jobs.repo_config import RepoConfig
+    from jobs.session import allowed_models, model_allowed
+
+    anything = WorkerSettings.parse()
+    assert allowed_models(anything, RepoConfig()) is None
+    assert allowed_models(anything, RepoConfig(model="claude-opus-5-5")) == ["haiku", "opus"]
+    service = WorkerSettings.parse(CLAUDE_ALLOWED_MODELS="sonnet, haiku")
+    assert allowed_models(service, RepoConfig()) == ["haiku", "sonnet"]
+    assert allowed_models(service, RepoConfig(model="sonnet")) == ["haiku", "sonnet"]
+    assert not model_allowed(service, RepoConfig(model="opus"))
+    assert model_allowed(service, RepoConfig(model="claude-sonnet-5-5"))

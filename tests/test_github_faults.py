@@ -7,7 +7,7 @@ import time
 import pytest
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
-from app.config import load_settings
+from app.config import WorkerSettings
 from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession
 from tests.standins.github import GitHubStandIn
 
@@ -25,7 +25,7 @@ def github():
 
 @pytest.fixture
 def session(github):
-    settings = load_settings(GITHUB_APP_ID=str(github.app_id),
+    settings = WorkerSettings.parse(GITHUB_APP_ID=str(github.app_id),
                              GITHUB_PRIVATE_KEY=github.private_key_pem,
                              GITHUB_API_URL=github.api_url)  # fmt: skip
     return RepoSession(settings, 5, REPO, ISSUE_SESSION_PERMISSIONS)

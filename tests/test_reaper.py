@@ -21,7 +21,7 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from app.config import load_settings
+from app.config import WorkerSettings
 from app.enqueue import active_key, session_queue
 from jobs import interrupted
 from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession
@@ -67,9 +67,9 @@ def github():
 
 @pytest.fixture
 def settings(github, redis_url, tmp_path):
-    return load_settings(
+    return WorkerSettings.parse(
         GITHUB_APP_ID=str(github.app_id), GITHUB_PRIVATE_KEY=github.private_key_pem,
-        GITHUB_API_URL=github.api_url, REDIS_URL=redis_url, ANTHROPIC_API_KEY="sk-test",
+        GITHUB_API_URL=github.api_url, REDIS_URL=redis_url,
         WORKSPACE_ROOT=str(tmp_path / "workspaces"),
     )  # fmt: skip
 
@@ -85,7 +85,7 @@ def reset_env(monkeypatch, github, redis_url, tmp_path):
     for name, value in {
         "GITHUB_APP_ID": str(github.app_id), "GITHUB_PRIVATE_KEY": github.private_key_pem,
         "GITHUB_API_URL": github.api_url, "REDIS_URL": redis_url,
-        "ANTHROPIC_API_KEY": "sk-test", "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+        "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
 
@@ -549,11 +549,11 @@ def test_a_failure_that_rq_will_retry_leaves_the_comment_alone(github, redis, se
 def test_the_reaper_interval_sets_rqs_maintenance_and_the_idle_wake_up(
     redis, settings, monkeypatch
 ):
-    from jobs.worker import SessionWorker, WorkerSettings
+    from jobs.worker import SessionWorker
 
-    assert WorkerSettings().reaper_interval == 60
+    assert WorkerSettings.parse().reaper_interval == 60
     monkeypatch.setenv("REAPER_INTERVAL", "7")
-    interval = WorkerSettings().reaper_interval
+    interval = WorkerSettings.parse().reaper_interval
     queue = session_queue(redis, "sessions")
     worker = SessionWorker(
         [queue], connection=redis, serializer="json", settings=settings, reaper_interval=interval

@@ -26,7 +26,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app import create_service
-from app.config import load_settings
+from app.config import WebSettings, WorkerSettings
 from app.enqueue import session_queue
 from jobs import redelivery
 from jobs.redelivery import (
@@ -155,7 +155,7 @@ def gate(redis_url):
 @pytest.fixture
 def service(gate):
     """The real front door over HTTP, its Redis behind the gate; yields the webhook URL."""
-    app = create_service(load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=gate.url))
+    app = create_service(WebSettings.parse(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=gate.url))
     with serving(app) as url:
         yield f"{url}/webhooks"
 
@@ -192,7 +192,7 @@ def validate_responses(standin: GitHubStandIn, specs) -> None:
 
 
 def settings_for(standin: GitHubStandIn, redis_url: str):
-    return load_settings(
+    return WorkerSettings.parse(
         GITHUB_APP_ID=standin.app_id,
         GITHUB_PRIVATE_KEY=standin.private_key_pem,
         GITHUB_API_URL=standin.api_url,
@@ -506,7 +506,7 @@ def test_github_refusing_an_old_delivery_is_not_asked_again(github, redis, redis
     assert (second.in_flight, second.errors) == (1, [])
     assert len(redeliveries(github)) == 1
     assert window_for(settings) == 7 * DAY  # the stand-in is GitHub Enterprise Server
-    dotcom = load_settings(GITHUB_API_URL="https://api.github.com")
+    dotcom = WorkerSettings.parse(GITHUB_API_URL="https://api.github.com")
     assert window_for(dotcom) == 3 * DAY
 
 
@@ -522,7 +522,8 @@ def test_standin_delivery_endpoints_like_github(github, redis_url):
         cache_strategy=MemCacheStrategy(),
     )
     ok = github.deliver("issue_comment", trigger())
-    bad = github.deliver("issue_comment", trigger(), url=github.webhook_url, secret="wrong")
+    # Another comment (a replay of `ok`'s content would be a duplicate, whatever its id).
+    bad = github.deliver("issue_comment", trigger(8), url=github.webhook_url, secret="wrong")
     gone = github.deliver("issue_comment", trigger(), url=f"http://127.0.0.1:{free_port()}/x")
     assert (ok.status_code, bad.status_code) == (202, 401)
     assert (gone.status_code, gone.status) == (0, "failed to connect")
@@ -642,4 +643,4 @@ def test_a_worker_sweeps_at_start(github, gate, redis, redis_url, monkeypatch):
     assert result["redelivered"] == [lost.guid] and result["errors"] == []
     github.settle()
     assert queued(redis_url) == [f"session-{lost.guid}"]
-    assert redelivery.window_for(load_settings()) == 7 * DAY
+    assert redelivery.window_for(WorkerSettings.parse()) == 7 * DAY

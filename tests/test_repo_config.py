@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from githubkit.exception import RequestFailed
 
-from app.config import load_settings
+from app.config import WorkerSettings
 from jobs.github import RepoSession
 from jobs.repo_config import (
     CONFIG_PATH,
@@ -387,7 +387,7 @@ def github():
 
 
 def session_for(gh: GitHubStandIn, repo: str) -> RepoSession:
-    settings = load_settings(
+    settings = WorkerSettings.parse(
         GITHUB_APP_ID=str(gh.app_id), GITHUB_PRIVATE_KEY=gh.private_key_pem,
         GITHUB_API_URL=gh.api_url,
     )  # fmt: skip

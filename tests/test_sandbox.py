@@ -13,14 +13,16 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, WorkerSettings
 from jobs.gateway import ModelGateway
 from jobs.sandbox import (
     CONFIG_DIR,
     CONTROL_DIR,
     LABEL,
+    MAX_OUTPUT,
     WORKSPACE,
     Limits,
+    OutputReader,
     Sandbox,
     SandboxError,
     tree_usage,
@@ -44,7 +46,7 @@ def client():
 
 
 def settings(**values: str):
-    return load_settings(AGENT_IMAGE=IMAGE, **values)
+    return WorkerSettings.parse(AGENT_IMAGE=IMAGE, **values)
 
 
 @pytest.fixture
@@ -110,6 +112,8 @@ def test_container_is_created_locked_down(client, session_dirs):
         for options in tmpfs.values():
             assert "size=" in options and "uid=1000,gid=1000" in options
         assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"core": 0, "fsize": 2 << 30}
+        # No engine-side log to grow on the host: the worker reads the output attached.
+        assert host["LogConfig"]["Type"] == "none"
         config = container.attrs["Config"]
         assert config["User"] == "1000:1000"
         assert config["Labels"][LABEL] == "unit-locked-down"
@@ -183,3 +187,30 @@ def test_a_checkout_over_the_limit_does_not_start(client, session_dirs):
     (tree / "big").write_bytes(b"x" * (2 << 20))
     with pytest.raises(SandboxError, match=r"checkout alone is larger .* \(1m, SANDBOX_WORK"):
         run_script(client, tree, control, [Text("never asked")], SANDBOX_WORKSPACE_SIZE="1m")
+
+
+def test_output_reader_skips_an_endless_line_and_stops_at_the_total():
+    lines: list[str] = []
+    reader = OutputReader(lines.append, max_line=10, max_total=100)
+    assert reader.feed(b'{"a":1}\n{"b"')
+    assert reader.feed(b":2}\n" + b"x" * 8)
+    assert reader.feed(b"y" * 8)  # the line is now longer than 10 bytes: dropped, not held
+    assert len(reader._pending) == 0
+    assert reader.feed(b"z" * 30 + b'\n{"c":3}\n{"d"')
+    reader.close()
+    assert lines == ['{"a":1}', '{"b":2}', '{"c":3}', '{"d"'] and reader.skipped == 1
+    assert not reader.feed(b"w" * 50), "past the total, the run is to end"
+
+
+def test_a_sandbox_that_floods_its_output_is_ended_at_the_limit(client, session_dirs):
+    # The agent writes to the CLI's own stdout (the container's, through its init process): a
+    # single line with no newline, longer than all the output a session may print.
+    tree, control = session_dirs
+    flood = f"head -c {MAX_OUTPUT + (8 << 20)} /dev/zero | tr '\\0' x > /proc/1/fd/1"
+    run, _ = run_script(client, tree, control, [
+        ToolUse("Bash", {"command": flood}),
+        Text("flooded"),
+    ])  # fmt: skip
+    assert run.limit == f"the sandbox printed more than {MAX_OUTPUT >> 20} MiB of output"
+    assert run.outcome.is_error and run.outcome.failure == run.limit
+    assert not client.containers.list(all=True, filters={"label": LABEL + "=unit-"})

@@ -11,7 +11,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app import create_service
-from app.config import load_settings
+from app.config import WebSettings
 from app.repo_hints import write_hints
 from tests.support import (
     AsgiClient,
@@ -19,6 +19,7 @@ from tests.support import (
     free_port,
     issue_comment_payload,
     npm_package,
+    pointed_at,
     sign,
     webhook_example,
 )
@@ -28,7 +29,7 @@ REPO = "octo-org/hello-world"
 
 
 def make_client(redis_url: str) -> AsgiClient:
-    settings = load_settings(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_url)
+    settings = WebSettings.parse(GITHUB_WEBHOOK_SECRET=SECRET, REDIS_URL=redis_url)
     return AsgiClient(create_service(settings))
 
 
@@ -97,6 +98,7 @@ def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_u
         "instruction": "add a CONTRIBUTING.md\nwith tests", "pull": False, "mode": "implement",
         "trigger": "comment", "review_comment_id": 0, "review_id": 0, "label": "",
         "triggered_at": "2019-05-15T15:20:21Z", "phrase": "/claude",
+        "content_id": "comment:7:1000007", "head_sha": "",
     }  # fmt: skip
 
 
@@ -424,3 +426,44 @@ def test_an_installation_past_the_cap_reads_the_first_hundred(client, redis_url)
                                for i in range(1, 251)]  # fmt: skip
     assert post(client, "installation", payload, "big").status_code == 202
     assert len(queued(redis_url)) == 100
+
+
+@pytest.mark.parametrize(
+    ("event", "action", "edit"),
+    [
+        ("issue_comment", "created", lambda p: p["comment"].update(body="/claude fix it")),
+        ("pull_request_review_comment", "created",
+         lambda p: p["comment"].update(body="/claude fix it")),
+        ("pull_request_review", "submitted", lambda p: p["review"].update(body="/claude fix it")),
+        ("issues", "labeled", lambda p: None),
+        ("pull_request", "synchronize",
+         lambda p: p["pull_request"].update(labels=[{"name": "claude"}])),
+    ],
+)  # fmt: skip
+def test_a_replayed_delivery_under_a_fresh_id_starts_no_second_session(
+    client, redis_url, event, action, edit
+):
+    """A captured, validly signed delivery re-posted with a new X-GitHub-Delivery."""
+    payload = pointed_at(webhook_example(event, action), REPO, 1)
+    edit(payload)
+    for who in ("comment", "review"):
+        if who in payload:
+            payload[who]["user"].update(login="octocat", type="User")
+    payload["sender"].update(login="octocat", type="User")
+    first = post(client, event, payload, delivery="11111111-1111-1111-1111-111111111111")
+    assert first.status_code == 202, first.json
+    replay = post(client, event, payload, delivery="22222222-2222-2222-2222-222222222222")
+    assert replay.status_code == 200, replay.json
+    assert replay.json == {"status": "duplicate", "session": first.json["session"]}
+    assert queued(redis_url) == [first.json["session"]]
+    # The same event about something else is no replay.
+    other = json.loads(json.dumps(payload))
+    for who in ("comment", "review"):
+        if who in other:
+            other[who]["id"] += 1
+    if event == "issues":
+        other["issue"]["updated_at"] = "2030-01-01T00:00:00Z"
+    if event == "pull_request":
+        other["after"] = "f" * 40
+    again = post(client, event, other, delivery="33333333-3333-3333-3333-333333333333")
+    assert again.status_code == 202, again.json

@@ -137,3 +137,16 @@ def test_planted_git_state_in_the_tree_is_neither_run_nor_followed(workspace, tm
     mode = workspace._git("ls-tree", "HEAD", "leak").stdout.split()[0]
     assert mode == "120000"
     assert stat.S_ISDIR(os.stat(workspace.gitdir).st_mode)
+
+
+def test_control_files_are_written_beside_the_tree_and_never_through_a_link(workspace, tmp_path):
+    target = tmp_path / "host-file"
+    written = workspace.write_control("review/pull-request.diff", "the diff\n")
+    assert written.parent.parent == workspace.control and workspace.tree not in written.parents
+    assert written.read_text() == "the diff\n" and oct(written.stat().st_mode & 0o777) == "0o644"
+    # A link where a control file goes (the sandbox cannot write there; a bug might) is an
+    # error, and what it points at stays untouched.
+    (workspace.control / "prompt.md").symlink_to(target)
+    with pytest.raises(OSError):
+        workspace.write_control("prompt.md", "x")
+    assert not target.exists()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from docker.errors import DockerException, ImageNotFound, NotFound
 
+from app.config import SECRET_OWNERS
 from jobs.sandbox import LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
@@ -33,6 +34,7 @@ FAILING_SETUP = "octo-org/failing-setup"
 CUSTOM = "octo-org/custom"  # its trigger phrase changes during a test
 SLOW = "octo-org/slow"  # a one-minute session timeout
 REGISTRIES = "octo-org/registries"  # setup commands may reach package registries
+FOLLOW_UPS = "octo-org/follow-ups"  # fork pull requests get follow-up pull requests
 SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-test-model-key-e2e-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
@@ -90,6 +92,10 @@ def github(tmp_path_factory):
             "README.md": "# failing\n",
             ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
         })  # fmt: skip
+        gh.add_repo(FOLLOW_UPS, INSTALLATION, files={
+            "README.md": "# follow-ups\n", "greet.py": "def greet():\n    return 'hi'\n",
+            ".github/claude.yml": "fork_pull_requests: follow_up\n",
+        })  # fmt: skip
         gh.add_repo(SLOW, INSTALLATION, files={
             "README.md": "# slow\n", ".github/claude.yml": "timeout_minutes: 1\n",
         })  # fmt: skip
@@ -103,7 +109,8 @@ def github(tmp_path_factory):
             ),
         })  # fmt: skip
         gh.add_user("octocat", 583231)
-        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW, REGISTRIES):
+        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW, REGISTRIES,
+                     FOLLOW_UPS):  # fmt: skip
             gh.add_collaborator(repo, "octocat", "write")
         yield gh
 
@@ -226,6 +233,12 @@ def service_env(github, anthropic, redis_url: str, image: str, workspaces: Path,
     }  # fmt: skip
 
 
+def role_env(env: dict[str, str], role: str) -> dict[str, str]:
+    """What one Procfile process is given, as the shipped deployments do: its own secrets only
+    (each would refuse to start holding another's)."""
+    return {k: v for k, v in env.items() if SECRET_OWNERS.get(k, role) == role}
+
+
 @contextlib.contextmanager
 def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_image: str,
                 tmp_path_factory, inherit_sandbox: bool = True, **overrides: str):  # fmt: skip
@@ -240,7 +253,8 @@ def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_
     for role, command in procfile().items():
         logs[role] = logdir / f"{role}.log"
         procs[role] = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True,
+            ["bash", "-c", f"exec {command}"], cwd=ROOT, env=role_env(env, role),
+            start_new_session=True,
             stdout=logs[role].open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
     svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, redis_url, env=env,

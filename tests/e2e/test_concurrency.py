@@ -6,7 +6,7 @@ import os
 import subprocess
 import threading
 
-from tests.e2e.conftest import REPO, leftover_containers, procfile
+from tests.e2e.conftest import REPO, leftover_containers, procfile, role_env
 from tests.standins.anthropic import Text, ToolUse
 from tests.support import ROOT, wait_for
 
@@ -18,7 +18,7 @@ def test_eight_sessions_run_at_once_and_all_complete(service, tmp_path):
     # The service runs one worker; seven more make eight sessions run side by side.
     extra = [
         subprocess.Popen(["bash", "-c", f"exec {procfile()['worker']}"], cwd=ROOT,
-                         env=service.env, start_new_session=True,
+                         env=role_env(service.env, "worker"), start_new_session=True,
                          stdout=(tmp_path / f"worker{i}.log").open("wb"),
                          stderr=subprocess.STDOUT)
         for i in range(SESSIONS - 1)

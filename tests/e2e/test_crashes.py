@@ -42,6 +42,7 @@ from tests.e2e.conftest import (
     Service,
     leftover_containers,
     procfile,
+    role_env,
     service_env,
 )
 from tests.standins.anthropic import Text
@@ -82,7 +83,8 @@ class Stack:
     def start(self, name: str, role: str = "worker", **env: str) -> subprocess.Popen:
         self.logs[name] = self.root / f"{name}.log"
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {procfile()[role]}"], cwd=ROOT, env={**self.env, **env},
+            ["bash", "-c", f"exec {procfile()[role]}"], cwd=ROOT,
+            env=role_env({**self.env, **env}, role),
             start_new_session=True, stdout=self.logs[name].open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.procs[name] = proc
@@ -440,8 +442,10 @@ def test_a_second_sigterm_is_a_cold_shutdown_that_cleans_up_at_once(workers):
 
 def _delivery(number: int) -> tuple[str, bytes, dict]:
     payload = issue_comment_payload(REPO, number, "/claude flood", INSTALLATION)
-    body = json.dumps(payload).encode()
     delivery = str(uuid.uuid4())
+    # Each delivery its own comment: the same comment again is a replay, not a new request.
+    payload["comment"]["id"] = uuid.UUID(delivery).int % 10**12
+    body = json.dumps(payload).encode()
     return delivery, body, delivery_headers("issue_comment", body, SECRET, delivery)
 
 

@@ -13,6 +13,7 @@ from tests.e2e.conftest import (
     CUSTOM,
     FAILING_SETUP,
     FINAL,
+    FOLLOW_UPS,
     INSTALLATION,
     REPO,
     REVIEWED,
@@ -78,27 +79,31 @@ def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
     assert "pushed a commit to `feature/inline`" in final.body
     assert gh.read_file(REPO, "feature/inline", "greet.py") == HELLO
     prompt = api.main_requests()[0].user_text()
-    assert "`greet.py`, line 2" in prompt
+    # The hunk is quoted material, its place in the attributes (jobs/framing.py).
+    assert '<diff_hunk path="greet.py" lines="line 2">' in prompt
 
 
-def test_fork_pull_request_gets_a_follow_up_pull_request(service):
+def test_fork_pull_request_gets_a_follow_up_pull_request_where_the_repo_asks(service):
     gh, api = service.github, service.anthropic
-    pr = open_pull(service, "patch-1", "Fork change", fork_full_name="stranger/hello-world")
-    branches_before = gh.branches(REPO)
+    pr = gh.add_pull(FOLLOW_UPS, "patch-1", title="Fork change", body="Please review.",
+                     user_login="octocat", files={"greet.py": GREETING},
+                     fork_full_name="stranger/follow-ups")  # fmt: skip
+    branches_before = gh.branches(FOLLOW_UPS)
     api.script([
         ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
         Text("Fixed the greeting."),
     ])  # fmt: skip
-    assert service.comment(pr.number, "/claude fix the greeting", pull=True).status_code == 202
+    answer = service.comment(pr.number, "/claude fix the greeting", repo=FOLLOW_UPS, pull=True)
+    assert answer.status_code == 202
 
-    final = service.wait_final(pr.number)
+    final = service.wait_final(pr.number, repo=FOLLOW_UPS)
     follow_ups = [p for p in gh.pulls if f"Follow-up to #{pr.number}" in (p.body or "")]
     assert len(follow_ups) == 1, final.body
     follow_up = follow_ups[0]
     assert follow_up.head_ref.startswith(f"claude/pr-{pr.number}-")
     assert "comes from a fork" in final.body and f"#{follow_up.number}" in final.body
-    assert gh.read_file(REPO, follow_up.head_ref, "greet.py") == HELLO
-    new = set(gh.branches(REPO)) - set(branches_before)
+    assert gh.read_file(FOLLOW_UPS, follow_up.head_ref, "greet.py") == HELLO
+    new = set(gh.branches(FOLLOW_UPS)) - set(branches_before)
     assert new == {follow_up.head_ref}, "nothing may be pushed anywhere but the new branch"
 
 
@@ -282,7 +287,8 @@ def test_submitted_review_makes_its_inline_comments_the_task(service):
     final = service.wait_final(pr.number)
     assert "pushed a commit to `feature/reviewed-by-human`" in final.body
     prompt = api.main_requests()[0].user_text()
-    assert "Return 'hello' instead." in prompt and "`greet.py` line 2" in prompt
+    assert "Return 'hello' instead." in prompt
+    assert '<review_comment path="greet.py" line="2" review=' in prompt
 
 
 def test_new_trigger_phrase_works_from_its_first_use(service):

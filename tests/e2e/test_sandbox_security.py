@@ -37,7 +37,7 @@ import docker
 import pytest
 from docker.utils import parse_bytes
 
-from app.config import load_settings
+from app.config import WorkerSettings
 from jobs.sandbox import CONFIG_DIR as CONFIG
 from jobs.sandbox import LABEL, Sandbox
 from tests.e2e.conftest import (
@@ -284,7 +284,7 @@ def victim(agent_image, tmp_path):
     tree.mkdir()
     control.mkdir()
     os.chown(tree, 1000, 1000)
-    sandbox = Sandbox(load_settings(AGENT_IMAGE=agent_image))
+    sandbox = Sandbox(WorkerSettings.parse(AGENT_IMAGE=agent_image))
     container = sandbox.create(
         f"victim-{uuid.uuid4().hex[:8]}", tree, control,
         ["bash", "-c", 'echo "$VICTIM_MARK" > /workspace/victim.txt; exec sleep 600'],
@@ -406,7 +406,7 @@ ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/usr/sbin/do
 
 def test_the_container_is_locked_down(service):
     api = service.anthropic
-    expected = load_settings()  # what the worker runs with: conftest sets no SANDBOX_* value
+    expected = WorkerSettings.parse()  # what the worker runs with: conftest sets no SANDBOX_* value
     number = service.new_issue("Look at the container")
     api.script([bash(HARDENING_PROBE), Text("Nothing to change.")])
     assert service.comment(number, "/claude look at the container").status_code == 202

@@ -25,6 +25,14 @@ from .github_objects import PRStats
 
 ZERO_SHA = "0" * 40
 
+
+@dataclass(frozen=True)
+class Symlink:
+    """A file value for the builders: a symbolic link (mode 120000) pointing at ``target``."""
+
+    target: str
+
+
 # GitHub refuses pushes that touch workflow files unless the token has `workflows: write`.
 # The stand-in enforces it with a pre-receive hook; the server passes the decision in
 # STANDIN_WORKFLOWS_WRITE through git http-backend → git receive-pack → the hook.
@@ -136,7 +144,7 @@ def configure_repo(path: Path, env: dict[str, str]) -> None:
 def commit_files(
     path: Path,
     parent: str | None,
-    files: dict[str, str | bytes | None],
+    files: dict[str, str | bytes | Symlink | None],
     message: str,
     author: tuple[str, str],
     env: dict[str, str],
@@ -160,9 +168,12 @@ def commit_files(
             if content is None:  # mode 0 removes the entry
                 entries.append(f"0 {ZERO_SHA}\t{name}\0")
                 continue
+            mode = "120000" if isinstance(content, Symlink) else "100644"
+            if isinstance(content, Symlink):
+                content = content.target
             data = content.encode() if isinstance(content, str) else content
             blob = git(path, "hash-object", "-w", "--stdin", input=data, env=env).stdout.decode()
-            entries.append(f"100644 {blob.strip()}\t{name}\0")
+            entries.append(f"{mode} {blob.strip()}\t{name}\0")
         index_info = "".join(entries).encode()
         git(path, "update-index", "-z", "--index-info", input=index_info, env=commit_env)
         tree = git(path, "write-tree", env=commit_env).stdout.decode().strip()

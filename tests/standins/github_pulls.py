@@ -213,7 +213,7 @@ class PullRequestsMixin:
         title: str = "Proposed changes",
         body: str | None = None,
         user_login: str = "octocat",
-        files: dict[str, str | bytes | None] | None = None,
+        files: dict[str, str | bytes | gitops.Symlink | None] | None = None,
         fork_full_name: str | None = None,
         *,
         labels: Iterable[str] = (),
@@ -276,7 +276,7 @@ class PullRequestsMixin:
         self,
         full_name: str,
         branch: str,
-        files: dict[str, str | bytes | None],
+        files: dict[str, str | bytes | gitops.Symlink | None],
         message: str = "Update files",
         user_login: str | None = None,
     ) -> str:

@@ -1,0 +1,191 @@
+"""The deployments as shipped: which process can read which secret, read off deploy/ itself.
+
+Compose and Kubernetes are not run here (no registry for compose's base images, no cluster):
+what each container is given is read from the files a user applies, and checked against
+app.config.SECRET_OWNERS, the same table the processes enforce when they start.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from dotenv import dotenv_values
+
+from app.config import ROLES, SECRET_OWNERS
+from tests.support import ROOT
+
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+KUBERNETES = DEPLOY / "kubernetes" / "claudecluster.yaml"
+DOCKERFILE = ROOT / "images" / "service" / "Dockerfile"
+
+
+def procfile() -> dict[str, list[str]]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {role: shlex.split(cmd) for role, cmd in (line.split(": ", 1) for line in lines if line)}
+
+
+def role_of(command: list[str]) -> str:
+    for role, line in procfile().items():
+        if command == line:
+            return role
+    raise AssertionError(f"{command} is none of the Procfile's processes")
+
+
+def image_command() -> list[str]:
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", DOCKERFILE.read_text(), re.M)
+    return yaml.safe_load(cmd)
+
+
+def env_keys(path: Path) -> set[str]:
+    """The variables an env file sets; a real one is not in git, so its example stands in."""
+    example = path.with_name(path.name + ".example")
+    return set(dotenv_values(path if path.exists() else example))
+
+
+def secrets_in(names: set[str]) -> set[str]:
+    return names & set(SECRET_OWNERS)
+
+
+def foreign(role: str, names: set[str]) -> set[str]:
+    return {name for name in secrets_in(names) if SECRET_OWNERS[name] != role}
+
+
+# ---------------------------------------------------------------------------------- compose
+
+
+def compose_readable(compose: dict) -> dict[str, set[str]]:
+    """Per Procfile role: every variable its container is given (env files and environment)."""
+    readable: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        if service.get("image", "").startswith("redis:"):
+            continue
+        role = role_of(service.get("command") or image_command())
+        names = set(service.get("environment") or {})
+        files = service.get("env_file") or []
+        for file in [files] if isinstance(files, str) else files:
+            names |= env_keys(COMPOSE.parent / file)
+        readable.setdefault(role, set()).update(names)
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            assert not source.endswith((".env", "/env")), f"{name} mounts the env files"
+    return readable
+
+
+def test_compose_gives_each_process_only_its_own_secrets():
+    readable = compose_readable(yaml.safe_load(COMPOSE.read_text()))
+    assert set(readable) == set(ROLES), "every Procfile process runs in compose"
+    for role, names in readable.items():
+        assert not foreign(role, names), f"compose gives the {role} {foreign(role, names)}"
+    owned = {name for name, owner in SECRET_OWNERS.items() if owner == "web"}
+    assert owned <= readable["web"], "the web still gets its webhook secret"
+    assert "ANTHROPIC_API_KEY" in readable["gateway"]
+    assert {"GITHUB_APP_ID", "GITHUB_PRIVATE_KEY"} <= readable["worker"]
+
+
+def test_the_check_catches_the_old_single_env_file():
+    # The layout before per-role files: every service read ../.env holding every secret.
+    compose = yaml.safe_load(COMPOSE.read_text())
+    for service in compose["services"].values():
+        if "env_file" in service:
+            service["env_file"] = "env/all.env"
+    everything = DEPLOY / "env" / "all.env.example"
+    everything.write_text("".join(f"{name}=x\n" for name in SECRET_OWNERS))
+    try:
+        readable = compose_readable(compose)
+    finally:
+        everything.unlink()
+    assert foreign("worker", readable["worker"]) == {"ANTHROPIC_API_KEY", "GITHUB_WEBHOOK_SECRET"}
+    assert "GITHUB_PRIVATE_KEY" in foreign("web", readable["web"])
+
+
+def test_compose_keeps_redis_on_an_internal_network_and_the_socket_with_the_worker():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    redis = services["redis"]
+    assert "ports" not in redis and redis["networks"] == ["internal"]
+    assert compose["networks"]["internal"]["internal"] is True
+    assert "internal" not in services["gateway"]["networks"], "the gateway needs no Redis"
+    socket_holders = [
+        name
+        for name, service in services.items()
+        if any("docker.sock" in str(v) for v in service.get("volumes") or [])
+    ]
+    assert socket_holders == ["worker"]
+
+
+def test_the_service_image_does_not_run_as_root():
+    users = re.findall(r"^USER (\S+)$", DOCKERFILE.read_text(), re.M)
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+# ------------------------------------------------------------------------------- kubernetes
+
+
+def secret_files() -> dict[str, Path]:
+    """Secret name -> the env file it is created from, as the manifest's header says."""
+    made = re.findall(
+        r"kubectl create secret generic (\S+) --from-env-file=(\S+)", KUBERNETES.read_text()
+    )
+    return {name: ROOT / path for name, path in made}
+
+
+def kubernetes_containers() -> list[tuple[dict, dict]]:
+    found = []
+    for doc in yaml.safe_load_all(KUBERNETES.read_text()):
+        if doc and doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            found += [(pod, container) for container in pod["containers"]]
+    return found
+
+
+def test_kubernetes_gives_each_container_only_its_own_secrets():
+    files = secret_files()
+    assert set(files) == {f"claudecluster-{role}" for role in set(SECRET_OWNERS.values())}
+    seen = set()
+    for _pod, container in kubernetes_containers():
+        if container["name"] == "redis":
+            continue
+        role = role_of(container.get("command") or image_command())
+        seen.add(role)
+        names = {entry["name"] for entry in container.get("env") or []}
+        for source in container.get("envFrom") or []:
+            names |= env_keys(files[source["secretRef"]["name"]])
+        keyed = {
+            entry["valueFrom"]["secretKeyRef"]["key"]
+            for entry in container.get("env") or []
+            if "secretKeyRef" in entry.get("valueFrom", {})
+        }
+        names |= keyed
+        assert not foreign(role, names), f"Kubernetes gives the {role} {foreign(role, names)}"
+        assert "volumeMounts" not in container or all(
+            "env" not in m["mountPath"] for m in container["volumeMounts"]
+        )
+    assert seen == set(ROLES)
+
+
+def test_kubernetes_redis_has_a_password_and_answers_only_the_web_and_the_worker():
+    docs = [doc for doc in yaml.safe_load_all(KUBERNETES.read_text()) if doc]
+    (redis,) = [c for _pod, c in kubernetes_containers() if c["name"] == "redis"]
+    assert "--requirepass" in redis["args"]
+    for _pod, container in kubernetes_containers():
+        url = next((e["value"] for e in container.get("env") or [] if e["name"] == "REDIS_URL"), "")
+        assert not url or url.startswith("redis://:$(REDIS_PASSWORD)@"), container["name"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"]["role"] == "redis"
+    allowed = {
+        p["podSelector"]["matchLabels"]["role"] for p in policy["spec"]["ingress"][0]["from"]
+    }
+    assert allowed == {"web", "worker"}
+
+
+def test_kubernetes_pods_run_as_non_root_without_privileges():
+    for pod, container in kubernetes_containers():
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["limits"]["memory"]
