@@ -283,3 +283,20 @@ def test_a_follow_up_is_built_on_the_head_the_request_was_made_on(service):
     assert "head moved after this request" in final.body and read[:12] in final.body
     assert api.main_requests() == [], "nothing ran on the new head"
     assert not [p for p in gh.pulls if f"Follow-up to #{pr.number}" in (p.body or "")]
+
+
+def test_a_session_that_floods_its_output_ends_with_a_clear_comment(service):
+    """One endless line on the CLI's own stdout: the worker holds at most a bounded piece of it,
+    ends the session at the output limit, and goes on serving."""
+    number = service.new_issue("Flood")
+    flood = "head -c 150000000 /dev/zero | tr '\\0' x > /proc/1/fd/1"
+    service.anthropic.script([ToolUse("Bash", {"command": flood}), Text("flooded")])
+    assert service.comment(number, "/claude print a lot").status_code == 202
+    final = service.wait_final(number)
+    assert "state=failed" in final.body
+    assert "printed more than 128 MiB of output" in final.body, final.body
+
+    after = service.new_issue("After the flood")
+    service.anthropic.script([Text("Nothing to change after all.")])
+    assert service.comment(after, "/claude look again").status_code == 202
+    assert "No changes were needed" in service.wait_final(after).body
