@@ -36,6 +36,9 @@ SECRET_OWNERS = {
     "GITHUB_PRIVATE_KEY_PATH": "worker",
     "ANTHROPIC_API_KEY": "gateway",
 }
+# A process that cannot start for its configuration exits with this (after one line naming the
+# variable): the run script and the tests tell it from a crash. gunicorn's web uses its own 3.
+CONFIG_ERROR_EXIT = 2
 ENV_DIR = Path(os.environ.get("CLAUDECLUSTER_ENV_DIR", "deploy/env"))
 
 
@@ -286,7 +289,7 @@ class WorkerSettings(CommonSettings):
 
 def settings_at_start(settings_class: type[S]) -> S | None:
     """A process's settings as it starts, or None after one line naming what is wrong (the
-    caller exits 2: an operator wants the variable to set, not a traceback)."""
+    caller exits CONFIG_ERROR_EXIT: an operator wants the variable to set, not a traceback)."""
     try:
         return settings_class.load()
     except ConfigError as exc:
@@ -311,5 +314,5 @@ def main(argv: list[str]) -> int:
             SETTINGS[name].load()
         except ConfigError as exc:
             print(f"configuration of the {name}: {exc}", file=sys.stderr)
-            status = 2
+            status = CONFIG_ERROR_EXIT
     return status

@@ -15,10 +15,9 @@ from functools import lru_cache
 
 from app.payload import field
 from app.repo_hints import DEFAULT_TRIGGER, RepoHints
-from jobs.request import HELP, IMPLEMENT, REFRESH, REVIEW, STOP, SessionRequest
+from jobs.request import CONFIG_PATH, MARKER, Mode, SessionRequest, Trigger
 
 TRIGGER = DEFAULT_TRIGGER
-MARKER = "<!-- claudecluster:session"
 
 
 @dataclass(frozen=True)
@@ -101,17 +100,17 @@ def command_from(instruction: str) -> tuple[str, str]:
     first, _, rest = instruction.partition("\n")[0].strip().partition(" ")
     word = first.lower()
     if not instruction or word in ("help", "-h", "--help", "?"):
-        return HELP, ""
+        return Mode.HELP, ""
     if word == "stop" and not rest.strip():
-        return STOP, ""
+        return Mode.STOP, ""
     if word == "review":
         focus = instruction.strip()[len(first) :].strip()
-        return REVIEW, focus
+        return Mode.REVIEW, focus
     if first.startswith("-") or (not rest and "\n" not in instruction.strip()
                                  and word.isalpha() and word not in KNOWN_VERBS):  # fmt: skip
         # A lone word or a flag is taken for a command we do not know: answer with the help.
-        return HELP, instruction
-    return IMPLEMENT, instruction
+        return Mode.HELP, instruction
+    return Mode.IMPLEMENT, instruction
 
 
 def is_bot(user: dict) -> bool:
@@ -147,7 +146,7 @@ def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
         payload, comment, "submitted_at", optional=True
     )
     own_id = field(payload, comment, "id", kind=int)
-    content = f"{values.get('trigger', 'comment')}:{values.get('number')}:{own_id}"
+    content = f"{values.get('trigger', Trigger.COMMENT)}:{values.get('number')}:{own_id}"
     return Start(
         _request(payload, delivery_id, (comment, "user"), instruction=instruction, mode=mode,
                  triggered_at=when or "", phrase=hints.trigger, content_id=content, **values)
@@ -171,7 +170,7 @@ def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) ->
         payload, delivery_id, hints, "comment",
         number=field(payload, "pull_request", "number", kind=int),
         review_comment_id=field(payload, "comment", "id", kind=int),
-        pull=True, trigger="review_comment",
+        pull=True, trigger=Trigger.REVIEW_COMMENT,
         head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
     )  # fmt: skip
 
@@ -182,7 +181,7 @@ def review_submitted(payload: dict, delivery_id: str, hints: RepoHints) -> Decis
         payload, delivery_id, hints, "review",
         number=field(payload, "pull_request", "number", kind=int),
         review_id=field(payload, "review", "id", kind=int),
-        pull=True, trigger="review",
+        pull=True, trigger=Trigger.REVIEW,
         head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
     )  # fmt: skip
 
@@ -201,7 +200,7 @@ def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decis
     content = f"label:{number}:{label_id}:{name}:{when}"
     return Start(
         _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=pull,
-                 trigger="label", label=name, triggered_at=when,
+                 trigger=Trigger.LABEL, label=name, triggered_at=when,
                  content_id=content)
     )  # fmt: skip
 
@@ -232,12 +231,9 @@ def pull_request_pushed(payload: dict, delivery_id: str, hints: RepoHints) -> De
     )
     return Start(
         _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=True,
-                 trigger="push", label=",".join(names), triggered_at=when,
+                 trigger=Trigger.PUSH, label=",".join(names), triggered_at=when,
                  content_id=f"push:{number}:{head}" if head else "")
     )  # fmt: skip
-
-
-CONFIG_PATH = ".github/claude.yml"
 
 
 @handles("push", "")
@@ -257,8 +253,8 @@ def pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     if CONFIG_PATH not in touched:
         return Ignore(f"push does not change {CONFIG_PATH}")
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="", number=0, mode=REFRESH,
-                 trigger="config")
+        _request(payload, delivery_id, ("sender",), instruction="", number=0, mode=Mode.REFRESH,
+                 trigger=Trigger.CONFIG)
     )  # fmt: skip
 
 
@@ -281,8 +277,8 @@ def _primed(payload: dict, delivery_id: str, key: str) -> Decision:
             # the installation event queues none of them twice.
             delivery_id=f"{delivery_id}-r{field(repo, 'id', kind=int)}",
             installation_id=installation_id, repo=field(repo, "full_name"), number=0,
-            requester=requester, requester_id=requester_id, instruction="", mode=REFRESH,
-            trigger="config",
+            requester=requester, requester_id=requester_id, instruction="", mode=Mode.REFRESH,
+            trigger=Trigger.CONFIG,
         )
         for repo in repos
     ))  # fmt: skip

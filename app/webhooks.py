@@ -23,7 +23,7 @@ from app.enqueue import enqueue_session, request_stop
 from app.payload import PayloadError
 from app.repo_hints import RepoHints, read_hints
 from app.triggers import Ignore, Prime, decide, reads_hints
-from jobs.request import STOP
+from jobs.request import Mode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Webhooks:
 
         request = decision.request
         try:
-            if request.mode == STOP:
+            if request.mode == Mode.STOP:
                 stopping = await request_stop(self.redis, request)
                 if stopping is not None:
                     return Answer(202, {"status": "stopping", "session": stopping})

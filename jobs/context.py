@@ -7,23 +7,19 @@ characters), comments edited after the trigger are dropped, and the whole is bou
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from jobs.framing import tag
+from jobs.framing import HIDDEN, INVISIBLE, tag
 from jobs.github import RepoSession
-from jobs.request import SessionRequest
+from jobs.request import MARKER, SessionRequest
 
 MAX_SECTION = 12_000
 MAX_MATERIAL = 60_000
 MAX_DIFF = 40_000
-_HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
-# Zero-width, word-joiner, BOM, soft hyphen and the bidirectional controls (Trojan Source).
-_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 def clean(text: str | None, limit: int = MAX_SECTION) -> str:
-    text = _INVISIBLE.sub("", _HIDDEN.sub("", text or ""))
+    text = INVISIBLE.sub("", HIDDEN.sub("", text or ""))
     return text if len(text) <= limit else text[:limit] + "\n… (cut)"
 
 
@@ -40,7 +36,7 @@ class Section:
 
 def _is_ours(comment: dict) -> bool:
     user = comment.get("user") or {}
-    return user.get("type") == "Bot" or "<!-- claudecluster:session" in (comment.get("body") or "")
+    return user.get("type") == "Bot" or MARKER in (comment.get("body") or "")
 
 
 def _before(comment: dict, trigger_time: str) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from app.config import CommonSettings, settings_at_start
+from app.config import CONFIG_ERROR_EXIT, CommonSettings, settings_at_start
 from app.logs import configure_logging
 from jobs.redact import redactor
 
@@ -112,11 +112,11 @@ S = TypeVar("S", bound=CommonSettings)
 
 
 def service_main(settings_class: type[S], serve: Callable[[S, threading.Event], None]) -> int:
-    """A service process's `main`: its settings (one line naming what is wrong, exit 2), logs
-    redacted, and `serve` until SIGTERM or SIGINT."""
+    """A service process's `main`: its settings (or one line naming what is wrong, and
+    CONFIG_ERROR_EXIT), logs redacted, and `serve` until SIGTERM or SIGINT."""
     settings = settings_at_start(settings_class)
     if settings is None:
-        return 2
+        return CONFIG_ERROR_EXIT
     configure_logging(redactor.learn(settings))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

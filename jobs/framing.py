@@ -24,6 +24,13 @@ FRAMING = re.compile(
 )  # fmt: skip
 
 
+# What a human reader of GitHub's rendering never sees: HTML comments (a trailing unclosed one
+# too), and zero-width, word-joiner, BOM, soft-hyphen and bidirectional-control characters
+# (Trojan Source). Material drops them; a review shows them, as findings.
+HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
+INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
 def quote(text: str) -> str:
     """`text` as material: no framing tag can open or close inside it."""
     return FRAMING.sub("&lt;", text)

@@ -6,11 +6,15 @@ session needs, registers it with the redactor, and revokes it when the session e
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit.exception import GitHubException
+from redis import Redis
+from redis.exceptions import RedisError
 
 from app.config import WorkerSettings
 from jobs.redact import redactor
@@ -56,25 +60,34 @@ def noreply_domain(api_url: str) -> str:
     return f"users.noreply.{host}"
 
 
-_bots: dict[tuple[str, int], BotIdentity] = {}
+BOT_TTL = 24 * 3600  # an App's slug can be renamed; a day-old name still commits correctly
 
 
-def bot_identity(settings: WorkerSettings, session: RepoSession) -> BotIdentity:
-    """The App's bot user, which authors commits; asked once per worker process.
+def bot_key(settings: WorkerSettings) -> str:
+    return f"claudecluster:bot:{settings.github_api_url}:{settings.github_app_id or 0}"
+
+
+def bot_identity(settings: WorkerSettings, session: RepoSession, redis: Redis) -> BotIdentity:
+    """The App's bot user, which authors commits: asked of GitHub once a day per App, and kept
+    in Redis (RQ forks a process per job, so a cache in the process lasts one session).
 
     The slug needs the App's JWT (`GET /app`); the user lookup needs an installation token.
     """
-    key = (settings.github_api_url, settings.github_app_id or 0)
-    if key not in _bots:
-        app = app_client(settings)
-        login = f"{app.rest.apps.get_authenticated().json()['slug']}[bot]"
-        try:
-            user_id = session.gh.rest.users.get_by_username(login).json()["id"]
-        except GitHubException:
-            # Attribution still works by login; GitHub links the id-less noreply form too.
-            return BotIdentity(login, None, noreply_domain(settings.github_api_url))
-        _bots[key] = BotIdentity(login, user_id, noreply_domain(settings.github_api_url))
-    return _bots[key]
+    domain = noreply_domain(settings.github_api_url)
+    with contextlib.suppress(RedisError, ValueError, TypeError, KeyError):
+        known = json.loads(redis.get(bot_key(settings)) or b"null")
+        if known:
+            return BotIdentity(str(known["login"]), int(known["user_id"]), domain)
+    app = app_client(settings)
+    login = f"{app.rest.apps.get_authenticated().json()['slug']}[bot]"
+    try:
+        user_id = session.gh.rest.users.get_by_username(login).json()["id"]
+    except GitHubException:
+        # Attribution still works by login; GitHub links the id-less noreply form too.
+        return BotIdentity(login, None, domain)
+    with contextlib.suppress(RedisError):
+        redis.set(bot_key(settings), json.dumps({"login": login, "user_id": user_id}), ex=BOT_TTL)
+    return BotIdentity(login, user_id, domain)
 
 
 class RepoSession:

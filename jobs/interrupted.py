@@ -39,7 +39,7 @@ from app.enqueue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key, stop_re
 from jobs.github import RepoSession, app_client
 from jobs.pacing import Pacer
 from jobs.redact import redactor
-from jobs.request import SessionRequest
+from jobs.request import MARKER, SessionRequest
 from jobs.tracking import fit, marker, quote, took
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def find_tracking_comment(
             )
 
     working = marker(session_id, "working")
-    ours = f"<!-- claudecluster:session {session_id} state="
+    ours = f"{MARKER} {session_id} state="
     final = False
     for comment in _pages(fetch):
         body = comment.get("body") or ""

@@ -24,19 +24,18 @@ from githubkit.exception import RequestFailed
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from jobs.request import IMPLEMENT
+from jobs.request import CONFIG_PATH, Mode
 
 if TYPE_CHECKING:
     from jobs.github import RepoSession
 
-CONFIG_PATH = ".github/claude.yml"
 MAX_BYTES = 64 * 1024
 MAX_REPORTED = 10  # problems listed in one error; a wholly wrong file need not flood a comment
 
 # GitHub's repository roles, weakest first (what the collaborator API calls `role_name`).
 ROLES = ("none", "read", "triage", "write", "maintain", "admin")
 
-Mode = Literal["implement", "review"]
+LabelMode = Literal["implement", "review"]  # the modes a label may start (Mode's values)
 Permission = Literal["read", "triage", "write", "maintain", "admin"]
 
 
@@ -146,7 +145,9 @@ class RepoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     trigger: Annotated[str, Field(max_length=40), AfterValidator(_trigger)] = "/claude"
-    labels: dict[LabelName, Mode] = Field(default_factory=lambda: {"claude": IMPLEMENT})
+    labels: dict[LabelName, LabelMode] = Field(
+        default_factory=lambda: {"claude": Mode.IMPLEMENT.value}
+    )
     rerun_on_push: bool = True
     min_permission: Permission = "write"
     # Tuples keep a shared config immutable; lists in the file are accepted (hence strict off).

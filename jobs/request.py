@@ -7,12 +7,40 @@ else itself with a token it mints, so nothing stale or forged rides along in the
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
-IMPLEMENT = "implement"
-REVIEW = "review"
-HELP = "help"
-STOP = "stop"
-REFRESH = "refresh"  # re-read .github/claude.yml and tell the web process what it needs
+# The hidden marker that starts each of the bot's tracking comments: the front door drops any
+# comment carrying it (so a tracking comment quoting `/claude` cannot loop), the reaper finds
+# the comments it must end, the thread's material leaves them out.
+MARKER = "<!-- claudecluster:session"
+# Where a repository's settings live, read from its default branch only.
+CONFIG_PATH = ".github/claude.yml"
+
+
+class Mode(StrEnum):
+    """What a session does. A StrEnum: it crosses the queue as its plain string."""
+
+    IMPLEMENT = "implement"
+    REVIEW = "review"
+    HELP = "help"
+    STOP = "stop"
+    REFRESH = "refresh"  # re-read .github/claude.yml and tell the web process what it needs
+
+
+class Trigger(StrEnum):
+    """What asked for the session."""
+
+    COMMENT = "comment"  # an issue or pull request conversation comment
+    REVIEW_COMMENT = "review_comment"  # an inline comment on a pull request's diff
+    REVIEW = "review"  # a submitted review
+    LABEL = "label"
+    PUSH = "push"  # new commits on a labelled pull request
+    CONFIG = "config"  # the repository's config changed, or the App was installed on it
+
+    @property
+    def commented(self) -> bool:
+        """Asked in words, with the trigger phrase (not by a label or a push)."""
+        return self in (Trigger.COMMENT, Trigger.REVIEW_COMMENT, Trigger.REVIEW)
 
 
 @dataclass(frozen=True)
@@ -26,8 +54,8 @@ class SessionRequest:
     instruction: str
     comment_id: int = 0  # the issue/PR conversation comment that asked, if any
     pull: bool = False  # the thread is a pull request
-    mode: str = IMPLEMENT  # implement | review | help | stop
-    trigger: str = "comment"  # comment | review_comment | review | label | push
+    mode: Mode = Mode.IMPLEMENT
+    trigger: Trigger = Trigger.COMMENT
     review_comment_id: int = 0  # the inline review comment that asked, if any
     review_id: int = 0  # the submitted review that asked, if any
     label: str = ""  # the label that asked, for label triggers
@@ -39,6 +67,11 @@ class SessionRequest:
     # The pull request's head when the request was made, where the payload says (review and
     # review-comment events); a fork's session works on that commit or not at all.
     head_sha: str = ""
+
+    def __post_init__(self) -> None:
+        # From the queue (JSON) they come as plain strings; an unknown one is a ValueError.
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "trigger", Trigger(self.trigger))
 
     @property
     def owner(self) -> str:

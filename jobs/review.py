@@ -22,7 +22,7 @@ from typing import Any
 
 from jobs.context import Section
 from jobs.diff import DiffIndex, annotate_diff, commentable, commentable_range, parse_diff
-from jobs.framing import quote
+from jobs.framing import HIDDEN, INVISIBLE, quote
 
 __all__ = [
     "MAX_BODY",
@@ -122,14 +122,12 @@ def review_cli_args(schema: dict[str, Any] | None = None) -> list[str]:
 
 # --------------------------------------------------------------------------- the prompt
 
-_HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
-_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _quote = quote  # material can't open or close our tags (jobs/framing.py)
 
 
 def _show_invisible(text: str) -> str:
     """Invisible and bidi-control characters made visible: in code they are findings."""
-    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+    return INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
 
 
 def _bounded_diff(diff: str, limit: int) -> tuple[str, list[str]]:
@@ -176,8 +174,8 @@ def review_prompt(
     quoted. When the diff is too long for the prompt the rest is named, and `diff_file` (a path
     the model may Read: the CLI is given its folder with --add-dir) is offered for the whole diff.
     """
-    title = _INVISIBLE.sub("", str(pull.get("title") or ""))[:500]
-    body = _INVISIBLE.sub("", _HIDDEN.sub("", str(pull.get("body") or "")))
+    title = INVISIBLE.sub("", str(pull.get("title") or ""))[:500]
+    body = INVISIBLE.sub("", HIDDEN.sub("", str(pull.get("body") or "")))
     if len(body) > MAX_PR_BODY:
         body = body[:MAX_PR_BODY] + "\n… (cut)"
     author = (pull.get("user") or {}).get("login") or "unknown"

@@ -66,7 +66,7 @@ def review_pull(settings: WorkerSettings, config: RepoConfig, request: SessionRe
 
         tracking.advance(PUBLISHING)
         draft = parse_review(outcome.structured)
-        own = (pull.get("user") or {}).get("login") == bot_identity(settings, github).login
+        own = (pull.get("user") or {}).get("login") == bot_identity(settings, github, redis).login
         review = to_github_review(draft, parse_diff(diff), head_sha, own_pull_request=own)
         review["body"] = redactor(review["body"])
         for comment in review.get("comments", []):

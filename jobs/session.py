@@ -33,6 +33,7 @@ from jobs.github import (
     ISSUE_SESSION_PERMISSIONS,
     READ_PERMISSIONS,
     REVIEW_SESSION_PERMISSIONS,
+    BotIdentity,
     RepoSession,
     bot_identity,
 )
@@ -48,7 +49,7 @@ from jobs.repo_config import (
     mode_for_label,
     permission_at_least,
 )
-from jobs.request import HELP, REFRESH, REVIEW, STOP, SessionRequest
+from jobs.request import Mode, SessionRequest, Trigger
 from jobs.sandbox import Limits, Sandbox, SandboxError, SandboxRun
 from jobs.tracking import PUBLISHING, RUNNING, TrackingComment, took
 from jobs.transcript import Outcome
@@ -65,7 +66,7 @@ def run_session(**job: object) -> dict:
     redis = current.connection if current else Redis.from_url(settings.redis_url)
 
     try:
-        permissions = {REVIEW: REVIEW_SESSION_PERMISSIONS, REFRESH: READ_PERMISSIONS}.get(
+        permissions = {Mode.REVIEW: REVIEW_SESSION_PERMISSIONS, Mode.REFRESH: READ_PERMISSIONS}.get(
             request.mode
         )
         github = RepoSession(
@@ -97,7 +98,7 @@ def _run(settings: WorkerSettings, request: SessionRequest, session_id: str, git
         try:
             config = load_repo_config(github, repository["default_branch"])
         except RepoConfigError as exc:
-            if request.mode == REFRESH:
+            if request.mode == Mode.REFRESH:
                 return {"status": "invalid_config", "reason": str(exc)}  # no thread to answer on
             tracking.answered("⚠️ **`.github/claude.yml` is invalid, so nothing ran.**", str(exc))
             return {"status": "invalid_config", "reason": str(exc)}
@@ -114,13 +115,13 @@ def _run(settings: WorkerSettings, request: SessionRequest, session_id: str, git
                 "access can ask Claude to work here.**", "",
             )  # fmt: skip
             return {"status": "refused", "role": role.name}
-        if mode == HELP:
+        if mode == Mode.HELP:
             unknown = (
                 f"`{request.instruction}` is not a command.\n\n" if request.instruction else ""
             )
             tracking.answered("ℹ️ **How to ask Claude here**", unknown + help_text(config, settings))
             return {"status": "help"}
-        if mode == STOP:
+        if mode == Mode.STOP:
             tracking.answered("ℹ️ **Nothing is running here, so there is nothing to stop.**", "")
             return {"status": "nothing_to_stop"}
         if not model_allowed(settings, config):
@@ -130,13 +131,13 @@ def _run(settings: WorkerSettings, request: SessionRequest, session_id: str, git
                 f"Allowed: {', '.join(settings.allowed_models or [])} (CLAUDE_ALLOWED_MODELS).",
             )
             return {"status": "invalid_config", "reason": "model not allowed"}
-        if mode == REVIEW and not request.pull:
+        if mode == Mode.REVIEW and not request.pull:
             tracking.answered("ℹ️ **`review` works on pull requests.**", help_text(config, settings))
             return {"status": "help"}
 
         tracking.start()
         with active(redis, request.thread, session_id, settings.session_timeout, tracking):
-            if mode == REVIEW:
+            if mode == Mode.REVIEW:
                 from jobs.review_flow import review_pull
 
                 return review_pull(settings, config, request, session_id, github, repository,
@@ -206,15 +207,13 @@ class StopCheck:
 
 def decide_mode(request: SessionRequest, config: RepoConfig) -> str | None:
     """The mode this request runs in, or None when the repository does not act on it."""
-    if request.mode == REFRESH:
+    if request.mode == Mode.REFRESH:
         return None
-    if request.trigger in ("comment", "review_comment", "review") and (
-        request.phrase != config.trigger
-    ):
+    if request.trigger.commented and (request.phrase != config.trigger):
         return None  # the front door matched a phrase this repository no longer uses
-    if request.trigger == "label":
+    if request.trigger == Trigger.LABEL:
         return mode_for_label(config, request.label)
-    if request.trigger == "push":
+    if request.trigger == Trigger.PUSH:
         if not config.rerun_on_push:
             return None
         modes = [mode_for_label(config, name) for name in request.label.split(",") if name]
@@ -384,17 +383,15 @@ def agent_work(
 
     `save_partial=False`: a run that timed out pushes nothing (a fork's commits must not reach
     a branch of the base repository)."""
+    bot = bot_identity(settings, github, redis)
     run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis)
     partial = (
-        partial_saver(settings, config, request, github, workspace, default, title)
-        if save_partial
-        else None
+        partial_saver(config, request, bot, workspace, default, title) if save_partial else None
     )
     timeout = limits_for(settings, config).timeout
     if bad := finished_badly(run, tracking, redis, session_id, timeout, partial):
         return bad
     outcome = run.outcome
-    bot = bot_identity(settings, github)
     change = workspace.commit(
         commit_message(request, outcome.result), bot.login, bot.email, withheld_paths(config)
     )
@@ -505,10 +502,9 @@ def implement_pull(settings: WorkerSettings, config: RepoConfig, request: Sessio
 WORKFLOWS = ".github/workflows/"
 
 
-def partial_saver(settings: WorkerSettings, config: RepoConfig, request: SessionRequest,
-                  github: RepoSession, workspace: Workspace, default: str, title: str):  # fmt: skip
+def partial_saver(config: RepoConfig, request: SessionRequest, bot: BotIdentity,
+                  workspace: Workspace, default: str, title: str):  # fmt: skip
     def save() -> str | None:
-        bot = bot_identity(settings, github)
         message = commit_message(request, "Partial work: the session timed out.")
         change = workspace.commit(message, bot.login, bot.email, withheld_paths(config))
         if change is None or not change.sha:

@@ -17,7 +17,7 @@ from githubkit.exception import GitHubException
 from jobs.github import RepoSession
 from jobs.pacing import Pacer
 from jobs.redact import redactor
-from jobs.request import SessionRequest
+from jobs.request import MARKER, SessionRequest
 from jobs.transcript import Outcome
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ STEPS = {
 
 def marker(session_id: str, state: str = "working") -> str:
     """Hidden in the body: which session the comment tracks and whether it is final."""
-    return f"<!-- claudecluster:session {session_id} state={state} -->"
+    return f"{MARKER} {session_id} state={state} -->"
 
 
 def fit(text: str, limit: int = MAX_TEXT) -> str:

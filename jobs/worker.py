@@ -28,7 +28,7 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from app.config import WorkerSettings, settings_at_start
+from app.config import CONFIG_ERROR_EXIT, WorkerSettings, settings_at_start
 from app.enqueue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
 from app.logs import configure_logging
 from jobs.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
@@ -240,7 +240,7 @@ def _redis_away(what: str):
 def main() -> int:
     settings = settings_at_start(WorkerSettings)
     if settings is None:
-        return 2
+        return CONFIG_ERROR_EXIT
     configure_logging(redactor.learn(settings))
     redis = Redis.from_url(settings.redis_url)
     worker = SessionWorker(

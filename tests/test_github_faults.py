@@ -75,3 +75,23 @@ def test_client_errors_are_not_retried(github, session):
     with pytest.raises(RequestFailed):
         session.comment(1, "refused")
     assert attempts(github, "POST", "/issues/1/comments") - before == 1
+
+
+def test_the_bot_identity_is_asked_of_github_once_per_app_for_every_process(github, redis_url):
+    # RQ forks a process per job: a cache inside the process would ask GitHub every session.
+    from redis import Redis
+
+    from jobs.github import bot_identity
+
+    settings = WorkerSettings.parse(GITHUB_APP_ID=str(github.app_id),
+                                    GITHUB_PRIVATE_KEY=github.private_key_pem,
+                                    GITHUB_API_URL=github.api_url)  # fmt: skip
+    redis = Redis.from_url(redis_url)
+    before = attempts(github, "GET", "/app")
+    identities = [
+        bot_identity(settings, RepoSession(settings, 5, REPO, ISSUE_SESSION_PERMISSIONS), redis)
+        for _ in range(3)
+    ]
+    assert attempts(github, "GET", "/app") - before == 1
+    assert len(set(identities)) == 1 and identities[0].login == github.bot_login
+    assert identities[0].user_id and identities[0].email.startswith(f"{identities[0].user_id}+")
