@@ -612,7 +612,10 @@ def test_a_missing_image_and_a_container_that_exits_at_once_fail_cleanly_and_the
     missing_id = s.ask(missing)
     body = s.service.wait_final(missing, timeout=60).body
     assert "could not finish" in body and f"the agent image {crash_tag} is not built" in body
-    assert not s.leftovers(missing_id)
+    # The comment is final a moment before the worker's cleanup ends: wait for it.
+    wait_for(
+        lambda: not s.leftovers(missing_id), 30, what="the session's container and workspace gone"
+    )
 
     # The container starts and its command exits at once.
     client.images.build(fileobj=_dockerfile(agent_image), tag=crash_tag + "-exits", rm=True)
@@ -623,7 +626,10 @@ def test_a_missing_image_and_a_container_that_exits_at_once_fail_cleanly_and_the
     body = s.service.wait_final(quick, timeout=60).body
     assert "could not finish" in body and "state=failed" in body, body
     assert "Claude stopped before it finished" in body  # what the sandbox reports today
-    assert not s.leftovers(quick_id)
+    # The comment is final a moment before the worker's cleanup ends: wait for it.
+    wait_for(
+        lambda: not s.leftovers(quick_id), 30, what="the session's container and workspace gone"
+    )
 
     # The same worker process serves the next session, which works.
     client.images.get(agent_image).tag(crash_tag)
@@ -647,7 +653,9 @@ def test_an_invalid_runtime_fails_the_session_cleanly_and_the_worker_goes_on(wor
         session_id = s.ask(number)
         body = s.service.wait_final(number, timeout=60).body
         assert "could not finish" in body and "no-such-runtime" in body, body
-        assert not s.leftovers(session_id)
+        wait_for(
+            lambda sid=session_id: not s.leftovers(sid), 30, what="the session's leftovers gone"
+        )
     assert worker.poll() is None and s.worker_name(worker.pid)
 
 
