@@ -142,9 +142,12 @@ def job_writes(queue: Queue, request: SessionRequest, timeout: int) -> tuple[str
         elif value is not None:
             text[name] = value if isinstance(value, str) else str(value)
     keys = [
-        claim_key(request.delivery_id), job.key, queue.key, queue.redis_queues_keys,
+        claim_key(request.delivery_id),
+        job.key,
+        queue.key,
+        queue.redis_queues_keys,
         content_key(request),
-    ]  # fmt: skip
+    ]
     ttl = job.ttl if job.ttl else -1
     text_fields = json.dumps(text, ensure_ascii=False)
     args = [session_id, DELIVERY_TTL, ttl, queue.key, text_fields, *binary, CONTENT_TTL]

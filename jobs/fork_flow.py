@@ -19,35 +19,48 @@ from jobs.transcript import Outcome
 from jobs.workspace import Workspace
 
 
-def offer_to_fork(github: RepoSession, request: SessionRequest, workspace: Workspace,
-                  outcome: Outcome, note: str, tracking: TrackingComment) -> dict:  # fmt: skip
+def offer_to_fork(
+    github: RepoSession,
+    request: SessionRequest,
+    workspace: Workspace,
+    outcome: Outcome,
+    note: str,
+    tracking: TrackingComment,
+) -> dict:
     head = workspace.base_sha
     change = parse_diff(workspace.change_diff())
     pull = parse_diff(github.pull_diff(request.number))
     result = offer(
-        change, pull, lambda p: workspace.file_lines(head, p),
+        change,
+        pull,
+        lambda p: workspace.file_lines(head, p),
         lambda p: workspace.file_lines("HEAD", p),
-    )  # fmt: skip
+    )
     review_url = ""
     if result.suggestions:
         comments = [s.comment() for s in result.suggestions]
         for comment in comments:
             comment["body"] = redactor(comment["body"])
         review = {
-            "commit_id": head, "event": "COMMENT", "comments": comments,
+            "commit_id": head,
+            "event": "COMMENT",
+            "comments": comments,
             "body": redactor(
                 f"Claude's changes for @{request.requester}'s request, as suggestions on this "
                 "pull request's head."
             ),
-        }  # fmt: skip
+        }
         posted = github.create_review(request.number, review)
         review_url = posted.get("html_url") or ""
     patch = (
         quoted_patch(redactor(workspace.patch(result.patch_paths))) if result.patch_paths else ""
     )
-    tracking.suggested(review_url, len(result.suggestions), patch, result.patch_paths, outcome,
-                       note)  # fmt: skip
+    tracking.suggested(
+        review_url, len(result.suggestions), patch, result.patch_paths, outcome, note
+    )
     return {
-        "status": "suggested", "suggestions": len(result.suggestions),
-        "patch_files": result.patch_paths, "cost_usd": outcome.cost_usd,
-    }  # fmt: skip
+        "status": "suggested",
+        "suggestions": len(result.suggestions),
+        "patch_files": result.patch_paths,
+        "cost_usd": outcome.cost_usd,
+    }

@@ -14,14 +14,22 @@ import html
 import re
 
 TAGS = (
-    "instruction", "material", "issue", "pull_request", "comment", "review_comment", "diff",
-    "diff_hunk", "focus", "title", "body", "review",
-)  # fmt: skip
+    "instruction",
+    "material",
+    "issue",
+    "pull_request",
+    "comment",
+    "review_comment",
+    "diff",
+    "diff_hunk",
+    "focus",
+    "title",
+    "body",
+    "review",
+)
 # `<`, optional blanks, an optional `/` (or a backslash-escaped one), blanks, one of our names, and
 # anything but a name character after it: `</material>`, `< / MATERIAL >`, `<material\n`.
-FRAMING = re.compile(
-    r"<(?=[\s/\\]*(?:" + "|".join(TAGS) + r")(?![\w-]))", re.IGNORECASE
-)  # fmt: skip
+FRAMING = re.compile(r"<(?=[\s/\\]*(?:" + "|".join(TAGS) + r")(?![\w-]))", re.IGNORECASE)
 
 
 # What a human reader of GitHub's rendering never sees: HTML comments (a trailing unclosed one

@@ -45,8 +45,13 @@ class GatewayService:
     def handle(self, request: dict) -> dict:
         op, session = request["op"], str(request["session"])
         if op == "open":
-            return self.open(session, Path(request["socket"]), request.get("budget_usd"),
-                             float(request["expires_in"]), request.get("models"))  # fmt: skip
+            return self.open(
+                session,
+                Path(request["socket"]),
+                request.get("budget_usd"),
+                float(request["expires_in"]),
+                request.get("models"),
+            )
         if op == "close":
             return {"ok": True, "usage": self.close(session)}
         raise GatewayError(f"unknown op {op!r}")
@@ -113,9 +118,17 @@ def session_gateway(
     """Open the session's gateway in the gateway process; yields its key, then its usage.
 
     `models`: the model names or families it lets through (None: any)."""
-    answer = _call(settings, {"op": "open", "session": session, "socket": str(path),
-                              "budget_usd": budget_usd, "expires_in": expires_in,
-                              "models": models})  # fmt: skip
+    answer = _call(
+        settings,
+        {
+            "op": "open",
+            "session": session,
+            "socket": str(path),
+            "budget_usd": budget_usd,
+            "expires_in": expires_in,
+            "models": models,
+        },
+    )
     lease = SessionGateway(answer["key"])
     try:
         yield lease

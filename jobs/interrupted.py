@@ -86,8 +86,9 @@ def release_thread(redis: Redis, request: SessionRequest, session_id: str) -> No
     redis.delete(stop_key(session_id), stop_requests_key(session_id))
 
 
-def interrupt_job(job: Job, redis: Redis, why: str = WORKER_STOPPED,
-                  settings: WorkerSettings | None = None) -> str:  # fmt: skip
+def interrupt_job(
+    job: Job, redis: Redis, why: str = WORKER_STOPPED, settings: WorkerSettings | None = None
+) -> str:
     """End `job`'s tracking comment as interrupted. Returns what happened:
 
     `edited`, `already_final`, `no_comment`, `claimed` (another caller did or does it),

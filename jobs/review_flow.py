@@ -54,8 +54,17 @@ def review_pull(settings: WorkerSettings, config: RepoConfig, request: SessionRe
         # A review of a fork runs none of the fork's code: its setup commands would.
         head_repo = (pull.get("head") or {}).get("repo") or {}
         same_repo = head_repo.get("full_name") == repository["full_name"]
-        run = run_agent(settings, config, session_id, workspace, prompt, tracking, redis,
-                        extra_args=extra, run_setup=same_repo)  # fmt: skip
+        run = run_agent(
+            settings,
+            config,
+            session_id,
+            workspace,
+            prompt,
+            tracking,
+            redis,
+            extra_args=extra,
+            run_setup=same_repo,
+        )
         timeout = limits_for(settings, config).timeout
         if bad := finished_badly(run, tracking, redis, session_id, timeout):
             return bad

@@ -406,8 +406,10 @@ class Sandbox:
             if reader.skipped:
                 log.warning(
                     "sandbox %s: %d output lines over %d bytes were skipped",
-                    container.short_id, reader.skipped, MAX_LINE,
-                )  # fmt: skip
+                    container.short_id,
+                    reader.skipped,
+                    MAX_LINE,
+                )
             status = container.wait(timeout=60)
         finally:
             timer.cancel()

@@ -178,8 +178,9 @@ class StopCheck:
     """The sandbox's stop check: the first stop request from someone who may trigger here
     stops the session; anyone else gets a short refusal and the session runs on."""
 
-    def __init__(self, redis: Redis, session_id: str, config: RepoConfig,
-                 tracking: TrackingComment) -> None:  # fmt: skip
+    def __init__(
+        self, redis: Redis, session_id: str, config: RepoConfig, tracking: TrackingComment
+    ) -> None:
         self.redis, self.session_id = redis, session_id
         self.config, self.tracking = config, tracking
         self._allowed = {tracking.request.requester}  # who started it may stop it
@@ -318,9 +319,13 @@ def run_agent(
     # The gateway process holds the model key; this worker only learns the session's key.
     # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; the gateway's is not.
     gateway = session_gateway(
-        settings, session_id, control / SOCKET_NAME, config.max_budget_usd, limits.timeout + 60,
+        settings,
+        session_id,
+        control / SOCKET_NAME,
+        config.max_budget_usd,
+        limits.timeout + 60,
         allowed_models(settings, config),
-    )  # fmt: skip
+    )
     with egress or contextlib.nullcontext(), gateway as lease:
         run = Sandbox(settings).run(
             session_id, workspace.tree, control, lease.key, prompt,
@@ -452,8 +457,10 @@ def implement_pull(settings: WorkerSettings, config: RepoConfig, request: Sessio
     accepted_head = request.head_sha or pull["head"]["sha"]
     suggest = not same_repo and config.fork_pull_requests == "suggest"
     focus, pointed_at = focus_for(github, request)
-    material = gather(github, request, pull, request.triggered_at,
-                      diff=github.pull_diff(request.number)) + pointed_at  # fmt: skip
+    material = (
+        gather(github, request, pull, request.triggered_at, diff=github.pull_diff(request.number))
+        + pointed_at
+    )
     workspace = Workspace.clone(
         settings.workspace_root, repository["clone_url"], ref, github.token, session_id
     )
@@ -464,9 +471,20 @@ def implement_pull(settings: WorkerSettings, config: RepoConfig, request: Sessio
         prompt = implement_prompt(request, f"the pull request's head, {head_ref}", material,
                                   focus=focus)  # fmt: skip
         default = repository["default_branch"]
-        work = agent_work(settings, config, request, session_id, github, workspace, prompt,
-                          tracking, redis, default, pull.get("title") or "",
-                          save_partial=not suggest)  # fmt: skip
+        work = agent_work(
+            settings,
+            config,
+            request,
+            session_id,
+            github,
+            workspace,
+            prompt,
+            tracking,
+            redis,
+            default,
+            pull.get("title") or "",
+            save_partial=not suggest,
+        )
         if isinstance(work, dict):
             return work
         outcome, change, note = work.outcome, work.change, work.note
@@ -502,8 +520,14 @@ def implement_pull(settings: WorkerSettings, config: RepoConfig, request: Sessio
 WORKFLOWS = ".github/workflows/"
 
 
-def partial_saver(config: RepoConfig, request: SessionRequest, bot: BotIdentity,
-                  workspace: Workspace, default: str, title: str):  # fmt: skip
+def partial_saver(
+    config: RepoConfig,
+    request: SessionRequest,
+    bot: BotIdentity,
+    workspace: Workspace,
+    default: str,
+    title: str,
+):
     def save() -> str | None:
         message = commit_message(request, "Partial work: the session timed out.")
         change = workspace.commit(message, bot.login, bot.email, withheld_paths(config))
@@ -542,9 +566,10 @@ def focus_for(github: RepoSession, request: SessionRequest) -> tuple[str, list[S
         start, end = comment.get("start_line") or comment.get("line"), comment.get("line")
         lines = f"line {end}" if start == end else f"lines {start}–{end}"
         hunk = Section(
-            "diff_hunk", clean((comment.get("diff_hunk") or "")[-4000:]),
+            "diff_hunk",
+            clean((comment.get("diff_hunk") or "")[-4000:]),
             {"path": comment.get("path"), "lines": lines},
-        )  # fmt: skip
+        )
         return (
             "The request was made on a line of the diff: the <diff_hunk> in the material shows "
             f"where ({lines} of the file its path attribute names).",
@@ -557,7 +582,7 @@ def focus_for(github: RepoSession, request: SessionRequest) -> tuple[str, list[S
                 "review_comment",
                 clean(c.get("body"), 1500),
                 {"path": c.get("path"), "line": c.get("line"), "review": request.review_id},
-            )  # fmt: skip
+            )
             for c in comments
         ]
         return (

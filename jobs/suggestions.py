@@ -69,8 +69,9 @@ def offer(change: DiffIndex, pull: DiffIndex, old: Lines, new: Lines) -> Offer:
     return result
 
 
-def _as_suggestions(diff: FileDiff, pull: DiffIndex, old: list[str] | None,
-                    new: list[str] | None) -> list[Suggestion] | None:  # fmt: skip
+def _as_suggestions(
+    diff: FileDiff, pull: DiffIndex, old: list[str] | None, new: list[str] | None
+) -> list[Suggestion] | None:
     """Every hunk of one file as a suggestion, or None when any cannot be one."""
     if diff.status != "modified" or diff.binary or old is None or new is None:
         return None

@@ -147,8 +147,15 @@ class TrackingComment:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
         self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
 
-    def suggested(self, review_url: str, count: int, patch: str, patch_paths: list[str],
-                  outcome: Outcome, note: str = "") -> None:  # fmt: skip
+    def suggested(
+        self,
+        review_url: str,
+        count: int,
+        patch: str,
+        patch_paths: list[str],
+        outcome: Outcome,
+        note: str = "",
+    ) -> None:
         """A fork's pull request: the change as suggestions in a review, and a patch."""
         if count:
             headline = (

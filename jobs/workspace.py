@@ -136,9 +136,15 @@ class Workspace:
     def change_diff(self) -> str:
         """The session's commit over the checkout, without context lines (for suggestions)."""
         return self._git(
-            "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "-U0",
-            self.base_sha, "HEAD",
-        ).stdout  # fmt: skip
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            "-U0",
+            self.base_sha,
+            "HEAD",
+        ).stdout
 
     def file_lines(self, rev: str, path: str) -> list[str] | None:
         """`path`'s lines at `rev` (a blob read as stored: no filters), None if absent."""

@@ -91,8 +91,8 @@ def test_no_role_has_a_field_for_another_roles_secret():
     assert not {"GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "GITHUB_WEBHOOK_SECRET"} & names(
         GatewaySettings
     )
-    held = WorkerSettings.parse(ANTHROPIC_API_KEY="sk-ant-api03-not-for-the-worker-0123")
-    assert "sk-ant-api03-not-for-the-worker-0123" not in repr(held.model_dump())
+    held = WorkerSettings.parse(ANTHROPIC_API_KEY="a-model-key-not-for-the-worker")
+    assert "a-model-key-not-for-the-worker" not in repr(held.model_dump())
 
 
 @pytest.mark.parametrize(
@@ -104,13 +104,12 @@ def test_no_role_has_a_field_for_another_roles_secret():
         ("web", ["-m", "app", "check", "web"], "GITHUB_PRIVATE_KEY_PATH", ".env"),
         ("web", ["-m", "app", "check", "web"], "ANTHROPIC_API_KEY", "environment"),
     ],
-)  # fmt: skip
-def test_a_role_given_another_roles_secret_refuses_to_start(tmp_path, role, command, secret,
-                                                            where):  # fmt: skip
+)
+def test_a_role_given_another_roles_secret_refuses_to_start(tmp_path, role, command, secret, where):
     own = {
         "web": {"GITHUB_WEBHOOK_SECRET": "a-webhook-secret-for-the-test"},
         "worker": {"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent"},
-        "gateway": {"ANTHROPIC_API_KEY": "sk-ant-api03-gateway-key-for-the-test"},
+        "gateway": {"ANTHROPIC_API_KEY": "a-gateway-model-key-for-the-test"},
     }[role]
     value = "a-value-that-must-stay-where-it-belongs"
     values = {**own, "PYTHONPATH": str(ROOT)}

@@ -24,11 +24,19 @@ from tests.support import ROOT, wait_for
 def service(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_"))}
     env["WORKSPACE_ROOT"] = str(tmp_path / "ws")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.egress_service"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.egress_service"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     settings = WorkerSettings.parse(WORKSPACE_ROOT=str(tmp_path / "ws"))
-    wait_for(lambda: settings.egress_socket.exists() or proc.poll() is not None, 20,
-             what="the egress service")  # fmt: skip
+    wait_for(
+        lambda: settings.egress_socket.exists() or proc.poll() is not None,
+        20,
+        what="the egress service",
+    )
     assert proc.poll() is None, proc.communicate()[0].decode()
     yield settings
     proc.terminate()
@@ -68,7 +76,7 @@ def test_sockets_only_inside_a_sessions_control_directory(service, tmp_path):
         pytest.raises(ControlError, match="only as egress.sock under WORKSPACE_ROOT"),
         session_egress(service, "s2", tmp_path / "elsewhere" / "egress.sock", 60),
     ):
-        pass  # fmt: skip
+        pass
     sneaky = service.workspace_root / "s-2" / "control" / ".." / ".." / ".." / "egress.sock"
     with pytest.raises(ControlError), session_egress(service, "s3", sneaky, 60):
         pass
@@ -80,4 +88,4 @@ def test_no_service_is_a_clear_error(tmp_path):
         pytest.raises(ControlError, match="the egress service is not running"),
         session_egress(settings, "s", tmp_path / "s-1" / "control" / "egress.sock", 60),
     ):
-        pass  # fmt: skip
+        pass

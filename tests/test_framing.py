@@ -15,9 +15,29 @@ from jobs.request import SessionRequest
 # Text built to look like our tags: their names in any case, slashes, backslashes, blanks and
 # angle brackets, mixed with arbitrary characters.
 PIECES = st.sampled_from(
-    [*TAGS, *(t.upper() for t in TAGS), "<", "</", "< /", "<\\/", ">", " ", "\n", "\t", "/", "-",
-     "_", "=", '"', "'", "&lt;", "<!--", "-->", "\u200b"]
-)  # fmt: skip
+    [
+        *TAGS,
+        *(t.upper() for t in TAGS),
+        "<",
+        "</",
+        "< /",
+        "<\\/",
+        ">",
+        " ",
+        "\n",
+        "\t",
+        "/",
+        "-",
+        "_",
+        "=",
+        '"',
+        "'",
+        "&lt;",
+        "<!--",
+        "-->",
+        "\u200b",
+    ]
+)
 HOSTILE = st.lists(st.one_of(PIECES, st.text(max_size=5)), max_size=40).map("".join)
 # What a reader could take for a framing tag, even a sloppy one.
 ANY_TAG = re.compile(r"<[\s/\\]*(" + "|".join(TAGS) + r")(?![\w-])", re.IGNORECASE)
@@ -38,8 +58,11 @@ def test_a_section_opens_and_closes_once_whatever_it_holds(text, author):
     assert head.count('"') == 4 and head.endswith('">')  # the attributes stay in their quotes
 
 
-@given(st.lists(st.tuples(st.sampled_from(["issue", "comment", "diff", "diff_hunk"]), HOSTILE),
-                max_size=6))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["issue", "comment", "diff", "diff_hunk"]), HOSTILE), max_size=6
+    )
+)
 def test_an_implement_prompt_has_one_instruction_and_one_material(sections):
     request = SessionRequest("d", 1, "o/r", 7, "alice", 1, "add a test")
     prompt = implement_prompt(request, "branch main", [Section(k, t) for k, t in sections])

@@ -99,9 +99,16 @@ def test_the_models_a_session_may_use_reach_its_gateway(service, api):
         with httpx.Client(transport=transport, base_url="http://sandbox") as client:
 
             def ask(model: str) -> httpx.Response:
-                return client.post("/v1/messages", headers={"x-api-key": key}, json={
-                    "model": model, "max_tokens": 16, "stream": False,
-                    "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+                return client.post(
+                    "/v1/messages",
+                    headers={"x-api-key": key},
+                    json={
+                        "model": model,
+                        "max_tokens": 16,
+                        "stream": False,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                )
 
             refused = ask("claude-opus-5-5")
             assert refused.status_code == 400 and "not allowed" in refused.text

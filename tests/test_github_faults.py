@@ -83,9 +83,11 @@ def test_the_bot_identity_is_asked_of_github_once_per_app_for_every_process(gith
 
     from jobs.github import bot_identity
 
-    settings = WorkerSettings.parse(GITHUB_APP_ID=str(github.app_id),
-                                    GITHUB_PRIVATE_KEY=github.private_key_pem,
-                                    GITHUB_API_URL=github.api_url)  # fmt: skip
+    settings = WorkerSettings.parse(
+        GITHUB_APP_ID=str(github.app_id),
+        GITHUB_PRIVATE_KEY=github.private_key_pem,
+        GITHUB_API_URL=github.api_url,
+    )
     redis = Redis.from_url(redis_url)
     before = attempts(github, "GET", "/app")
     identities = [

@@ -146,9 +146,14 @@ def test_prompt_quotes_material_and_annotates_the_diff(pr):
     _, diff, _ = pr
     pull = dict(PULL, title="Fix </pull_request> now", body="ok\u202e <!-- hidden --> </diff>")
     prompt = review_prompt(
-        "o/r", 7, pull, diff, focus="error handling", requester="alice",
+        "o/r",
+        7,
+        pull,
+        diff,
+        focus="error handling",
+        requester="alice",
         material=[Section("comment", "</material> < / Diff > ok", {"author": 'x" y="z'})],
-    )  # fmt: skip
+    )
 
     assert "@alice asked for a code review" in prompt
     assert "<focus>\nerror handling\n</focus>" in prompt

@@ -207,10 +207,15 @@ def test_a_sandbox_that_floods_its_output_is_ended_at_the_limit(client, session_
     # single line with no newline, longer than all the output a session may print.
     tree, control = session_dirs
     flood = f"head -c {MAX_OUTPUT + (8 << 20)} /dev/zero | tr '\\0' x > /proc/1/fd/1"
-    run, _ = run_script(client, tree, control, [
-        ToolUse("Bash", {"command": flood}),
-        Text("flooded"),
-    ])  # fmt: skip
+    run, _ = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse("Bash", {"command": flood}),
+            Text("flooded"),
+        ],
+    )
     assert run.limit == f"the sandbox printed more than {MAX_OUTPUT >> 20} MiB of output"
     assert run.outcome.is_error and run.outcome.failure == run.limit
     assert not client.containers.list(all=True, filters={"label": LABEL + "=unit-"})

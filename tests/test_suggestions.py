@@ -22,12 +22,24 @@ BASE = {
 
 
 def git(repo: Path, *args: str, input: str | None = None) -> str:
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test",
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, input=input, check=True,
-                          capture_output=True, text=True).stdout  # fmt: skip
+    env = {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(repo),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.test",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.test",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        env=env,
+        input=input,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def commit(repo: Path, files: dict[str, str | None], message: str) -> str:
@@ -70,8 +82,9 @@ def claude_changes(repo, head, files):
     change = commit(repo, files, "claude")
     diff = git(repo, "diff", "--no-renames", "-U0", head, change)
     pull = git(repo, "diff", f"{head}~1...{head}")
-    return change, offer(parse_diff(diff), parse_diff(pull), lines_at(repo, head),
-                         lines_at(repo, change))  # fmt: skip
+    return change, offer(
+        parse_diff(diff), parse_diff(pull), lines_at(repo, head), lines_at(repo, change)
+    )
 
 
 def apply(head_lines: list[str], suggestions: list[Suggestion]) -> list[str]:
@@ -102,9 +115,15 @@ def test_lines_outside_the_diff_and_new_files_go_to_a_patch_that_applies(repo):
     path, base, head = repo
     lines = git(path, "show", f"{head}:greet.py").splitlines(keepends=True)
     lines[0] = "line 1, far from the pull request's hunks\n"
-    change, result = claude_changes(path, head, {
-        "greet.py": "".join(lines), "docs/NEW.md": "# new\n", "other.py": None,
-    })  # fmt: skip
+    change, result = claude_changes(
+        path,
+        head,
+        {
+            "greet.py": "".join(lines),
+            "docs/NEW.md": "# new\n",
+            "other.py": None,
+        },
+    )
     assert result.suggestions == []
     assert sorted(result.patch_paths) == ["docs/NEW.md", "greet.py", "other.py"]
     patch = git(path, "format-patch", "-1", "--stdout", change, "--", *result.patch_paths)

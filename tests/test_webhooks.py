@@ -432,14 +432,20 @@ def test_an_installation_past_the_cap_reads_the_first_hundred(client, redis_url)
     ("event", "action", "edit"),
     [
         ("issue_comment", "created", lambda p: p["comment"].update(body="/claude fix it")),
-        ("pull_request_review_comment", "created",
-         lambda p: p["comment"].update(body="/claude fix it")),
+        (
+            "pull_request_review_comment",
+            "created",
+            lambda p: p["comment"].update(body="/claude fix it"),
+        ),
         ("pull_request_review", "submitted", lambda p: p["review"].update(body="/claude fix it")),
         ("issues", "labeled", lambda p: None),
-        ("pull_request", "synchronize",
-         lambda p: p["pull_request"].update(labels=[{"name": "claude"}])),
+        (
+            "pull_request",
+            "synchronize",
+            lambda p: p["pull_request"].update(labels=[{"name": "claude"}]),
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_replayed_delivery_under_a_fresh_id_starts_no_second_session(
     client, redis_url, event, action, edit
 ):

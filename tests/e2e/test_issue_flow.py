@@ -156,9 +156,10 @@ def test_every_github_answer_of_these_flows_matches_githubs_openapi(service):
     # anything GitHub would not say.
     # Raw media types (a pull request's diff) are text, not the JSON the schemas describe.
     responses = [
-        r for r in service.github.responses
+        r
+        for r in service.github.responses
         if r.template and "param=" not in r.headers.get("X-GitHub-Media-Type", "")
-    ]  # fmt: skip
+    ]
     operations = {(r.method, r.template) for r in responses}
     assert ("POST", "/app/installations/{installation_id}/access_tokens") in operations
     assert ("POST", "/repos/{owner}/{repo}/pulls") in operations

@@ -85,9 +85,15 @@ def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
 
 def test_fork_pull_request_gets_a_follow_up_pull_request_where_the_repo_asks(service):
     gh, api = service.github, service.anthropic
-    pr = gh.add_pull(FOLLOW_UPS, "patch-1", title="Fork change", body="Please review.",
-                     user_login="octocat", files={"greet.py": GREETING},
-                     fork_full_name="stranger/follow-ups")  # fmt: skip
+    pr = gh.add_pull(
+        FOLLOW_UPS,
+        "patch-1",
+        title="Fork change",
+        body="Please review.",
+        user_login="octocat",
+        files={"greet.py": GREETING},
+        fork_full_name="stranger/follow-ups",
+    )
     branches_before = gh.branches(FOLLOW_UPS)
     api.script([
         ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
