@@ -7,7 +7,7 @@ docs/reliability.md ("Load") has the measurements behind these choices.
 
 from pydantic import ValidationError
 
-from app.config import WebSettings, env_file
+from jobs.common.settings import WebSettings, env_file
 
 try:
     _settings = WebSettings(_env_file=(".env", str(env_file("web"))))

@@ -2,6 +2,6 @@
 
 import sys
 
-from app.config import main
+from jobs.common.settings import main
 
 sys.exit(main(sys.argv))

@@ -15,30 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
-from rq.job import Callback, JobStatus
-from rq.serializers import JSONSerializer
+from rq.job import JobStatus
 
-from jobs.request import SessionRequest
+from jobs.common.queue import (
+    DELIVERY_TTL,
+    ON_FAILURE,
+    ON_STOPPED,
+    RUN_SESSION,
+    active_key,
+    claim_key,
+    session_id_for,
+    stop_requests_key,
+)
+from jobs.common.request import SessionRequest
 
-DELIVERY_TTL = 7 * 24 * 3600
 # How long a trigger's content is remembered: a signed delivery stays valid forever, so a replay
 # is recognised by what it is about for much longer than a delivery id is kept.
 CONTENT_TTL = 90 * 24 * 3600
-RUN_SESSION = "jobs.session.run_session"
 # Clone, push and comment around the sandbox's own wall clock.
 JOB_MARGIN = 300
-# When the session cannot end its tracking comment itself (its horse was killed, RQ found it
-# abandoned, or it raised), these end it as interrupted; by dotted path, so the web process
-# never imports the worker's code. RQ gives a callback 60 s by default.
-ON_FAILURE = Callback("jobs.interrupted.on_failure", timeout=60)
-ON_STOPPED = Callback("jobs.interrupted.on_stopped", timeout=60)
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,11 @@ class Enqueued:
     duplicate: bool
 
 
-def session_id_for(delivery_id: str) -> str:
-    # RQ job ids allow only letters, digits, '_' and '-'; GitHub's GUIDs fit, others are hashed.
-    if re.fullmatch(r"[A-Za-z0-9-]{1,64}", delivery_id):
-        return f"session-{delivery_id}"
-    return "session-" + hashlib.sha256(delivery_id.encode()).hexdigest()[:32]
-
-
-def claim_key(delivery_id: str) -> str:
-    """Set once a delivery is queued; the redelivery sweeper reads it too."""
-    return f"claudecluster:delivery:{delivery_id}"
-
-
 def content_key(request: SessionRequest) -> str:
     """Set once a trigger's content is queued, whatever the delivery id that brought it."""
     what = request.content_id or f"delivery:{request.delivery_id}"
     digest = hashlib.sha256(f"{request.repo}\0{what}".encode()).hexdigest()[:40]
     return f"claudecluster:content:{digest}"
-
-
-def session_queue(redis: Redis, name: str) -> Queue:
-    return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
 # KEYS: the claim, the job hash, the queue's list, RQ's set of queues, the content's claim.
@@ -163,20 +147,6 @@ async def enqueue_session(
     if isinstance(queued, bytes):  # the same content, queued before as this session
         return Enqueued(queued.decode(), duplicate=True)
     return Enqueued(session_id, duplicate=not queued)
-
-
-def active_key(thread: str) -> str:
-    return f"claudecluster:active:{thread}"
-
-
-def stop_key(session_id: str) -> str:
-    """Set (to the login who asked) once the session has accepted a stop."""
-    return f"claudecluster:stop:{session_id}"
-
-
-def stop_requests_key(session_id: str) -> str:
-    """Logins that asked the session to stop, for it to check: the web cannot ask GitHub."""
-    return f"claudecluster:stop-requests:{session_id}"
 
 
 async def request_stop(redis: AsyncRedis, request: SessionRequest) -> str | None:

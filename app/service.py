@@ -14,10 +14,10 @@ import logging
 from a2wsgi import WSGIMiddleware
 from redis.asyncio import Redis
 
-from app import MAX_PAYLOAD, create_app, web_settings
-from app.config import WebSettings
-from app.enqueue import session_queue
+from app.pages import MAX_PAYLOAD, create_app, web_settings
 from app.webhooks import Answer, Webhooks
+from jobs.common.queue import session_queue
+from jobs.common.settings import WebSettings
 
 log = logging.getLogger(__name__)
 

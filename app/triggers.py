@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from app.payload import field
-from app.repo_hints import DEFAULT_TRIGGER, RepoHints
-from jobs.request import CONFIG_PATH, MARKER, Mode, SessionRequest, Trigger
+from jobs.common.repo_hints import DEFAULT_TRIGGER, RepoHints
+from jobs.common.request import CONFIG_PATH, MARKER, Mode, SessionRequest, Trigger
 
 TRIGGER = DEFAULT_TRIGGER
 
@@ -91,8 +91,22 @@ def instruction_from(body: str, phrase: str = TRIGGER) -> str | None:
 
 
 # One-word requests that are real work, not mistyped commands.
-KNOWN_VERBS = frozenset({"fix", "refactor", "test", "document", "lint", "format", "implement",
-                         "rebase", "continue", "retry", "simplify", "optimize"})  # fmt: skip
+KNOWN_VERBS = frozenset(
+    {
+        "fix",
+        "refactor",
+        "test",
+        "document",
+        "lint",
+        "format",
+        "implement",
+        "rebase",
+        "continue",
+        "retry",
+        "simplify",
+        "optimize",
+    }
+)
 
 
 def command_from(instruction: str) -> tuple[str, str]:
@@ -106,8 +120,9 @@ def command_from(instruction: str) -> tuple[str, str]:
     if word == "review":
         focus = instruction.strip()[len(first) :].strip()
         return Mode.REVIEW, focus
-    if first.startswith("-") or (not rest and "\n" not in instruction.strip()
-                                 and word.isalpha() and word not in KNOWN_VERBS):  # fmt: skip
+    if first.startswith("-") or (
+        not rest and "\n" not in instruction.strip() and word.isalpha() and word not in KNOWN_VERBS
+    ):
         # A lone word or a flag is taken for a command we do not know: answer with the help.
         return Mode.HELP, instruction
     return Mode.IMPLEMENT, instruction
@@ -129,8 +144,9 @@ def _request(payload: dict, delivery_id: str, who: tuple[str, ...], **values) ->
     )
 
 
-def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
-               **values) -> Decision:  # fmt: skip
+def _commented(
+    payload: dict, delivery_id: str, hints: RepoHints, comment: str, **values
+) -> Decision:
     body = field(payload, comment, "body", optional=True) or ""
     user = field(payload, comment, "user", kind=dict)
     if MARKER in body:
@@ -148,42 +164,62 @@ def _commented(payload: dict, delivery_id: str, hints: RepoHints, comment: str,
     own_id = field(payload, comment, "id", kind=int)
     content = f"{values.get('trigger', Trigger.COMMENT)}:{values.get('number')}:{own_id}"
     return Start(
-        _request(payload, delivery_id, (comment, "user"), instruction=instruction, mode=mode,
-                 triggered_at=when or "", phrase=hints.trigger, content_id=content, **values)
-    )  # fmt: skip
+        _request(
+            payload,
+            delivery_id,
+            (comment, "user"),
+            instruction=instruction,
+            mode=mode,
+            triggered_at=when or "",
+            phrase=hints.trigger,
+            content_id=content,
+            **values,
+        )
+    )
 
 
 @handles("issue_comment", "created", hints=True)
 def issue_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     pull = field(payload, "issue", "pull_request", kind=dict, optional=True) is not None
     return _commented(
-        payload, delivery_id, hints, "comment",
+        payload,
+        delivery_id,
+        hints,
+        "comment",
         number=field(payload, "issue", "number", kind=int),
         comment_id=field(payload, "comment", "id", kind=int),
         pull=pull,
-    )  # fmt: skip
+    )
 
 
 @handles("pull_request_review_comment", "created", hints=True)
 def review_comment_created(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
-        payload, delivery_id, hints, "comment",
+        payload,
+        delivery_id,
+        hints,
+        "comment",
         number=field(payload, "pull_request", "number", kind=int),
         review_comment_id=field(payload, "comment", "id", kind=int),
-        pull=True, trigger=Trigger.REVIEW_COMMENT,
+        pull=True,
+        trigger=Trigger.REVIEW_COMMENT,
         head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
-    )  # fmt: skip
+    )
 
 
 @handles("pull_request_review", "submitted", hints=True)
 def review_submitted(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _commented(
-        payload, delivery_id, hints, "review",
+        payload,
+        delivery_id,
+        hints,
+        "review",
         number=field(payload, "pull_request", "number", kind=int),
         review_id=field(payload, "review", "id", kind=int),
-        pull=True, trigger=Trigger.REVIEW,
+        pull=True,
+        trigger=Trigger.REVIEW,
         head_sha=field(payload, "pull_request", "head", "sha", optional=True) or "",
-    )  # fmt: skip
+    )
 
 
 def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decision:
@@ -199,10 +235,19 @@ def _labelled(payload: dict, delivery_id: str, thread: str, pull: bool) -> Decis
     name = field(payload, "label", "name")
     content = f"label:{number}:{label_id}:{name}:{when}"
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=pull,
-                 trigger=Trigger.LABEL, label=name, triggered_at=when,
-                 content_id=content)
-    )  # fmt: skip
+        _request(
+            payload,
+            delivery_id,
+            ("sender",),
+            instruction="",
+            number=number,
+            pull=pull,
+            trigger=Trigger.LABEL,
+            label=name,
+            triggered_at=when,
+            content_id=content,
+        )
+    )
 
 
 @handles("pull_request", "labeled")
@@ -230,10 +275,19 @@ def pull_request_pushed(payload: dict, delivery_id: str, hints: RepoHints) -> De
         payload, "pull_request", "head", "sha", optional=True
     )
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="", number=number, pull=True,
-                 trigger=Trigger.PUSH, label=",".join(names), triggered_at=when,
-                 content_id=f"push:{number}:{head}" if head else "")
-    )  # fmt: skip
+        _request(
+            payload,
+            delivery_id,
+            ("sender",),
+            instruction="",
+            number=number,
+            pull=True,
+            trigger=Trigger.PUSH,
+            label=",".join(names),
+            triggered_at=when,
+            content_id=f"push:{number}:{head}" if head else "",
+        )
+    )
 
 
 @handles("push", "")
@@ -253,9 +307,16 @@ def pushed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     if CONFIG_PATH not in touched:
         return Ignore(f"push does not change {CONFIG_PATH}")
     return Start(
-        _request(payload, delivery_id, ("sender",), instruction="", number=0, mode=Mode.REFRESH,
-                 trigger=Trigger.CONFIG)
-    )  # fmt: skip
+        _request(
+            payload,
+            delivery_id,
+            ("sender",),
+            instruction="",
+            number=0,
+            mode=Mode.REFRESH,
+            trigger=Trigger.CONFIG,
+        )
+    )
 
 
 # A new installation's repositories learn their trigger phrase before anyone comments; past
@@ -271,17 +332,24 @@ def _primed(payload: dict, delivery_id: str, key: str) -> Decision:
     installation_id = field(payload, "installation", "id", kind=int)
     requester = field(payload, "sender", "login")
     requester_id = field(payload, "sender", "id", kind=int)
-    return Prime(tuple(
-        SessionRequest(
-            # One delivery, one session per repository: each id derived, so a redelivery of
-            # the installation event queues none of them twice.
-            delivery_id=f"{delivery_id}-r{field(repo, 'id', kind=int)}",
-            installation_id=installation_id, repo=field(repo, "full_name"), number=0,
-            requester=requester, requester_id=requester_id, instruction="", mode=Mode.REFRESH,
-            trigger=Trigger.CONFIG,
+    return Prime(
+        tuple(
+            SessionRequest(
+                # One delivery, one session per repository: each id derived, so a redelivery of
+                # the installation event queues none of them twice.
+                delivery_id=f"{delivery_id}-r{field(repo, 'id', kind=int)}",
+                installation_id=installation_id,
+                repo=field(repo, "full_name"),
+                number=0,
+                requester=requester,
+                requester_id=requester_id,
+                instruction="",
+                mode=Mode.REFRESH,
+                trigger=Trigger.CONFIG,
+            )
+            for repo in repos
         )
-        for repo in repos
-    ))  # fmt: skip
+    )
 
 
 @handles("installation", "created")

@@ -21,9 +21,9 @@ from rq import Queue
 
 from app.enqueue import enqueue_session, request_stop
 from app.payload import PayloadError
-from app.repo_hints import RepoHints, read_hints
 from app.triggers import Ignore, Prime, decide, reads_hints
-from jobs.request import Mode
+from jobs.common.repo_hints import RepoHints, read_hints
+from jobs.common.request import Mode
 
 log = logging.getLogger(__name__)
 

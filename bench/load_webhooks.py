@@ -102,22 +102,28 @@ def _ignored_bodies(repos: list[str]) -> list[tuple[str, bytes, float]]:
         sync = _pointed(webhook_example("pull_request", "synchronize"), repo)
         sync["pull_request"]["labels"] = []
         out.append(("pull_request", sync, 5 / 8))
-        out.append(("pull_request", _pointed(webhook_example("pull_request", "opened"), repo),
-                    5 / 8))  # fmt: skip
+        out.append(
+            ("pull_request", _pointed(webhook_example("pull_request", "opened"), repo), 5 / 8)
+        )
         out.append(("star", _pointed(webhook_example("star", "created"), repo), 3 / 8))
         out.append(("watch", _pointed(webhook_example("watch", "started"), repo), 2 / 8))
-        out.append(("check_run", _pointed(webhook_example("check_run", "completed"), repo),
-                    4 / 8))  # fmt: skip
-        out.append(("workflow_run", _pointed(webhook_example("workflow_run", "completed"), repo),
-                    3 / 8))  # fmt: skip
-        out.append(("workflow_job", _pointed(webhook_example("workflow_job", "queued"), repo),
-                    3 / 8))  # fmt: skip
+        out.append(("check_run", _pointed(webhook_example("check_run", "completed"), repo), 4 / 8))
+        out.append(
+            ("workflow_run", _pointed(webhook_example("workflow_run", "completed"), repo), 3 / 8)
+        )
+        out.append(
+            ("workflow_job", _pointed(webhook_example("workflow_job", "queued"), repo), 3 / 8)
+        )
     return [(event, json.dumps(p).encode(), w) for event, p, w in out]
 
 
 def _trigger_bodies(repos: list[str], count: int = 64) -> list[bytes]:
-    asks = ["fix the flaky test", "add a CONTRIBUTING.md", "review the error handling",
-            "document the retry policy\nand add an example"]  # fmt: skip
+    asks = [
+        "fix the flaky test",
+        "add a CONTRIBUTING.md",
+        "review the error handling",
+        "document the retry policy\nand add an example",
+    ]
     bodies = []
     for i in range(count):
         repo = repos[i % len(repos)]
@@ -126,8 +132,9 @@ def _trigger_bodies(repos: list[str], count: int = 64) -> list[bytes]:
     return bodies
 
 
-def build_deliveries(count: int, seed: int, prefix: str, port: int,
-                     keep_alive: bool = False) -> list[Delivery]:  # fmt: skip
+def build_deliveries(
+    count: int, seed: int, prefix: str, port: int, keep_alive: bool = False
+) -> list[Delivery]:
     """`count` signed deliveries: 30% triggering, 60% ignored, 10% redeliveries of a trigger."""
     rng = random.Random(seed)
     repos = [f"load-org/repo-{i}" for i in range(16)]
@@ -311,8 +318,14 @@ class Run:
     retried: int = 0
 
 
-async def open_loop(port: int, deliveries: list[Delivery], rate: float | None, connections: int,
-                    timeout: float = GITHUB_TIMEOUT, max_wait: float = 300) -> Run:  # fmt: skip
+async def open_loop(
+    port: int,
+    deliveries: list[Delivery],
+    rate: float | None,
+    connections: int,
+    timeout: float = GITHUB_TIMEOUT,
+    max_wait: float = 300,
+) -> Run:
     """Send every delivery at its due time (rate None: flat out, `connections` in flight).
 
     Answers are awaited up to `max_wait` seconds after the last send; later ones are given up.
@@ -398,9 +411,11 @@ class _Trivial(asyncio.Protocol):
             del self.buf[: end + 4 + length]
             conn = b"keep-alive" if self.keep_alive else b"close"
             self.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: " + conn
-                + b"\r\nContent-Length: %d\r\n\r\n" % len(TRIVIAL_REPLY) + TRIVIAL_REPLY
-            )  # fmt: skip
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: "
+                + conn
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(TRIVIAL_REPLY)
+                + TRIVIAL_REPLY
+            )
             if not self.keep_alive:
                 self.transport.close()
                 return
@@ -530,10 +545,13 @@ def pct(values: list[float], p: float) -> float:
 
 
 def latency_line(latencies: list[float]) -> str:
-    return "  ".join(
-        f"{name} {pct(latencies, p) * 1000:.1f}"
-        for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-    ) + " ms"  # fmt: skip
+    return (
+        "  ".join(
+            f"{name} {pct(latencies, p) * 1000:.1f}"
+            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        )
+        + " ms"
+    )
 
 
 def answer(result: Result) -> str:
@@ -550,7 +568,7 @@ def baseline(args, deliveries: list[Delivery]) -> dict:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--trivial-server", str(port), "--trivial-mode", mode],
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         wait_port(port, 10)
         flat = asyncio.run(open_loop(port, deliveries[: args.baseline_requests], None, 64))
@@ -568,8 +586,16 @@ def baseline(args, deliveries: list[Delivery]) -> dict:
     return {"ceiling": ceiling, "p50": pct(lat, 50), "p99": pct(lat, 99)}
 
 
-def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: list[Delivery],
-           warm_run: Run, cpu: dict, base: dict | None) -> bool:  # fmt: skip
+def report(
+    args,
+    deliveries: list[Delivery],
+    run: Run,
+    redis_url: str,
+    warm: list[Delivery],
+    warm_run: Run,
+    cpu: dict,
+    base: dict | None,
+) -> bool:
     from redis import Redis
 
     results = run.results
@@ -582,16 +608,22 @@ def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: lis
     lat = [r.latency for r in answered]
     ok = True
 
-    print(f"\n== {n} deliveries in {run.elapsed_all:.1f} s "
-          f"({args.rate:.0f}/s wanted for {args.duration:.0f} s)")  # fmt: skip
-    print(f"  sent        {sent_rate:8.1f}/s  (sender late: p99 {pct(run.lag, 99) * 1000:.1f} ms, "
-          f"max {max(run.lag) * 1000:.1f} ms)")  # fmt: skip
+    print(
+        f"\n== {n} deliveries in {run.elapsed_all:.1f} s "
+        f"({args.rate:.0f}/s wanted for {args.duration:.0f} s)"
+    )
+    print(
+        f"  sent        {sent_rate:8.1f}/s  (sender late: p99 {pct(run.lag, 99) * 1000:.1f} ms, "
+        f"max {max(run.lag) * 1000:.1f} ms)"
+    )
     print(
         f"  answered    {done_rate:8.1f}/s  ({len(answered)} answers; "
         f"{run.opened} connections opened, {run.retried} resent on a stale keep-alive)"
     )
-    print(f"  HTTP        {dict(sorted(statuses.items()))}" + (f"  errors {dict(errors)}"
-                                                                 if errors else ""))  # fmt: skip
+    print(
+        f"  HTTP        {dict(sorted(statuses.items()))}"
+        + (f"  errors {dict(errors)}" if errors else "")
+    )
     print(f"  latency     {latency_line(lat)}  (from each delivery's due time)")
     by_kind: dict[str, list[float]] = {}
     for d, r in zip(deliveries, results, strict=True):
@@ -618,10 +650,12 @@ def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: lis
         )
     if base:
         b = base
-        print(f"  vs baseline rate {done_rate / args.rate:.2f} of target; target is "
-              f"{args.rate / b['ceiling']:.2f} of the generator's ceiling; p50 "
-              f"{pct(lat, 50) / b['p50']:.1f}x, p99 {pct(lat, 99) / b['p99']:.1f}x the "
-              f"generator's own floor")  # fmt: skip
+        print(
+            f"  vs baseline rate {done_rate / args.rate:.2f} of target; target is "
+            f"{args.rate / b['ceiling']:.2f} of the generator's ceiling; p50 "
+            f"{pct(lat, 50) / b['p50']:.1f}x, p99 {pct(lat, 99) / b['p99']:.1f}x the "
+            f"generator's own floor"
+        )
 
     if done_rate < args.rate * 0.98 or sent_rate < args.rate * 0.98:
         print(f"  FAIL: {done_rate:.0f}/s answered, below the {args.rate:.0f}/s target")
@@ -640,8 +674,10 @@ def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: lis
         elif answer(r) != "ignored":
             wrong.append(f"{d.event} {d.delivery_id}: {r.status or r.error} {answer(r)}")
     if wrong:
-        print(f"  FAIL: {len(wrong)} deliveries that start nothing were not answered 'ignored', "
-              f"e.g. {wrong[:3]}")  # fmt: skip
+        print(
+            f"  FAIL: {len(wrong)} deliveries that start nothing were not answered 'ignored', "
+            f"e.g. {wrong[:3]}"
+        )
         ok = False
     redis = Redis.from_url(redis_url)
     job_ids = [x.decode() for x in redis.lrange(f"rq:queue:{QUEUE}", 0, -1)]
@@ -656,9 +692,10 @@ def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: lis
     known = {i: answers for i, answers in expected.items() if i not in unknown}
     queued_once = sum(1 for answers in known.values() if answers.count("queued") == 1)
     rest_dup = sum(
-        1 for answers in known.values()
+        1
+        for answers in known.values()
         if answers.count("queued") == 1 and answers.count("duplicate") == len(answers) - 1
-    )  # fmt: skip
+    )
     duplicates = sum(len(a) - 1 for a in expected.values())
     measured = {d.delivery_id for d in deliveries if d.kind == "trigger"}
     print(
@@ -677,8 +714,13 @@ def report(args, deliveries: list[Delivery], run: Run, redis_url: str, warm: lis
     wanted = {f"session-{i}" for i in known}
     maybe = {f"session-{i}" for i in unknown}
     missing, extra = wanted - jobs, jobs - wanted - maybe
-    if (missing or extra or unknown or not len(job_ids) == len(jobs) == saved == claims
-            or not queued_once == rest_dup == len(known)):  # fmt: skip
+    if (
+        missing
+        or extra
+        or unknown
+        or not len(job_ids) == len(jobs) == saved == claims
+        or not queued_once == rest_dup == len(known)
+    ):
         print(
             f"  FAIL: exactly once not shown: missing {sorted(missing)[:3]}, "
             f"extra {sorted(extra)[:3]}, repeated {len(job_ids) - len(jobs)}, "
@@ -759,8 +801,9 @@ def main() -> int:
     count = int(args.rate * args.duration)
     t = time.monotonic()
     deliveries = build_deliveries(count, args.seed, "load", port, args.keep_alive)
-    warm = build_deliveries(int(args.rate * args.warmup), args.seed + 1, "warm", port,
-                            args.keep_alive)  # fmt: skip
+    warm = build_deliveries(
+        int(args.rate * args.warmup), args.seed + 1, "warm", port, args.keep_alive
+    )
     kinds = Counter(d.kind for d in deliveries)
     print(
         f"built {count} signed deliveries in {time.monotonic() - t:.1f} s: {dict(kinds)}; "
@@ -791,10 +834,22 @@ def main() -> int:
     redis_port = free_port()
     redis_url = f"redis://{HOST}:{redis_port}/0"
     redis_proc = subprocess.Popen(
-        [redis_bin, "--port", str(redis_port), "--bind", HOST, "--save", "", "--appendonly", "no",
-         "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            redis_bin,
+            "--port",
+            str(redis_port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     env = {
         **os.environ,
         "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -810,13 +865,19 @@ def main() -> int:
     root = Path(args.root).resolve()
     web = procfile_web(root)
     log = (tmp / "gunicorn.log").open("wb")
-    print(f"server: {web} in {root}  (WEB_CONCURRENCY={args.web_concurrency}"
-          + (f", GUNICORN_CMD_ARGS={args.gunicorn_args!r}" if args.gunicorn_args else "")
-          + f"; log {tmp / 'gunicorn.log'})")  # fmt: skip
+    print(
+        f"server: {web} in {root}  (WEB_CONCURRENCY={args.web_concurrency}"
+        + (f", GUNICORN_CMD_ARGS={args.gunicorn_args!r}" if args.gunicorn_args else "")
+        + f"; log {tmp / 'gunicorn.log'})"
+    )
     gunicorn = subprocess.Popen(
-        ["/bin/sh", "-c", f"exec {web}"], cwd=root, env=env, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        ["/bin/sh", "-c", f"exec {web}"],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ok = False
     try:
         wait_http(f"http://{HOST}:{port}/healthz", 30)

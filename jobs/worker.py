@@ -4,7 +4,7 @@ It checks its configuration first, so a missing variable is one line at start-up
 failure inside the first session, and it uses RQ's JSON serializer: the queue carries only plain
 values, and nothing in Redis is ever unpickled.
 
-Crashes and shutdowns (see jobs/reaper.py and jobs/interrupted.py):
+Crashes and shutdowns (see jobs/upkeep/reaper.py and jobs/upkeep/interrupted.py):
 
 * At start and every `REAPER_INTERVAL` seconds while idle, RQ's maintenance cleans its registries
   (abandoned jobs get their failure callback) and the reaper removes the containers and
@@ -28,21 +28,21 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from app.config import CONFIG_ERROR_EXIT, WorkerSettings, settings_at_start
-from app.enqueue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
-from app.logs import configure_logging
-from jobs.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
-from jobs.reaper import (
+from jobs.common.logs import configure_logging
+from jobs.common.queue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
+from jobs.common.redact import redactor
+from jobs.common.settings import CONFIG_ERROR_EXIT, WorkerSettings, settings_at_start
+from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
+from jobs.upkeep.leftovers import (
     HORSE_FIELD,
     HOST_FIELD,
     PID_FIELD,
     host_identity,
     process_token,
-    reap,
     reap_session,
 )
-from jobs.redact import redactor
-from jobs.redelivery import SWEEP_JOB, schedule_sweep
+from jobs.upkeep.reaper import reap
+from jobs.upkeep.redelivery import SWEEP_JOB, schedule_sweep
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,14 @@ class SessionWorker(Worker):
     slot, so any number of workers book one sweep per slot.
     """
 
-    def __init__(self, *args, settings: WorkerSettings | None = None, reaper_interval: int = 60,
-                 docker_client=None, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        settings: WorkerSettings | None = None,
+        reaper_interval: int = 60,
+        docker_client=None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("job_class", SessionJob)
         kwargs.setdefault("maintenance_interval", reaper_interval)
         kwargs.setdefault("worker_ttl", reaper_interval + 16)
@@ -233,8 +239,9 @@ def _redis_away(what: str):
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        log.warning("Redis unreachable (%s); %s skipped, the session goes on",
-                    type(exc).__name__, what)  # fmt: skip
+        log.warning(
+            "Redis unreachable (%s); %s skipped, the session goes on", type(exc).__name__, what
+        )
 
 
 def main() -> int:

@@ -106,8 +106,24 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def pointed_at(payload: dict, repo: str, installation_id: int, login: str = "octocat",
-               user_id: int = 583231) -> dict:  # fmt: skip
+def wait_for_count(count, target: int, stall: float, interval: float = 0.5, what: str = "count"):
+    """Until `count()` reaches `target`. A busy machine may take long, so this fails only once
+    the count has not grown for `stall` seconds: slow progress passes, no progress does not."""
+    best, since = -1, time.monotonic()
+    while True:
+        value = count()
+        if value >= target:
+            return value
+        if value > best:
+            best, since = value, time.monotonic()
+        elif time.monotonic() - since > stall:
+            raise AssertionError(f"{what}: stuck at {best} of {target} for {stall}s")
+        time.sleep(interval)
+
+
+def pointed_at(
+    payload: dict, repo: str, installation_id: int, login: str = "octocat", user_id: int = 583231
+) -> dict:
     """One of GitHub's examples, re-addressed to a repository, installation and sender of ours."""
     owner, name = repo.split("/")
     payload["repository"].update(full_name=repo, name=name)
@@ -117,8 +133,14 @@ def pointed_at(payload: dict, repo: str, installation_id: int, login: str = "oct
     return payload
 
 
-def pull_event_payload(action: str, repo: str, number: int, installation_id: int,
-                       labels: list[str] = (), label: str | None = None) -> dict:  # fmt: skip
+def pull_event_payload(
+    action: str,
+    repo: str,
+    number: int,
+    installation_id: int,
+    labels: list[str] = (),
+    label: str | None = None,
+) -> dict:
     """`pull_request.<action>` from GitHub's examples, for pull request `number`."""
     payload = pointed_at(webhook_example("pull_request", action), repo, installation_id)
     payload["number"] = number
@@ -129,10 +151,12 @@ def pull_event_payload(action: str, repo: str, number: int, installation_id: int
     return payload
 
 
-def review_comment_payload(repo: str, number: int, comment_id: int, body: str,
-                           installation_id: int) -> dict:  # fmt: skip
-    payload = pointed_at(webhook_example("pull_request_review_comment", "created"), repo,
-                         installation_id)  # fmt: skip
+def review_comment_payload(
+    repo: str, number: int, comment_id: int, body: str, installation_id: int
+) -> dict:
+    payload = pointed_at(
+        webhook_example("pull_request_review_comment", "created"), repo, installation_id
+    )
     payload["pull_request"]["number"] = number
     payload["comment"].update(id=comment_id, body=body)
     payload["comment"]["user"].update(login="octocat", id=583231, type="User")
@@ -143,7 +167,8 @@ def enqueue(redis, request, timeout: int = 600):
     """Queue a session as the front door does (app.enqueue, async) from a synchronous test."""
     from redis.asyncio import Redis as AsyncRedis
 
-    from app.enqueue import enqueue_session, session_queue
+    from app.enqueue import enqueue_session
+    from jobs.common.queue import session_queue
 
     async def run():
         kw = redis.connection_pool.connection_kwargs
@@ -192,12 +217,19 @@ class AsgiClient:
         if not any(k.lower() == "content-length" for k, _ in pairs):
             pairs.append(("Content-Length", str(len(body))))
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
-            "query_string": b"", "root_path": "", "server": ("testserver", 80),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "server": ("testserver", 80),
             "client": ("127.0.0.1", 12345),
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
-        }  # fmt: skip
+        }
         chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
         sent: list[dict] = []
 
@@ -261,13 +293,26 @@ class RedisServer:
         self.proc = None
 
     def start(self) -> None:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
-            "--appendonly", "no"]  # fmt: skip
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *persistence, "--dir", str(self.data)],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                str(self.data),
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         wait_for(self._ping, 10, 0.05, "redis-server to answer")
 
     def _ping(self) -> bool:

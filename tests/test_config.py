@@ -8,13 +8,16 @@ import sys
 
 import pytest
 
-from app.config import ConfigError, GatewaySettings, WebSettings, WorkerSettings
+from jobs.common.settings import ConfigError, GatewaySettings, WebSettings, WorkerSettings
 from tests.support import ROOT, free_port
 
 
 def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GITHUB_", "ANTHROPIC_", "REDIS_", "AGENT_"))}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GITHUB_", "ANTHROPIC_", "REDIS_", "AGENT_"))
+    }
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
     env.update(values)
     return env
@@ -33,14 +36,18 @@ def problem_lines(output: str) -> list[str]:
     [
         ({}, "GITHUB_APP_ID is not set"),
         ({"GITHUB_APP_ID": "twelve"}, "GITHUB_APP_ID: Input should be a valid integer"),
-        ({"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY": "not a key"},
-         "GITHUB_PRIVATE_KEY: not a PEM private key"),
-        ({"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent/key.pem"},
-         "GITHUB_PRIVATE_KEY_PATH: cannot read the key file"),
+        (
+            {"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY": "not a key"},
+            "GITHUB_PRIVATE_KEY: not a PEM private key",
+        ),
+        (
+            {"GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY_PATH": "/nonexistent/key.pem"},
+            "GITHUB_PRIVATE_KEY_PATH: cannot read the key file",
+        ),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL: Value error, must be a redis://"),
         ({"GITHUB_API_URL": "api.github.com"}, "GITHUB_API_URL: Value error, must be an http"),
     ],
-)  # fmt: skip
+)
 def test_worker_refuses_to_start_naming_the_variable(tmp_path, values, expected):
     result = run([sys.executable, "-m", "jobs.worker"], clean_env(**values), tmp_path)
     assert result.returncode == 2
@@ -100,7 +107,7 @@ def test_no_role_has_a_field_for_another_roles_secret():
     [
         ("worker", ["-m", "jobs.worker"], "ANTHROPIC_API_KEY", "environment"),
         ("worker", ["-m", "jobs.worker"], "GITHUB_WEBHOOK_SECRET", ".env"),
-        ("gateway", ["-m", "jobs.gateway_service"], "GITHUB_PRIVATE_KEY", "deploy/env/gateway.env"),
+        ("gateway", ["-m", "jobs.gateway.service"], "GITHUB_PRIVATE_KEY", "deploy/env/gateway.env"),
         ("web", ["-m", "app", "check", "web"], "GITHUB_PRIVATE_KEY_PATH", ".env"),
         ("web", ["-m", "app", "check", "web"], "ANTHROPIC_API_KEY", "environment"),
     ],
@@ -130,10 +137,15 @@ def test_private_key_with_escaped_newlines_is_accepted(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()  # fmt: skip
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
     flat = pem.strip().replace("\n", "\\n")
     settings = WorkerSettings.parse(GITHUB_PRIVATE_KEY=flat)
     assert settings.private_key.strip() == pem.strip()
@@ -152,8 +164,9 @@ def test_every_problem_is_named_at_once():
 
 
 def test_run_script_check_names_everything_missing(tmp_path):
-    result = run([sys.executable, "-m", "app", "check", "all"], clean_env(PYTHONPATH=str(ROOT)),
-                 tmp_path)  # fmt: skip
+    result = run(
+        [sys.executable, "-m", "app", "check", "all"], clean_env(PYTHONPATH=str(ROOT)), tmp_path
+    )
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("configuration")] == [
         "configuration of the web: GITHUB_WEBHOOK_SECRET is not set",

@@ -2,7 +2,7 @@
 
 Compose and Kubernetes are not run here (no registry for compose's base images, no cluster):
 what each container is given is read from the files a user applies, and checked against
-app.config.SECRET_OWNERS, the same table the processes enforce when they start.
+jobs.common.settings.SECRET_OWNERS, the same table the processes enforce when they start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from dotenv import dotenv_values
 
-from app.config import ROLES, SECRET_OWNERS
+from jobs.common.settings import ROLES, SECRET_OWNERS
 from tests.support import ROOT
 
 DEPLOY = ROOT / "deploy"

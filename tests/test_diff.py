@@ -1,4 +1,4 @@
-"""jobs/diff.py on diffs made by real `git diff` (the format GitHub's PR `.diff` returns)."""
+"""jobs/github/diff.py on diffs made by real `git diff` (the format GitHub's PR `.diff` returns)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs.diff import annotate_diff, commentable, commentable_range, parse_diff, parse_pull_files
+from jobs.github.diff import (
+    annotate_diff,
+    commentable,
+    commentable_range,
+    parse_diff,
+    parse_pull_files,
+)
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",

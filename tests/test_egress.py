@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from jobs.egress import (
+from jobs.egress.proxy import (
     DEFAULT_REGISTRIES,
     Allowlist,
     EgressProxy,
@@ -164,6 +164,9 @@ class TcpShim:
                 s.close()
 
     def close(self) -> None:
+        # A close alone leaves the port listening while accept() blocks in its thread.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
@@ -250,6 +253,9 @@ class TlsServer:
                     tls.sendall(b"hello " + line)
 
     def close(self) -> None:
+        # A close alone leaves the port listening while accept() blocks in its thread.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
@@ -361,6 +367,9 @@ class FakeUpstreamProxy:
                 conn.sendall(b"from corp")
 
     def close(self) -> None:
+        # A close alone leaves the port listening while accept() blocks in its thread.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
 
@@ -385,7 +394,7 @@ def make_proxy(tmp_path):
 
 @pytest.fixture
 def egress_log(caplog):
-    caplog.set_level(logging.DEBUG, logger="jobs.egress")
+    caplog.set_level(logging.DEBUG, logger="jobs.egress.proxy")
     return caplog
 
 
@@ -406,8 +415,10 @@ def test_a_name_not_on_the_allowlist_is_refused_without_a_lookup(make_proxy, egr
     proxy = make_proxy(resolver=resolver)
     status, body = refusal(proxy, "evil.example:443")
     assert status == 403
-    assert body == "egress proxy: evil.example is not on this session's allowlist " \
-                   "(package registries)\n"  # fmt: skip
+    assert (
+        body == "egress proxy: evil.example is not on this session's allowlist "
+        "(package registries)\n"
+    )
     assert resolver.calls == []  # never looked up, so never connected to
     assert proxy.refused == ["evil.example:443"]
     assert proxy.allowed == []
@@ -464,13 +475,31 @@ def test_an_ip_literal_url_is_refused_for_plain_http_too(make_proxy):
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.254", "192.168.1.1",
-        "169.254.169.254", "100.100.100.200", "100.64.0.1", "0.0.0.0", "224.0.0.1",
-        "255.255.255.255", "::1", "::", "fd00:ec2::254", "fe80::1", "fec0::1", "ff02::1",
-        "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.254",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.100.100.200",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fd00:ec2::254",
+        "fe80::1",
+        "fec0::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "2002:7f00:1::1",
         "2001:0:4136:e378:8000:63bf:3fff:fdd2",
     ],
-)  # fmt: skip
+)
 def test_a_name_resolving_to_an_internal_address_is_refused(make_proxy, address):
     resolver = Resolver({NPM_HOST: [(address, 443)]})
     proxy = make_proxy(resolver=resolver)
@@ -728,9 +757,13 @@ def test_plain_get_is_forwarded(apt_proxy, mirror, egress_log):
     status, headers, body = get(
         apt_proxy,
         f"http://{APT_HOST}/debian/dists/bookworm/Release?token=s3cret",
-        **{"Proxy-Authorization": "Basic c2FuZGJveA==", "User-Agent": "Debian APT-HTTP/1.3",
-           "Connection": "keep-alive, X-Hop", "X-Hop": "this hop only"},
-    )  # fmt: skip
+        **{
+            "Proxy-Authorization": "Basic c2FuZGJveA==",
+            "User-Agent": "Debian APT-HTTP/1.3",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "this hop only",
+        },
+    )
     assert status == 200
     assert body == b"Origin: Debian\n" * 100
     assert headers["x-mirror"] == "yes"
@@ -803,10 +836,18 @@ def test_apt_fetches_through_the_proxy(apt_proxy, mirror, tmp_path):
         ):
             out = tmp_path / "Release"
             result = subprocess.run(
-                [APT_HELPER, "-o", f"Acquire::http::Proxy={relay.url}", "download-file", url,
-                 str(out)],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+                [
+                    APT_HELPER,
+                    "-o",
+                    f"Acquire::http::Proxy={relay.url}",
+                    "download-file",
+                    url,
+                    str(out),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert (result.returncode == 0) is fetched, result.stdout + result.stderr
             if fetched:
                 assert out.read_bytes() == b"Origin: Debian\n" * 100
@@ -822,8 +863,10 @@ def test_plain_requests_to_other_names_are_refused(apt_proxy, mirror):
     status, headers, body = get(apt_proxy, "http://example.com/debian/")
     assert status == 403
     assert headers["x-claudecluster-egress"] == "refused"
-    assert body == b"egress proxy: example.com is not on this session's allowlist " \
-                   b"(package registries)\n"  # fmt: skip
+    assert (
+        body == b"egress proxy: example.com is not on this session's allowlist "
+        b"(package registries)\n"
+    )
     assert mirror.seen == []
 
 
@@ -858,9 +901,13 @@ def test_only_absolute_http_urls_are_forwarded(apt_proxy, mirror, target):
 
 def test_upstreams_from_the_environment():
     upstreams = Upstreams.from_env(
-        {"HTTPS_PROXY": "http://corp:p%40ss@proxy.corp:3128", "http_proxy": "proxy.corp:3129",
-         "HTTP_PROXY": "http://ignored:1", "no_proxy": "localhost, .corp.example,pypi.org:443"}
-    )  # fmt: skip
+        {
+            "HTTPS_PROXY": "http://corp:p%40ss@proxy.corp:3128",
+            "http_proxy": "proxy.corp:3129",
+            "HTTP_PROXY": "http://ignored:1",
+            "no_proxy": "localhost, .corp.example,pypi.org:443",
+        }
+    )
     assert upstreams.https == UpstreamProxy(
         "proxy.corp", 3128, "Basic " + base64.b64encode(b"corp:p@ss").decode()
     )
@@ -999,16 +1046,31 @@ def shim(make_proxy):
 def test_real_curl_through_the_proxy(shim):
     proxy, url = shim
     result = subprocess.run(
-        ["curl", "-sS", "--max-time", "60", "--proxy", url, "-o", os.devnull,
-         "-w", "%{http_code}", "https://pypi.org/simple/six/"],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "--proxy",
+            url,
+            "-o",
+            os.devnull,
+            "-w",
+            "%{http_code}",
+            "https://pypi.org/simple/six/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert result.stdout == "200", result.stderr
     # And what the proxy refuses, curl reports as the proxy's refusal.
     result = subprocess.run(
         ["curl", "-sS", "--max-time", "20", "--proxy", url, "https://github.com/"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "403" in result.stderr
     assert proxy.refused == ["github.com:443"]
@@ -1019,12 +1081,30 @@ def test_real_pip_download_through_the_proxy(shim, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull  # this machine's pip.conf points at local indexes
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-         "--index-url", "https://pypi.org/simple", "--cert", ssl.get_default_verify_paths().cafile
-         or "/etc/ssl/certs/ca-certificates.crt", "--proxy", url, "--dest", str(tmp_path),
-         "--disable-pip-version-check", "six==1.17.0"],
-        capture_output=True, text=True, timeout=180, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--index-url",
+            "https://pypi.org/simple",
+            "--cert",
+            ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt",
+            "--proxy",
+            url,
+            "--dest",
+            str(tmp_path),
+            "--disable-pip-version-check",
+            "six==1.17.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "six-1.17.0-py2.py3-none-any.whl").exists()
     assert proxy.allowed == ["pypi.org:443", "files.pythonhosted.org:443"]
@@ -1037,10 +1117,22 @@ def test_real_npm_view_through_the_proxy(shim, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
     env.update(HOME=str(tmp_path), npm_config_cache=str(tmp_path / "cache"))
     result = subprocess.run(
-        ["npm", "view", "left-pad@1.3.0", "version", "--registry=https://registry.npmjs.org/",
-         f"--https-proxy={url}", f"--proxy={url}", "--userconfig", str(tmp_path / "npmrc")],
-        capture_output=True, text=True, timeout=180, env=env,
-    )  # fmt: skip
+        [
+            "npm",
+            "view",
+            "left-pad@1.3.0",
+            "version",
+            "--registry=https://registry.npmjs.org/",
+            f"--https-proxy={url}",
+            f"--proxy={url}",
+            "--userconfig",
+            str(tmp_path / "npmrc"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "1.3.0"
     assert proxy.allowed == [f"{NPM_HOST}:443"]

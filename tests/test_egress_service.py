@@ -1,6 +1,6 @@
 """The egress process: the registries proxy runs outside the worker, opened per session on request.
 
-The real process (`python -m jobs.egress_service`, as the Procfile starts it) and the worker's
+The real process (`python -m jobs.egress.service`, as the Procfile starts it) and the worker's
 side of the protocol. What the proxy lets through is tested in tests/test_egress.py, and end to
 end in tests/e2e/test_trust.py.
 """
@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from app.config import WorkerSettings
-from jobs.control import ControlError
-from jobs.egress_service import session_egress
+from jobs.common.control import ControlError
+from jobs.common.settings import WorkerSettings
+from jobs.egress.service import session_egress
 from tests.support import ROOT, wait_for
 
 
@@ -25,7 +25,7 @@ def service(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_"))}
     env["WORKSPACE_ROOT"] = str(tmp_path / "ws")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.egress_service"],
+        [sys.executable, "-m", "jobs.egress.service"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -5,16 +5,16 @@ from __future__ import annotations
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from app.enqueue import (
+from app.enqueue import JOB_MARGIN
+from jobs.common.queue import (
     DELIVERY_TTL,
-    JOB_MARGIN,
     ON_FAILURE,
     ON_STOPPED,
     RUN_SESSION,
     claim_key,
     session_queue,
 )
-from jobs.request import SessionRequest
+from jobs.common.request import SessionRequest
 from tests.support import enqueue
 
 TIMESTAMPS = {b"created_at", b"enqueued_at"}
@@ -23,10 +23,17 @@ TIMESTAMPS = {b"created_at", b"enqueued_at"}
 def request(delivery: str) -> SessionRequest:
     # Non-ASCII on purpose: the job's text fields travel to Redis as one JSON argument.
     return SessionRequest(
-        delivery_id=delivery, installation_id=42, repo="octo-org/ünïcødé", number=7,
-        requester="zoë", requester_id=583231, instruction="fix the “flaky” test\nand say why",
-        comment_id=99, pull=True, triggered_at="2026-11-27T03:00:00Z",
-    )  # fmt: skip
+        delivery_id=delivery,
+        installation_id=42,
+        repo="octo-org/ünïcødé",
+        number=7,
+        requester="zoë",
+        requester_id=583231,
+        instruction="fix the “flaky” test\nand say why",
+        comment_id=99,
+        pull=True,
+        triggered_at="2026-11-27T03:00:00Z",
+    )
 
 
 def test_the_job_hash_is_what_rq_enqueue_call_writes(redis_url):
@@ -36,11 +43,16 @@ def test_the_job_hash_is_what_rq_enqueue_call_writes(redis_url):
     queued = enqueue(redis, ours, timeout=600)
     assert not queued.duplicate
     theirs = queue.enqueue_call(
-        RUN_SESSION, kwargs=ours.to_job(), job_id="session-theirs", timeout=600 + JOB_MARGIN,
-        result_ttl=DELIVERY_TTL, failure_ttl=DELIVERY_TTL,
+        RUN_SESSION,
+        kwargs=ours.to_job(),
+        job_id="session-theirs",
+        timeout=600 + JOB_MARGIN,
+        result_ttl=DELIVERY_TTL,
+        failure_ttl=DELIVERY_TTL,
         description=f"{ours.repo}#{ours.number} by {ours.requester}",
-        on_failure=ON_FAILURE, on_stopped=ON_STOPPED,
-    )  # fmt: skip
+        on_failure=ON_FAILURE,
+        on_stopped=ON_STOPPED,
+    )
 
     mine = redis.hgetall(f"rq:job:{queued.session_id}")
     rqs = redis.hgetall(theirs.key)

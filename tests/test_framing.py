@@ -7,10 +7,10 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobs.context import Section
-from jobs.framing import FRAMING, TAGS, attribute, quote
-from jobs.prompt import MATERIAL_RULE, implement_prompt
-from jobs.request import SessionRequest
+from jobs.common.request import SessionRequest
+from jobs.session.framing import FRAMING, TAGS, attribute, quote
+from jobs.session.material import Section
+from jobs.session.prompt import MATERIAL_RULE, implement_prompt
 
 # Text built to look like our tags: their names in any case, slashes, backslashes, blanks and
 # angle brackets, mixed with arbitrary characters.

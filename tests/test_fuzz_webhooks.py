@@ -31,10 +31,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app import MAX_PAYLOAD, create_service
-from app.config import WebSettings
-from app.enqueue import active_key, stop_key, stop_requests_key
 from app.payload import PayloadError
 from app.triggers import HANDLERS, Ignore, Prime, Start, decide
+from jobs.common.queue import active_key, stop_key, stop_requests_key
+from jobs.common.settings import WebSettings
 from tests.support import AsgiClient, _webhook_examples, sign, webhook_example
 
 SECRET = "It's a Secret to Everybody"
@@ -109,9 +109,15 @@ def as_header(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("latin-1")
 
 
-def post(front: Front, body: bytes, event: str | None, delivery: str | None,
-         signature: str | None = "sign", extra: list[tuple[str, str]] = (),
-         preset: dict[str, str] | None = None):  # fmt: skip
+def post(
+    front: Front,
+    body: bytes,
+    event: str | None,
+    delivery: str | None,
+    signature: str | None = "sign",
+    extra: list[tuple[str, str]] = (),
+    preset: dict[str, str] | None = None,
+):
     headers = [("Content-Type", "application/json"), ("User-Agent", "GitHub-Hookshot/fuzz")]
     if signature == "sign":
         signature = sign(SECRET, body)
@@ -160,8 +166,15 @@ def as_parsed(body: bytes):
         return json.loads(body)
 
 
-def judge(front: Front, resp, body: bytes, event: str, delivery: str, signed: bool,
-          preset: dict[str, str] | None = None) -> str:  # fmt: skip
+def judge(
+    front: Front,
+    resp,
+    body: bytes,
+    event: str,
+    delivery: str,
+    signed: bool,
+    preset: dict[str, str] | None = None,
+) -> str:
     """Check one answer and Redis against what the request alone implies; return the outcome.
 
     `preset` is what the test put in Redis before posting (a running session's marker).
@@ -257,11 +270,37 @@ COMMANDS = [
     "/CLAUDE fix",
     "<!-- claudecluster:session",
 ]
-SPECIAL = COMMANDS + [
-    "", " ", "\x00", "a\x00b", "\u202e", "\u2066\u202eevil\u2069", "\ufeff", "😀", "🤖[bot]",
-    "Bot", "User", "Organization", "helper[bot]", "octocat", "refs/heads/master",
-    "refs/heads/main", CONFIG, "null", "0", "-1", "true", "[]", "{}", "../../x",
-] + EVENTS + ACTIONS  # fmt: skip
+SPECIAL = (
+    COMMANDS
+    + [
+        "",
+        " ",
+        "\x00",
+        "a\x00b",
+        "\u202e",
+        "\u2066\u202eevil\u2069",
+        "\ufeff",
+        "😀",
+        "🤖[bot]",
+        "Bot",
+        "User",
+        "Organization",
+        "helper[bot]",
+        "octocat",
+        "refs/heads/master",
+        "refs/heads/main",
+        CONFIG,
+        "null",
+        "0",
+        "-1",
+        "true",
+        "[]",
+        "{}",
+        "../../x",
+    ]
+    + EVENTS
+    + ACTIONS
+)
 
 
 class Huge(str):
@@ -344,26 +383,55 @@ header_text = st.one_of(
             "😀",
             "\u202e",
         ]
-    ),  # fmt: skip
+    ),
     st.text(st.characters(exclude_characters="\r\n\x00"), max_size=80),
     st.integers(1000, 8000).map(lambda n: "d" * n),
 ).map(as_header)
 
 # Paths the handlers read: mutated far more often than the rest of the payload.
 HOT = [
-    ("action",), ("installation",), ("installation", "id"), ("repository",),
-    ("repository", "full_name"), ("repository", "default_branch"), ("sender",),
-    ("sender", "login"), ("sender", "id"), ("sender", "type"), ("comment",), ("comment", "body"),
-    ("comment", "id"), ("comment", "user"), ("comment", "user", "login"),
-    ("comment", "user", "id"), ("comment", "user", "type"), ("comment", "created_at"),
-    ("review",), ("review", "body"), ("review", "id"), ("review", "user"),
-    ("review", "user", "login"), ("review", "user", "type"), ("review", "submitted_at"),
-    ("issue",), ("issue", "number"), ("issue", "pull_request"), ("pull_request",),
-    ("pull_request", "number"), ("pull_request", "labels"), ("pull_request", "labels", 0),
-    ("pull_request", "labels", 0, "name"), ("label",), ("label", "name"), ("ref",),
-    ("commits",), ("commits", 0), ("commits", 0, "added"), ("commits", 0, "modified"),
+    ("action",),
+    ("installation",),
+    ("installation", "id"),
+    ("repository",),
+    ("repository", "full_name"),
+    ("repository", "default_branch"),
+    ("sender",),
+    ("sender", "login"),
+    ("sender", "id"),
+    ("sender", "type"),
+    ("comment",),
+    ("comment", "body"),
+    ("comment", "id"),
+    ("comment", "user"),
+    ("comment", "user", "login"),
+    ("comment", "user", "id"),
+    ("comment", "user", "type"),
+    ("comment", "created_at"),
+    ("review",),
+    ("review", "body"),
+    ("review", "id"),
+    ("review", "user"),
+    ("review", "user", "login"),
+    ("review", "user", "type"),
+    ("review", "submitted_at"),
+    ("issue",),
+    ("issue", "number"),
+    ("issue", "pull_request"),
+    ("pull_request",),
+    ("pull_request", "number"),
+    ("pull_request", "labels"),
+    ("pull_request", "labels", 0),
+    ("pull_request", "labels", 0, "name"),
+    ("label",),
+    ("label", "name"),
+    ("ref",),
+    ("commits",),
+    ("commits", 0),
+    ("commits", 0, "added"),
+    ("commits", 0, "modified"),
     ("commits", 0, "removed"),
-]  # fmt: skip
+]
 
 
 def all_paths(value, prefix=()):
@@ -574,8 +642,10 @@ def test_signed_garbage_is_400_and_queues_nothing(front, body, event):
     resp = post(front, body, event, delivery)
     # Nesting past Python's recursion limit (and orjson's 1,024 levels) is a 400 too, not a 500.
     assert judge(front, resp, body, event, delivery, signed=True) in (
-        "not JSON", "not an object", "no event or delivery"
-    )  # fmt: skip
+        "not JSON",
+        "not an object",
+        "no event or delivery",
+    )
 
 
 @fuzz(1000)
@@ -641,11 +711,12 @@ def test_odd_delivery_and_event_headers_never_5xx_and_job_ids_are_valid(front, d
     if outcome == "queued":
         # A redelivery of the same delivery is recognised, whatever its id looks like.
         session = resp.json["session"]
-        again = front.client.post("/webhooks", data=TRIGGER_BODY, headers=[
-            ("X-Hub-Signature-256", sign(SECRET, TRIGGER_BODY)), *extra])  # fmt: skip
-        assert (again.status_code, again.json) == (
-            200, {"status": "duplicate", "session": session}
-        )  # fmt: skip
+        again = front.client.post(
+            "/webhooks",
+            data=TRIGGER_BODY,
+            headers=[("X-Hub-Signature-256", sign(SECRET, TRIGGER_BODY)), *extra],
+        )
+        assert (again.status_code, again.json) == (200, {"status": "duplicate", "session": session})
         assert front.queue.job_ids == [session]
 
 
@@ -693,17 +764,23 @@ CRASHERS = {
     "deep-array": ("issue_comment", b"[" * 100_000 + b"]" * 100_000),
     "deep-object": ("ping", b'{"a":' * 5_000 + b"1" + b"}" * 5_000),
     # JSON may escape a lone surrogate; redis-py cannot encode it (UnicodeEncodeError).
-    "surrogate-repo": ("issue_comment", _trigger(lambda p: p["repository"].update(
-        full_name="octo-org/\ud800"))),
-    "surrogate-login": ("issue_comment", _trigger(lambda p: p["comment"]["user"].update(
-        login="\udfff"))),
+    "surrogate-repo": (
+        "issue_comment",
+        _trigger(lambda p: p["repository"].update(full_name="octo-org/\ud800")),
+    ),
+    "surrogate-login": (
+        "issue_comment",
+        _trigger(lambda p: p["comment"]["user"].update(login="\udfff")),
+    ),
     # A bot whose login is not hashable: `login not in hints.bots` raises TypeError.
-    "bot-login-list": ("issue_comment", _trigger(lambda p: p["comment"]["user"].update(
-        type="Bot", login=[]))),
+    "bot-login-list": (
+        "issue_comment",
+        _trigger(lambda p: p["comment"]["user"].update(type="Bot", login=[])),
+    ),
     # A push whose commit lists are not lists of strings: TypeError building the path set.
     "push-added-int": ("push", _push(lambda p: p.update(commits=[{"added": 5}]))),
     "push-added-lists": ("push", _push(lambda p: p.update(commits=[{"added": [["x"]]}]))),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(CRASHERS))

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-import jobs.gateway
-from jobs import pricing
-from jobs.gateway import ModelGateway, _MessageTally, _SSEUsage
+import jobs.gateway.proxy
+from jobs.gateway import pricing
+from jobs.gateway.proxy import ModelGateway, _MessageTally, _SSEUsage
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.support import NPM, free_port, wait_for
 
@@ -61,13 +61,14 @@ def make_gateway(tmp_path, api):
 
 @pytest.fixture
 def gateway_log(caplog):
-    caplog.set_level(logging.DEBUG, logger="jobs.gateway")
+    caplog.set_level(logging.DEBUG, logger="jobs.gateway.proxy")
     return caplog
 
 
 def client(gw: ModelGateway) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(gw.socket_path)),
-                        base_url="http://sandbox")  # fmt: skip
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(gw.socket_path)), base_url="http://sandbox"
+    )
 
 
 def key(gw: ModelGateway) -> dict[str, str]:
@@ -85,8 +86,10 @@ MESSAGE = {
 
 def stream(gw: ModelGateway, body: dict = MESSAGE) -> tuple[httpx.Response, list[dict]]:
     """POST a message through the gateway; the answer and its SSE events' data, in order."""
-    with client(gw) as c, c.stream("POST", "/v1/messages?beta=true", json=body,
-                                   headers=key(gw)) as resp:  # fmt: skip
+    with (
+        client(gw) as c,
+        c.stream("POST", "/v1/messages?beta=true", json=body, headers=key(gw)) as resp,
+    ):
         lines = list(resp.iter_lines())
     return resp, [json.loads(line[5:]) for line in lines if line.startswith("data:")]
 
@@ -137,10 +140,16 @@ def test_refuses_anything_but_the_session_key(api, gateway, key):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/models"), ("POST", "/v1/files"), ("POST", "/v1/complete"), ("GET", "/"),
-     ("POST", "/v1/messages/batches"), ("POST", "/v1/messages/../files"),
-     ("DELETE", "/v1/messages")],
-)  # fmt: skip
+    [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/files"),
+        ("POST", "/v1/complete"),
+        ("GET", "/"),
+        ("POST", "/v1/messages/batches"),
+        ("POST", "/v1/messages/../files"),
+        ("DELETE", "/v1/messages"),
+    ],
+)
 def test_refuses_everything_but_the_messages_api(api, gateway, method, path):
     with client(gateway) as c:
         resp = c.request(method, path, headers={"x-api-key": gateway.session_key})
@@ -195,8 +204,11 @@ def test_usage_is_read_from_the_stream_as_it_passes(api, make_gateway):
 def test_usage_of_a_json_answer(api, make_gateway):
     gw = make_gateway()
     with client(gw) as c:
-        resp = c.post("/v1/messages", json=dict(MESSAGE, stream=False, model="claude-haiku-4-5"),
-                      headers=key(gw))  # fmt: skip
+        resp = c.post(
+            "/v1/messages",
+            json=dict(MESSAGE, stream=False, model="claude-haiku-4-5"),
+            headers=key(gw),
+        )
     assert resp.status_code == 200
     reported = resp.json()["usage"]
     assert gw.usage.input_tokens == reported["input_tokens"] > 0
@@ -207,9 +219,18 @@ def test_usage_of_a_json_answer(api, make_gateway):
 def test_sse_usage_parser_takes_any_split_and_crlf(tmp_path, api):
     gw = ModelGateway(tmp_path / "gw.sock", api.url, REAL_KEY)
     try:
-        start = {"type": "message_start", "message": {"model": "claude-opus-5-5", "usage": {
-            "input_tokens": 1000, "cache_read_input_tokens": 50_000,
-            "cache_creation_input_tokens": 2000, "output_tokens": 1}}}  # fmt: skip
+        start = {
+            "type": "message_start",
+            "message": {
+                "model": "claude-opus-5-5",
+                "usage": {
+                    "input_tokens": 1000,
+                    "cache_read_input_tokens": 50_000,
+                    "cache_creation_input_tokens": 2000,
+                    "output_tokens": 1,
+                },
+            },
+        }
         body = (
             f"event: message_start\r\ndata: {json.dumps(start)}\r\n\r\n"
             'event: content_block_delta\r\ndata: {"type": "content_block_delta", "usage": '
@@ -315,7 +336,7 @@ def test_close_cuts_a_connection_opened_before_it(api, make_gateway):
 
 def test_a_request_after_close_on_an_open_connection_is_refused(api, make_gateway, monkeypatch):
     # Even were the connection not cut (a race with close), the request itself is refused.
-    monkeypatch.setattr(jobs.gateway, "_cut", lambda connection: None)
+    monkeypatch.setattr(jobs.gateway.proxy, "_cut", lambda connection: None)
     gw = make_gateway()
     sock = _connected(gw)
     gw.close()
@@ -365,8 +386,10 @@ def test_ambiguous_framing_is_refused(api, gateway):
         b"POST /v1/messages HTTP/1.1\r\nHost: sandbox\r\n"
         + f"x-api-key: {gateway.session_key}\r\ncontent-length: {len(body)}\r\n".encode()
         + b"transfer-encoding: chunked\r\n\r\n"
-        + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
-    )  # fmt: skip
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
     answer = _raw(gateway, request)
     assert answer.startswith(b"HTTP/1.0 400 ")
     assert api.requests == []
@@ -400,8 +423,16 @@ def test_smuggled_credentials_and_forwarding_headers_are_dropped(api, gateway):
     forwarded = request.headers
     assert forwarded["x-api-key"] == REAL_KEY
     assert "smuggled" not in json.dumps(forwarded)
-    for name in ("authorization", "cookie", "proxy-authorization", "proxy-connection",
-                 "x-forwarded-for", "x-forwarded-host", "forwarded", "x-real-ip"):  # fmt: skip
+    for name in (
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ):
         assert name not in forwarded
     assert forwarded["anthropic-version"] == "2023-06-01"
     assert forwarded["anthropic-beta"] == "claude-code-20250219"
@@ -428,8 +459,11 @@ def test_allowed_models(api, make_gateway):
             resp = c.post("/v1/messages", json=dict(MESSAGE, model=model), headers=key(gw))
             assert resp.status_code == 400, model
             assert resp.json()["error"]["type"] == "invalid_request_error"
-        resp = c.post("/v1/messages/count_tokens", json=dict(MESSAGE, model="claude-opus-5-5"),
-                      headers=key(gw))  # fmt: skip
+        resp = c.post(
+            "/v1/messages/count_tokens",
+            json=dict(MESSAGE, model="claude-opus-5-5"),
+            headers=key(gw),
+        )
         assert resp.status_code == 400
         assert "not allowed" in resp.json()["error"]["message"]
         assert c.post("/v1/messages", content=b"not json", headers=key(gw)).status_code == 400
@@ -735,7 +769,7 @@ def test_requests_in_flight_per_session_are_limited(make_gateway):
         with ThreadPoolExecutor(12) as pool:
             statuses = list(pool.map(lambda _: stream(gw)[0].status_code, range(12)))
         assert statuses == [200] * 12  # the others waited for their turn
-        assert 1 <= greedy.most_in_flight <= jobs.gateway.MAX_IN_FLIGHT
+        assert 1 <= greedy.most_in_flight <= jobs.gateway.proxy.MAX_IN_FLIGHT
     finally:
         greedy.close()
 
@@ -760,8 +794,13 @@ class _SlowStream:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()
-                start = {"type": "message_start", "message": {"model": "claude-haiku-4-5",
-                         "usage": {"input_tokens": 100, "output_tokens": 1}}}  # fmt: skip
+                start = {
+                    "type": "message_start",
+                    "message": {
+                        "model": "claude-haiku-4-5",
+                        "usage": {"input_tokens": 100, "output_tokens": 1},
+                    },
+                }
                 self.event("message_start", start)
                 outer.release.wait(10)
                 self.event(
@@ -842,8 +881,12 @@ def test_many_concurrent_requests_all_succeed(api, make_gateway):
         results = list(pool.map(one, range(20)))
     assert [status for status, _ in results] == [200] * 20
     assert all(events[-1]["type"] == "message_stop" for _, events in results)
-    texts = sorted(e["delta"]["text"] for _, events in results for e in events
-                   if e["type"] == "content_block_delta")  # fmt: skip
+    texts = sorted(
+        e["delta"]["text"]
+        for _, events in results
+        for e in events
+        if e["type"] == "content_block_delta"
+    )
     assert len(api.message_requests()) == 20 and len(texts) >= 20
     assert gw.usage.output_tokens == sum(reported_usage(ev)["output_tokens"] for _, ev in results)
 
@@ -950,18 +993,38 @@ def run_claude(claude_bin: str, gw: ModelGateway, cwd: Path, home: Path) -> dict
     """`claude -p` through a relay to the gateway; its result event."""
     relay = TcpRelay(gw.socket_path)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(home),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "ANTHROPIC_BASE_URL": relay.url,
-        "ANTHROPIC_API_KEY": gw.session_key, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "IS_SANDBOX": "1",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+        "ANTHROPIC_BASE_URL": relay.url,
+        "ANTHROPIC_API_KEY": gw.session_key,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "IS_SANDBOX": "1",
         "CLAUDE_CODE_MAX_RETRIES": "4",  # production's default: a retried refusal would show
-    }  # fmt: skip
+    }
     try:
         proc = subprocess.run(
-            [claude_bin, "-p", "Add a NOTES.md", "--output-format", "stream-json", "--verbose",
-             "--dangerously-skip-permissions", "--max-turns", "5"],
-            cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                claude_bin,
+                "-p",
+                "Add a NOTES.md",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--dangerously-skip-permissions",
+                "--max-turns",
+                "5",
+            ],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         relay.close()
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -1002,8 +1065,9 @@ def test_cli_run_ends_when_the_budget_is_spent(
     assert usage.cost_usd == pytest.approx(result["total_cost_usd"]) and usage.cost_usd >= 0.001
 
 
-def test_cli_run_ends_at_once_when_the_session_expired(claude_bin, api, make_gateway,
-                                                       gateway_log, tmp_path):  # fmt: skip
+def test_cli_run_ends_at_once_when_the_session_expired(
+    claude_bin, api, make_gateway, gateway_log, tmp_path
+):
     gw = make_gateway(expires_at=time.monotonic())
     result = run_claude(claude_bin, gw, tmp_path, tmp_path / "home")
     assert result["is_error"] is True

@@ -9,8 +9,8 @@ import sys
 import httpx
 import pytest
 
-from app.config import WorkerSettings
-from jobs.gateway_service import GatewayError, _call, session_gateway
+from jobs.common.settings import WorkerSettings
+from jobs.gateway.service import GatewayError, _call, session_gateway
 from tests.standins.anthropic import AnthropicStandIn, Text
 from tests.support import ROOT, wait_for
 
@@ -26,10 +26,16 @@ def api():
 @pytest.fixture
 def service(tmp_path, api):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(ANTHROPIC_API_KEY=REAL_KEY, ANTHROPIC_BASE_URL=api.url,
-               WORKSPACE_ROOT=str(tmp_path / "ws"))  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.gateway_service"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    env.update(
+        ANTHROPIC_API_KEY=REAL_KEY, ANTHROPIC_BASE_URL=api.url, WORKSPACE_ROOT=str(tmp_path / "ws")
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.gateway.service"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     # The worker's view: no model key at all.
     settings = WorkerSettings.parse(WORKSPACE_ROOT=str(tmp_path / "ws"))
     wait_for(lambda: settings.gateway_socket.exists(), 20, what="the gateway service")
@@ -54,9 +60,16 @@ def test_a_session_gateway_swaps_in_the_key_only_the_service_holds(service, api)
         assert oct(sock.stat().st_mode & 0o777) == "0o666"
         transport = httpx.HTTPTransport(uds=str(sock))
         with httpx.Client(transport=transport, base_url="http://sandbox") as client:
-            resp = client.post("/v1/messages", headers={"x-api-key": key}, json={
-                "model": "claude-sonnet-5-5", "max_tokens": 16, "stream": False,
-                "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+            resp = client.post(
+                "/v1/messages",
+                headers={"x-api-key": key},
+                json={
+                    "model": "claude-sonnet-5-5",
+                    "max_tokens": 16,
+                    "stream": False,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
         assert resp.status_code == 200
     assert api.requests[-1].api_key == REAL_KEY
     assert not sock.exists(), "closing the session removes its socket"
@@ -69,7 +82,7 @@ def test_sockets_only_inside_a_sessions_control_directory(service, tmp_path):
         pytest.raises(GatewayError, match="only as gateway.sock under WORKSPACE_ROOT"),
         session_gateway(service, "s2", tmp_path / "elsewhere" / "gateway.sock", None, 60),
     ):
-        pass  # fmt: skip
+        pass
     sneaky = service.workspace_root / "s-2" / "control" / ".." / ".." / ".." / "gateway.sock"
     with pytest.raises(GatewayError), session_gateway(service, "s3", sneaky, None, 60):
         pass
@@ -117,8 +130,8 @@ def test_the_models_a_session_may_use_reach_its_gateway(service, api):
 
 
 def test_a_repositorys_model_narrows_what_the_service_allows():
-    from jobs.repo_config import RepoConfig
-    from jobs.session import allowed_models, model_allowed
+    from jobs.session.gate import allowed_models, model_allowed
+    from jobs.session.repo_config import RepoConfig
 
     anything = WorkerSettings.parse()
     assert allowed_models(anything, RepoConfig()) is None

@@ -7,8 +7,8 @@ import time
 import pytest
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
-from app.config import WorkerSettings
-from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession
+from jobs.common.settings import WorkerSettings
+from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from tests.standins.github import GitHubStandIn
 
 REPO = "octo-org/faulty"
@@ -25,9 +25,11 @@ def github():
 
 @pytest.fixture
 def session(github):
-    settings = WorkerSettings.parse(GITHUB_APP_ID=str(github.app_id),
-                             GITHUB_PRIVATE_KEY=github.private_key_pem,
-                             GITHUB_API_URL=github.api_url)  # fmt: skip
+    settings = WorkerSettings.parse(
+        GITHUB_APP_ID=str(github.app_id),
+        GITHUB_PRIVATE_KEY=github.private_key_pem,
+        GITHUB_API_URL=github.api_url,
+    )
     return RepoSession(settings, 5, REPO, ISSUE_SESSION_PERMISSIONS)
 
 
@@ -45,8 +47,13 @@ def test_server_errors_are_retried_with_backoff(github, session):
 
 
 def test_a_short_secondary_rate_limit_is_waited_out(github, session):
-    github.fail_next("POST", r"/issues/1/comments$", 403, headers={"retry-after": "1"},
-                     body={"message": "You have exceeded a secondary rate limit."})  # fmt: skip
+    github.fail_next(
+        "POST",
+        r"/issues/1/comments$",
+        403,
+        headers={"retry-after": "1"},
+        body={"message": "You have exceeded a secondary rate limit."},
+    )
     started = time.monotonic()
     session.comment(1, "after the limit")
     assert time.monotonic() - started >= 1
@@ -81,7 +88,7 @@ def test_the_bot_identity_is_asked_of_github_once_per_app_for_every_process(gith
     # RQ forks a process per job: a cache inside the process would ask GitHub every session.
     from redis import Redis
 
-    from jobs.github import bot_identity
+    from jobs.github.client import bot_identity
 
     settings = WorkerSettings.parse(
         GITHUB_APP_ID=str(github.app_id),

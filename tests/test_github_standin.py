@@ -561,9 +561,13 @@ def test_clone_commit_push_branch_then_open_pull_request(github, tmp_path):
 
     client = token_client(github, token)
     created = client.rest.pulls.create(
-        OWNER, REPO, title="Fix crash on start", head="claude/issue-7", base="main",
+        OWNER,
+        REPO,
+        title="Fix crash on start",
+        head="claude/issue-7",
+        base="main",
         body="Closes #7",
-    )  # fmt: skip
+    )
     assert created.status_code == 201
     pr = created.parsed_data
     assert pr.number == 8  # issues and pull requests share numbers

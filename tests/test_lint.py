@@ -15,6 +15,7 @@ def test_ruff_lint_is_clean():
 
 
 def test_ruff_format_is_clean():
-    result = subprocess.run([RUFF, "format", "--check", "."], cwd=ROOT, capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        [RUFF, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from jobs.pacing import GAP, PER_HOUR, PER_MINUTE, RESERVE_HOUR, Pacer
+from jobs.github.pacing import GAP, PER_HOUR, PER_MINUTE, RESERVE_HOUR, Pacer
 from tests.support import dead_redis
 
 

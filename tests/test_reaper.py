@@ -21,11 +21,15 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from app.config import WorkerSettings
-from app.enqueue import active_key, session_queue
-from jobs import interrupted
-from jobs.github import ISSUE_SESSION_PERMISSIONS, RepoSession
-from jobs.interrupted import (
+from jobs.common.queue import active_key, session_queue
+from jobs.common.request import SessionRequest
+from jobs.common.settings import WorkerSettings
+from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
+from jobs.github.tracking import marker
+from jobs.sandbox.container import LABEL
+from jobs.sandbox.workspace import OWNER_FILE
+from jobs.upkeep import interrupted
+from jobs.upkeep.interrupted import (
     PENDING,
     WORKER_STOPPED,
     headline,
@@ -33,21 +37,15 @@ from jobs.interrupted import (
     on_failure,
     retry_pending,
 )
-from jobs.reaper import (
+from jobs.upkeep.leftovers import (
     HORSE_FIELD,
     HOST_FIELD,
     PID_FIELD,
-    kill_runsc_orphans,
     process_token,
-    reap,
-    runsc_processes,
     token_alive,
     worker_alive,
 )
-from jobs.request import SessionRequest
-from jobs.sandbox import LABEL
-from jobs.tracking import marker
-from jobs.workspace import OWNER_FILE
+from jobs.upkeep.reaper import kill_runsc_orphans, reap, runsc_processes
 from tests.standins.github import GitHubStandIn
 from tests.support import dead_redis, enqueue
 
@@ -68,10 +66,12 @@ def github():
 @pytest.fixture
 def settings(github, redis_url, tmp_path):
     return WorkerSettings.parse(
-        GITHUB_APP_ID=str(github.app_id), GITHUB_PRIVATE_KEY=github.private_key_pem,
-        GITHUB_API_URL=github.api_url, REDIS_URL=redis_url,
+        GITHUB_APP_ID=str(github.app_id),
+        GITHUB_PRIVATE_KEY=github.private_key_pem,
+        GITHUB_API_URL=github.api_url,
+        REDIS_URL=redis_url,
         WORKSPACE_ROOT=str(tmp_path / "workspaces"),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -83,10 +83,12 @@ def redis(redis_url):
 def reset_env(monkeypatch, github, redis_url, tmp_path):
     # The callbacks load settings from the environment, as they do in a worker.
     for name, value in {
-        "GITHUB_APP_ID": str(github.app_id), "GITHUB_PRIVATE_KEY": github.private_key_pem,
-        "GITHUB_API_URL": github.api_url, "REDIS_URL": redis_url,
+        "GITHUB_APP_ID": str(github.app_id),
+        "GITHUB_PRIVATE_KEY": github.private_key_pem,
+        "GITHUB_API_URL": github.api_url,
+        "REDIS_URL": redis_url,
         "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
-    }.items():  # fmt: skip
+    }.items():
         monkeypatch.setenv(name, value)
 
 
@@ -138,10 +140,15 @@ def new_session(github, redis, instruction: str = "fix the bug", **extra) -> tup
     number = 1 + max([0, *(i.number for i in github.issues), *(p.number for p in github.pulls)])
     github.add_issue(REPO, number, f"Issue {number}", "body", "octocat", 583231)
     request = SessionRequest(
-        delivery_id=f"d-{number}-{os.urandom(4).hex()}", installation_id=INSTALLATION, repo=REPO,
-        number=number, requester="octocat", requester_id=583231, instruction=instruction,
+        delivery_id=f"d-{number}-{os.urandom(4).hex()}",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        number=number,
+        requester="octocat",
+        requester_id=583231,
+        instruction=instruction,
         **extra,
-    )  # fmt: skip
+    )
     queued = enqueue(redis, request)
     return Job.fetch(queued.session_id, connection=redis, serializer="json"), number
 
@@ -179,7 +186,7 @@ def post_tracking(settings, github, number: int, session_id: str, state: str = "
 
 
 def workspace(settings, session_id: str) -> Path:
-    """A workspace as jobs/workspace.py makes it: `s-<random>/`, the owner in a file."""
+    """A workspace as jobs/sandbox/workspace.py makes it: `s-<random>/`, the owner in a file."""
     path = settings.workspace_root / f"s-{os.urandom(4).hex()}"
     (path / "control").mkdir(parents=True)
     (path / OWNER_FILE).write_text(session_id)
@@ -251,8 +258,9 @@ def test_a_live_horse_keeps_its_session_even_when_its_worker_process_is_gone(
 ):
     job, _ = new_session(github, redis)
     start(redis, job)
-    redis.hset(Worker.redis_worker_namespace_prefix + "w-1", HORSE_FIELD,
-               process_token(os.getpid()))  # fmt: skip
+    redis.hset(
+        Worker.redis_worker_namespace_prefix + "w-1", HORSE_FIELD, process_token(os.getpid())
+    )
     engine = FakeDocker()
     engine.add(job.id)
     assert reap(settings, redis, engine, here=HERE).live == [job.id]
@@ -278,8 +286,13 @@ def test_a_worker_that_registered_its_death_or_moved_on_holds_nothing(github, re
     start(redis, dead, worker="w-dead", pid_token=process_token(os.getpid()))
     redis.hset(Worker.redis_worker_namespace_prefix + "w-dead", "death", "2026-01-01T00:00:00Z")
     moved, _ = new_session(github, redis)
-    start(redis, moved, worker="w-moved", pid_token=process_token(os.getpid()),
-          current="session-something-else")  # fmt: skip
+    start(
+        redis,
+        moved,
+        worker="w-moved",
+        pid_token=process_token(os.getpid()),
+        current="session-something-else",
+    )
     engine = FakeDocker()
     engine.add(dead.id)
     engine.add(moved.id)
@@ -302,8 +315,13 @@ def test_leftovers_of_finished_and_failed_jobs_go_and_only_failed_ones_are_inter
         workspace(settings, job.id)
     asked = []
 
-    report = reap(settings, redis, engine, here=HERE,
-                  interrupt=lambda job, why: asked.append(job.id) or "edited")  # fmt: skip
+    report = reap(
+        settings,
+        redis,
+        engine,
+        here=HERE,
+        interrupt=lambda job, why: asked.append(job.id) or "edited",
+    )
 
     assert engine.ids() == [] and list(settings.workspace_root.iterdir()) == []
     assert len(report.containers) == 3 and len(report.workspaces) == 3
@@ -375,8 +393,10 @@ def test_no_comment_is_ever_created_and_a_quoted_marker_is_not_ours(github, redi
     posts = sum(1 for r in github.requests if r.method == "POST" and r.path.endswith("/comments"))
 
     assert interrupt_job(job, redis, WORKER_STOPPED, settings) == "no_comment"
-    assert sum(1 for r in github.requests
-               if r.method == "POST" and r.path.endswith("/comments")) == posts  # fmt: skip
+    assert (
+        sum(1 for r in github.requests if r.method == "POST" and r.path.endswith("/comments"))
+        == posts
+    )
     assert edits_of(github, quoted.id) == 0
 
 
@@ -393,10 +413,17 @@ def test_a_review_thread_reply_is_found_among_the_pulls_review_comments(github, 
     pull = github.add_pull(REPO, "feature-x", files={"a.py": "x = 1\n"}, title="Feature")
     asked = github.add_review_comment(REPO, pull.number, "a.py", 1, "/claude tidy", "octocat")
     request = SessionRequest(
-        delivery_id=f"d-review-{os.urandom(4).hex()}", installation_id=INSTALLATION, repo=REPO,
-        number=pull.number, requester="octocat", requester_id=583231, instruction="tidy",
-        pull=True, trigger="review_comment", review_comment_id=asked.id,
-    )  # fmt: skip
+        delivery_id=f"d-review-{os.urandom(4).hex()}",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        number=pull.number,
+        requester="octocat",
+        requester_id=583231,
+        instruction="tidy",
+        pull=True,
+        trigger="review_comment",
+        review_comment_id=asked.id,
+    )
     queued = enqueue(redis, request)
     job = Job.fetch(queued.session_id, connection=redis, serializer="json")
     gh = RepoSession(settings, INSTALLATION, REPO, ISSUE_SESSION_PERMISSIONS)
@@ -424,7 +451,7 @@ def test_github_unreachable_leaves_the_session_pending_for_the_next_pass(github,
 
 
 def test_jobs_that_are_not_sessions_are_ignored(redis):
-    job = Job.create("jobs.redelivery.scheduled_sweep", connection=redis, serializer="json")
+    job = Job.create("jobs.upkeep.redelivery.scheduled_sweep", connection=redis, serializer="json")
     assert interrupt_job(job, redis) == "not_a_session"
 
 
@@ -494,8 +521,10 @@ def test_process_tokens_tell_a_reused_pid_and_a_zombie_from_the_original():
 
 def test_worker_alive_reads_the_worker_hash(redis):
     key = Worker.redis_worker_namespace_prefix
-    redis.hset(key + "w", mapping={"current_job": "j", HOST_FIELD: HERE,
-                                   PID_FIELD: process_token(os.getpid())})  # fmt: skip
+    redis.hset(
+        key + "w",
+        mapping={"current_job": "j", HOST_FIELD: HERE, PID_FIELD: process_token(os.getpid())},
+    )
     assert worker_alive(redis, "w", "j", here=HERE)
     assert not worker_alive(redis, "w", "other-job", here=HERE)
     assert not worker_alive(redis, "", "j", here=HERE)
@@ -517,15 +546,32 @@ def test_runsc_processes_of_containers_docker_forgot_are_found_and_killed(tmp_pa
     old = (10000 - 600) * ticks
     fake_proc(tmp_path, 101, ["runsc-sandbox", log.format(forgotten), "boot", forgotten], old)
     fake_proc(tmp_path, 102, ["runsc-gofer", log.format(forgotten), "gofer"], old)
-    fake_proc(tmp_path, 103, ["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id",
-                              forgotten, "-address", "/x.sock"], old)  # fmt: skip
+    fake_proc(
+        tmp_path,
+        103,
+        [
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "moby",
+            "-id",
+            forgotten,
+            "-address",
+            "/x.sock",
+        ],
+        old,
+    )
     fake_proc(tmp_path, 104, ["runsc-sandbox", log.format(known)], old)
     fake_proc(tmp_path, 105, ["runsc-gofer", log.format("c" * 64)], (10000 - 5) * ticks)  # new
     fake_proc(tmp_path, 106, ["python", "-m", "jobs.worker"], old)
 
     found = {pid: (cid, round(age)) for pid, cid, age in runsc_processes(tmp_path)}
-    assert found == {101: (forgotten, 600), 102: (forgotten, 600), 103: (forgotten, 600),
-                     104: (known, 600), 105: ("c" * 64, 5)}  # fmt: skip
+    assert found == {
+        101: (forgotten, 600),
+        102: (forgotten, 600),
+        103: (forgotten, 600),
+        104: (known, 600),
+        105: ("c" * 64, 5),
+    }
 
     engine = FakeDocker()
     engine.add("session-x").id = known

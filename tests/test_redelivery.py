@@ -26,10 +26,10 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app import create_service
-from app.config import WebSettings, WorkerSettings
-from app.enqueue import session_queue
-from jobs import redelivery
-from jobs.redelivery import (
+from jobs.common.queue import session_queue
+from jobs.common.settings import WebSettings, WorkerSettings
+from jobs.upkeep import redelivery
+from jobs.upkeep.redelivery import (
     SWEEP_JOB,
     backoff,
     claim_key,
@@ -597,7 +597,7 @@ def test_standin_delivery_endpoints_like_github(github, redis_url):
 
 def test_schedule_sweep_books_one_sweep_per_slot_at_the_front(redis, redis_url):
     queue = session_queue(redis, "sessions")
-    queue.enqueue_call("jobs.session.run_session", job_id="session-waiting")
+    queue.enqueue_call("jobs.session.pipeline.run_session", job_id="session-waiting")
     before = sweep_job_id()
     job_id = schedule_sweep(queue)
     assert job_id in (before, sweep_job_id())  # named after the current 10-minute slot

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from githubkit.exception import RequestFailed
 
-from app.config import WorkerSettings
-from jobs.github import RepoSession
-from jobs.repo_config import (
+from jobs.common.settings import WorkerSettings
+from jobs.github.client import RepoSession
+from jobs.session.repo_config import (
     CONFIG_PATH,
     MAX_BYTES,
     RepoConfig,
@@ -119,8 +119,11 @@ def test_limits_are_inclusive():
         ("max_turn: 10", "max_turn", "is not a known setting (did you mean `max_turns`?)"),
         ("max-turns: 10", "max-turns", "is not a known setting (did you mean `max_turns`?)"),
         ("lables: {bug: review}", "lables", "is not a known setting (did you mean `labels`?)"),
-        ("network: {registry: true}", "network.registry",
-         "is not a known setting (did you mean `registries`?)"),
+        (
+            "network: {registry: true}",
+            "network.registry",
+            "is not a known setting (did you mean `registries`?)",
+        ),
         ("colour: blue", "colour", "is not a known setting"),
         ("yes: 1", None, "has a key that is not a setting name: true (quote it: YAML reads"),
         # wrong types
@@ -139,10 +142,16 @@ def test_limits_are_inclusive():
         ("model: 2025-01-01", "model", "must be text (got the date 2025-01-01)"),
         ("instructions: [be nice]", "instructions", "must be text (got a list)"),
         # values outside their set
-        ("labels: {bug: fix}", "labels.bug",
-         'must be `implement` or `review` (got the text "fix")'),
-        ("min_permission: owner", "min_permission",
-         'must be one of `read`, `triage`, `write`, `maintain`, `admin` (got the text "owner")'),
+        (
+            "labels: {bug: fix}",
+            "labels.bug",
+            'must be `implement` or `review` (got the text "fix")',
+        ),
+        (
+            "min_permission: owner",
+            "min_permission",
+            'must be one of `read`, `triage`, `write`, `maintain`, `admin` (got the text "owner")',
+        ),
         ("min_permission: none", "min_permission", "must be one of `read`"),
         # out of range
         ("max_turns: 500", "max_turns", "must be at most 200 (got 500)"),
@@ -153,18 +162,27 @@ def test_limits_are_inclusive():
         ("max_budget_usd: 100.01", "max_budget_usd", "must be at most 100 (got 100.01)"),
         ("max_budget_usd: .inf", "max_budget_usd", "must be a finite number (got inf)"),
         ("max_budget_usd: .nan", "max_budget_usd", "must be a finite number (got nan)"),
-        (f"instructions: {'x' * 8001}", "instructions",
-         "must be at most 8,000 characters (got 8,001)"),
+        (
+            f"instructions: {'x' * 8001}",
+            "instructions",
+            "must be at most 8,000 characters (got 8,001)",
+        ),
         (f"setup: [{', '.join(['make'] * 21)}]", "setup", "must have at most 20 entries (got 21)"),
         (f"setup: [{'x' * 1001}]", "setup[0]", "must be at most 1,000 characters (got 1,001)"),
         ("setup: [make, '  ']", "setup[1]", "must not be empty"),
         ('setup: ["make\\0"]', "setup[0]", "must not contain a NUL character"),
         ('instructions: "be nice\\0"', "instructions", "must not contain a NUL character"),
-        (f"labels: {{{'l' * 51}: review}}", "labels",
-         "has a label name that must be at most 50 characters (got 51)"),
+        (
+            f"labels: {{{'l' * 51}: review}}",
+            "labels",
+            "has a label name that must be at most 50 characters (got 51)",
+        ),
         ("labels: {'': review}", "labels", "has a label name that must not be empty"),
-        ("labels: {Bug: review, bug: implement}", "labels",
-         "names the label `bug` twice (label names ignore case)"),
+        (
+            "labels: {Bug: review, bug: implement}",
+            "labels",
+            "names the label `bug` twice (label names ignore case)",
+        ),
         # bad trigger
         ("trigger: claude", "trigger", "must start with `/` or `@`, like `/claude` or `@claude`"),
         ("trigger: /claude please", "trigger", "must be one word"),
@@ -180,16 +198,22 @@ def test_limits_are_inclusive():
         ("branch_prefix: 'my bots/'", "branch_prefix", "must not contain spaces"),
         ("branch_prefix: 'a~b:c/'", "branch_prefix", "must not contain `~` or `:`"),
         ("branch_prefix: .hidden/", "branch_prefix", "must not have a part that starts with `.`"),
-        ("branch_prefix: x/y.lock/", "branch_prefix",
-         "must not have a part that ends with `.lock` (`y.lock`)"),
+        (
+            "branch_prefix: x/y.lock/",
+            "branch_prefix",
+            "must not have a part that ends with `.lock` (`y.lock`)",
+        ),
         ("branch_prefix: 'x@{y/'", "branch_prefix", "must not contain `@{`"),
         # other checked strings
-        ("allowed_bots: [dependabot, 'not a bot']", "allowed_bots[1]",
-         "must be a bot's login, like `dependabot[bot]`"),
+        (
+            "allowed_bots: [dependabot, 'not a bot']",
+            "allowed_bots[1]",
+            "must be a bot's login, like `dependabot[bot]`",
+        ),
         ("model: --dangerously-skip-permissions", "model", "must be a model name or alias"),
         ("model: claude sonnet", "model", "must be a model name or alias"),
     ],
-)  # fmt: skip
+)
 def test_each_invalid_field_is_named(text, path, expected):
     with pytest.raises(RepoConfigError) as info:
         parse_repo_config(text + "\n")
@@ -230,13 +254,15 @@ def test_a_wholly_wrong_file_is_summarised():
         ("max_turns: 10\nlabels:\n  bug: review\n   x: 1\n", "line 4, column 5"),
         ("max_turns: 10\nsetup: [make\n", "line 3, column 1"),
         ("labels:\n\tbug: review\n", "line 2, column 1: found character '\\t'"),
-        ("max_turns: 10\ntrigger: @claude\n", 'line 2, column 10: found character \'@\''),
-        ("max_turns: 10\nmodel: opus\nmax_turns: 20\n",
-         "line 3, column 1: `max_turns` is given twice (first on line 1)"),
+        ("max_turns: 10\ntrigger: @claude\n", "line 2, column 10: found character '@'"),
+        (
+            "max_turns: 10\nmodel: opus\nmax_turns: 20\n",
+            "line 3, column 1: `max_turns` is given twice (first on line 1)",
+        ),
         ("max_turns: 10\n---\nmax_turns: 20\n", "line 2, column 1"),
         ("max_turns: 10\nmodel: \x07\n", "line 2: unacceptable character #x0007"),
     ],
-)  # fmt: skip
+)
 def test_invalid_yaml_names_the_line(text, expected):
     with pytest.raises(RepoConfigError) as info:
         parse_repo_config(text)
@@ -335,11 +361,35 @@ def test_permission_at_least_refuses_an_unknown_requirement():
 @pytest.mark.parametrize(
     "prefix",
     [
-        "claude/", "bots/claude/", "a.b/", "a./", "x@y/", "@/", "ä/", "a-b_c/", "v1.0/",
-        "claude..x/", ".claude/", "a/.b/", "a.lock/", "a/b.lock/", "a b/", "a~/", "a^/",
-        "a:/", "a?/", "a*/", "a[/", "a\\b/", "a@{b/", "a//b/", "/a/", "a\x01/", "a\x7f/",
+        "claude/",
+        "bots/claude/",
+        "a.b/",
+        "a./",
+        "x@y/",
+        "@/",
+        "ä/",
+        "a-b_c/",
+        "v1.0/",
+        "claude..x/",
+        ".claude/",
+        "a/.b/",
+        "a.lock/",
+        "a/b.lock/",
+        "a b/",
+        "a~/",
+        "a^/",
+        "a:/",
+        "a?/",
+        "a*/",
+        "a[/",
+        "a\\b/",
+        "a@{b/",
+        "a//b/",
+        "/a/",
+        "a\x01/",
+        "a\x7f/",
     ],
-)  # fmt: skip
+)
 def test_branch_prefix_rules_agree_with_git(prefix):
     ours = ref_prefix_problem(prefix) is None
     git = subprocess.run(
@@ -388,9 +438,10 @@ def github():
 
 def session_for(gh: GitHubStandIn, repo: str) -> RepoSession:
     settings = WorkerSettings.parse(
-        GITHUB_APP_ID=str(gh.app_id), GITHUB_PRIVATE_KEY=gh.private_key_pem,
+        GITHUB_APP_ID=str(gh.app_id),
+        GITHUB_PRIVATE_KEY=gh.private_key_pem,
         GITHUB_API_URL=gh.api_url,
-    )  # fmt: skip
+    )
     return RepoSession(settings, INSTALLATION, repo, {"contents": "read", "metadata": "read"})
 
 
@@ -398,13 +449,20 @@ def push_branch(gh: GitHubStandIn, repo: str, branch: str, files: dict[str, str]
     """What a pull request's author does: commit on a branch of their own and push it."""
     token = gh.mint_token(INSTALLATION, [repo.split("/")[1]], {"contents": "write"})
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp), "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0", "GH_TOKEN": token,
-        "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GH_TOKEN": token,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "credential.helper",
         "GIT_CONFIG_VALUE_0": CREDENTIAL_HELPER,
-        "GIT_AUTHOR_NAME": "Author", "GIT_AUTHOR_EMAIL": "author@example.test",
-        "GIT_COMMITTER_NAME": "Author", "GIT_COMMITTER_EMAIL": "author@example.test",
-    }  # fmt: skip
+        "GIT_AUTHOR_NAME": "Author",
+        "GIT_AUTHOR_EMAIL": "author@example.test",
+        "GIT_COMMITTER_NAME": "Author",
+        "GIT_COMMITTER_EMAIL": "author@example.test",
+    }
 
     work = tmp / "work"
 

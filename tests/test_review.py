@@ -1,6 +1,7 @@
-"""Review mode (jobs/review.py): the prompt, the schema given to `--json-schema`, reading the
-structured answer, and building GitHub's review body — with the REAL claude CLI for the parts
-whose behaviour belongs to the CLI (structured output, read-only tools, ignored repo settings).
+"""Review mode (jobs/session/review.py): the prompt, the schema given to `--json-schema`,
+reading the structured answer, and building GitHub's review body — with the REAL claude CLI for
+the parts whose behaviour belongs to the CLI (structured output, read-only tools, ignored repo
+settings).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from jobs.context import Section
-from jobs.diff import commentable, parse_diff
-from jobs.review import (
+from jobs.github.diff import commentable, parse_diff
+from jobs.session.material import Section
+from jobs.session.review import (
     MAX_INLINE,
     REVIEW_SCHEMA,
     DraftComment,

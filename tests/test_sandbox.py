@@ -13,9 +13,9 @@ import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
-from app.config import ConfigError, WorkerSettings
-from jobs.gateway import ModelGateway
-from jobs.sandbox import (
+from jobs.common.settings import ConfigError, WorkerSettings
+from jobs.gateway.proxy import ModelGateway
+from jobs.sandbox.container import (
     CONFIG_DIR,
     CONTROL_DIR,
     LABEL,
@@ -85,8 +85,9 @@ def test_tree_usage_charges_sparse_and_empty_files_and_ignores_symlinks(tmp_path
 
 def test_container_is_created_locked_down(client, session_dirs):
     tree, control = session_dirs
-    sandbox = Sandbox(settings(SANDBOX_PIDS="100", SANDBOX_MEMORY="300m",
-                               SANDBOX_WORKSPACE_SIZE="2g"), client)  # fmt: skip
+    sandbox = Sandbox(
+        settings(SANDBOX_PIDS="100", SANDBOX_MEMORY="300m", SANDBOX_WORKSPACE_SIZE="2g"), client
+    )
     container = sandbox.create("unit-locked-down", tree, control, ["true"], {"A": "b"})
     try:
         host = container.attrs["HostConfig"]
@@ -126,17 +127,30 @@ def run_script(client, tree: Path, control: Path, turns, **values: str):
         api.script(turns)
         with ModelGateway(control / "gateway.sock", api.url, MODEL_KEY) as gw:
             sandbox = Sandbox(settings(CLAUDE_MAX_RETRIES="0", **values), client)
-            run = sandbox.run("unit-" + tree.parent.name[-12:], tree, control, gw.session_key,
-                              "Follow the script.", Limits(timeout=120, max_turns=8))  # fmt: skip
+            run = sandbox.run(
+                "unit-" + tree.parent.name[-12:],
+                tree,
+                control,
+                gw.session_key,
+                "Follow the script.",
+                Limits(timeout=120, max_turns=8),
+            )
         return run, api
 
 
 def test_a_run_works_through_the_read_only_control_dir(client, session_dirs):
     tree, control = session_dirs
-    run, api = run_script(client, tree, control, [
-        ToolUse("Bash", {"command": "touch /run/claudecluster/x; echo wrote > /workspace/out.txt"}),
-        Text("ok"),
-    ])  # fmt: skip
+    run, api = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse(
+                "Bash", {"command": "touch /run/claudecluster/x; echo wrote > /workspace/out.txt"}
+            ),
+            Text("ok"),
+        ],
+    )
     assert run.exit_code == 0 and not run.limit, run.stderr_tail
     assert not run.outcome.is_error and run.outcome.result == "ok"
     # The gateway socket was reachable from the read-only mount; nothing could be written there.
@@ -152,12 +166,24 @@ def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, 
     # the run must catch a tree that grew past the limit just before the end. And no single file
     # may outgrow the limit (RLIMIT_FSIZE): the shell reports the signal that stops the writer.
     tree, control = session_dirs
-    run, api = run_script(client, tree, control, [
-        ToolUse("Bash", {"command": "head -c 40M /dev/zero > /workspace/a; "
-                                    "head -c 40M /dev/zero > /workspace/b; "
-                                    "head -c 80M /dev/zero > /workspace/c; ls -l /workspace"}),
-        Text("done, nothing to see"),
-    ], SANDBOX_WORKSPACE_SIZE="64m", SANDBOX_CHECK_INTERVAL="3600")  # fmt: skip
+    run, api = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse(
+                "Bash",
+                {
+                    "command": "head -c 40M /dev/zero > /workspace/a; "
+                    "head -c 40M /dev/zero > /workspace/b; "
+                    "head -c 80M /dev/zero > /workspace/c; ls -l /workspace"
+                },
+            ),
+            Text("done, nothing to see"),
+        ],
+        SANDBOX_WORKSPACE_SIZE="64m",
+        SANDBOX_CHECK_INTERVAL="3600",
+    )
     assert run.exit_code == 0  # the CLI itself finished...
     assert run.limit == "the workspace grew past its limit of 64m (SANDBOX_WORKSPACE_SIZE)"
     assert run.outcome.is_error and run.outcome.failure == run.limit  # ...but the run failed
@@ -170,11 +196,22 @@ def test_a_workspace_filler_is_stopped_soon_after_the_limit(client, session_dirs
     # The limit is checked once a second: the tree may overshoot by what can be written in
     # about a second, and no more.
     tree, control = session_dirs
-    run, _ = run_script(client, tree, control, [
-        ToolUse("Bash", {"command": 'i=0; while head -c 8M /dev/zero > "/workspace/f$i"; '
-                                    "do i=$((i+1)); done"}),
-        Text("survived"),
-    ], SANDBOX_WORKSPACE_SIZE="64m")  # fmt: skip
+    run, _ = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse(
+                "Bash",
+                {
+                    "command": 'i=0; while head -c 8M /dev/zero > "/workspace/f$i"; '
+                    "do i=$((i+1)); done"
+                },
+            ),
+            Text("survived"),
+        ],
+        SANDBOX_WORKSPACE_SIZE="64m",
+    )
     assert run.limit == "the workspace grew past its limit of 64m (SANDBOX_WORKSPACE_SIZE)"
     assert run.exit_code == 137 and run.outcome.failure == run.limit  # killed, mid-command
     used = tree_usage(tree)

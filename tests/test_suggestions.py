@@ -1,4 +1,4 @@
-"""Claude's change to a fork's pull request as suggestions and a patch (jobs/suggestions.py).
+"""Claude's change to a fork's pull request as suggestions and a patch (jobs/github/suggestions.py).
 
 Diffs come from real git: the pull request's (base...head) and Claude's (head -> change, no
 context lines). Applying every suggestion to the head must give Claude's files, and the patch
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.diff import parse_diff
-from jobs.suggestions import MAX_PATCH, Suggestion, fence, offer, quoted_patch
+from jobs.github.diff import parse_diff
+from jobs.github.suggestions import MAX_PATCH, Suggestion, fence, offer, quoted_patch
 
 BASE = {
     "greet.py": "".join(f"line {i}\n" for i in range(1, 41)),

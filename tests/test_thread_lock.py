@@ -8,8 +8,8 @@ import time
 import pytest
 from redis import Redis
 
-from app.enqueue import active_key
-from jobs import session
+from jobs.common.queue import active_key
+from jobs.session.thread import ThreadBusy, active
 
 
 class Tracking:
@@ -28,7 +28,7 @@ def test_second_session_waits_and_says_so(redis_url):
     first_in = threading.Event()
 
     def first():
-        with session.active(redis, "o/r#1", "s1", 30, Tracking()):
+        with active(redis, "o/r#1", "s1", 30, Tracking().waiting):
             order.append("s1 start")
             first_in.set()
             time.sleep(0.5)
@@ -38,7 +38,7 @@ def test_second_session_waits_and_says_so(redis_url):
     thread.start()
     first_in.wait(5)
     tracking = Tracking()
-    with session.active(redis, "o/r#1", "s2", 30, tracking, poll=0.05):
+    with active(redis, "o/r#1", "s2", 30, tracking.waiting, poll=0.05):
         order.append("s2 start")
     thread.join()
     assert order == ["s1 start", "s1 end", "s2 start"]
@@ -49,15 +49,20 @@ def test_second_session_waits_and_says_so(redis_url):
 def test_other_threads_do_not_wait(redis_url):
     redis = Redis.from_url(redis_url)
     tracking = Tracking()
-    with session.active(redis, "o/r#1", "s1", 30, Tracking()), \
-            session.active(redis, "o/r#2", "s2", 30, tracking):  # fmt: skip
+    with (
+        active(redis, "o/r#1", "s1", 30, Tracking().waiting),
+        active(redis, "o/r#2", "s2", 30, tracking.waiting),
+    ):
         assert tracking.waited == 0
 
 
 def test_a_busy_thread_past_the_timeout_is_an_error(redis_url):
     redis = Redis.from_url(redis_url)
     redis.set(active_key("o/r#3"), "stuck", ex=60)
-    with pytest.raises(session.ThreadBusy), session.active(redis, "o/r#3", "s9", 0, Tracking()):
+    with (
+        pytest.raises(ThreadBusy),
+        active(redis, "o/r#3", "s9", 0, Tracking().waiting),
+    ):
         pass
     assert redis.get(active_key("o/r#3")) == b"stuck", "someone else's mark is left alone"
 
@@ -65,6 +70,6 @@ def test_a_busy_thread_past_the_timeout_is_an_error(redis_url):
 def test_a_retry_of_the_same_session_reenters(redis_url):
     redis = Redis.from_url(redis_url)
     redis.set(active_key("o/r#4"), "s4", ex=60)
-    with session.active(redis, "o/r#4", "s4", 30, Tracking()):
+    with active(redis, "o/r#4", "s4", 30, Tracking().waiting):
         pass
     assert redis.get(active_key("o/r#4")) is None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jobs.context import Section, bounded, clean
-from jobs.tracking import MAX_TEXT, fit, marker
+from jobs.github.tracking import MAX_TEXT, fit, marker
+from jobs.session.material import Section, bounded, clean
 
 
 def test_long_text_is_cut_in_the_middle_without_an_open_fence():

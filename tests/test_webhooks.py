@@ -11,8 +11,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app import create_service
-from app.config import WebSettings
-from app.repo_hints import write_hints
+from jobs.common.repo_hints import write_hints
+from jobs.common.settings import WebSettings
 from tests.support import (
     AsgiClient,
     delivery_headers,
@@ -78,8 +78,10 @@ def test_signature_matches_octokit_reference_implementation():
     )
     out = subprocess.run(
         ["node", "-e", script, str(methods / "dist-node" / "index.js"), SECRET, body.decode()],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == sign(SECRET, body)
 
 
@@ -93,13 +95,25 @@ def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_u
     job = Queue("sessions", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
     kwargs = job.fetch_job("session-d-1").kwargs
     assert kwargs == {
-        "delivery_id": "d-1", "installation_id": 42, "repo": REPO, "number": 7,
-        "comment_id": 1_000_007, "requester": "octocat", "requester_id": 583231,
-        "instruction": "add a CONTRIBUTING.md\nwith tests", "pull": False, "mode": "implement",
-        "trigger": "comment", "review_comment_id": 0, "review_id": 0, "label": "",
-        "triggered_at": "2019-05-15T15:20:21Z", "phrase": "/claude",
-        "content_id": "comment:7:1000007", "head_sha": "",
-    }  # fmt: skip
+        "delivery_id": "d-1",
+        "installation_id": 42,
+        "repo": REPO,
+        "number": 7,
+        "comment_id": 1_000_007,
+        "requester": "octocat",
+        "requester_id": 583231,
+        "instruction": "add a CONTRIBUTING.md\nwith tests",
+        "pull": False,
+        "mode": "implement",
+        "trigger": "comment",
+        "review_comment_id": 0,
+        "review_id": 0,
+        "label": "",
+        "triggered_at": "2019-05-15T15:20:21Z",
+        "phrase": "/claude",
+        "content_id": "comment:7:1000007",
+        "head_sha": "",
+    }
 
 
 def test_same_delivery_three_times_is_one_session(client, redis_url):
@@ -268,15 +282,18 @@ def pointed_at_us(payload: dict, sender_type: str = "User") -> dict:
         ("/claude help", "help", ""),
         ("/claude stop", "stop", ""),
         ("/claude review", "review", ""),
-        ("/claude review the error handling\nespecially retries", "review",
-         "the error handling\nespecially retries"),
+        (
+            "/claude review the error handling\nespecially retries",
+            "review",
+            "the error handling\nespecially retries",
+        ),
         ("/claude stop the tests from flaking", "implement", "stop the tests from flaking"),
         ("/claude fix the flaky test", "implement", "fix the flaky test"),
         ("/claude frobnicate", "help", "frobnicate"),
         ("/claude --dry-run", "help", "--dry-run"),
         ("/claude fix", "implement", "fix"),
     ],
-)  # fmt: skip
+)
 def test_commands(client, redis_url, body, mode, instruction):
     assert post(client, "issue_comment", trigger(body), "cmd").status_code == 202
     kwargs = job_kwargs(redis_url, "session-cmd")
@@ -312,8 +329,9 @@ def test_review_without_command_is_ignored(client, redis_url):
     assert queued(redis_url) == []
 
 
-@pytest.mark.parametrize(("event", "thread"), [("pull_request", "pull_request"),
-                                               ("issues", "issue")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("event", "thread"), [("pull_request", "pull_request"), ("issues", "issue")]
+)
 def test_label_events_carry_the_label_for_the_worker_to_map(client, redis_url, event, thread):
     payload = pointed_at_us(webhook_example(event, "labeled"))
     payload["label"]["name"] = "claude"
@@ -383,16 +401,19 @@ def test_push_changing_the_config_on_the_default_branch_refreshes_it(client, red
 
 @pytest.mark.parametrize(
     ("event", "action", "key"),
-    [("installation", "created", "repositories"),
-     ("installation_repositories", "added", "repositories_added")],
-)  # fmt: skip
+    [
+        ("installation", "created", "repositories"),
+        ("installation_repositories", "added", "repositories_added"),
+    ],
+)
 def test_an_installation_queues_one_config_read_per_repository_once(
     client, redis_url, event, action, key
 ):
     payload = webhook_example(event, action)
     template = payload[key][0]
-    payload[key] = [{**template, "id": 100 + i, "full_name": f"octo-org/repo-{i}"}
-                    for i in range(3)]  # fmt: skip
+    payload[key] = [
+        {**template, "id": 100 + i, "full_name": f"octo-org/repo-{i}"} for i in range(3)
+    ]
     resp = post(client, event, payload, "install-1")
     assert resp.status_code == 202
     sessions = resp.json["sessions"]
@@ -422,8 +443,9 @@ def test_an_installation_without_repositories_is_ignored(client, redis_url):
 def test_an_installation_past_the_cap_reads_the_first_hundred(client, redis_url):
     payload = webhook_example("installation", "created")
     template = payload["repositories"][0]
-    payload["repositories"] = [{**template, "id": i, "full_name": f"big-org/r{i}"}
-                               for i in range(1, 251)]  # fmt: skip
+    payload["repositories"] = [
+        {**template, "id": i, "full_name": f"big-org/r{i}"} for i in range(1, 251)
+    ]
     assert post(client, "installation", payload, "big").status_code == 202
     assert len(queued(redis_url)) == 100
 

@@ -16,7 +16,7 @@ from rq.job import Callback, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from app.enqueue import RUN_SESSION, session_queue
+from jobs.common.queue import RUN_SESSION, session_queue
 from jobs.worker import SessionJob, SessionWorker
 
 CANARY = "tests.standins.canary.touch"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.workspace import GitError, Workspace
+from jobs.sandbox.workspace import GitError, Workspace
 from tests.standins.github import GitHubStandIn
 
 REPO = "octo-org/tools"

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from docker.errors import DockerException, ImageNotFound, NotFound
 
-from app.config import SECRET_OWNERS
-from jobs.sandbox import LABEL
+from jobs.common.settings import SECRET_OWNERS
+from jobs.sandbox.container import LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
 from tests.standins.github_objects import Comment, PullRequest
@@ -60,10 +60,13 @@ def github(tmp_path_factory):
             INSTALLATION,
             "octo-org",
             permissions={
-                "contents": "write", "issues": "write", "pull_requests": "write",
-                "metadata": "read", "administration": "write",
+                "contents": "write",
+                "issues": "write",
+                "pull_requests": "write",
+                "metadata": "read",
+                "administration": "write",
             },
-        )  # fmt: skip
+        )
         gh.add_repo(
             REPO,
             INSTALLATION,
@@ -72,26 +75,43 @@ def github(tmp_path_factory):
                 "tests/test_math.py": "def test_add():\n    assert 1 + 1 == 2\n",
             },
         )
-        gh.add_repo(REVIEWED, INSTALLATION, files={
-            "README.md": "# reviewed\n",
-            "greet.py": "def greet():\n    return 'hi'\n",
-            ".github/claude.yml": "labels:\n  claude-review: review\n  claude: implement\n",
-        })  # fmt: skip
-        gh.add_repo(BROKEN, INSTALLATION, files={
-            "README.md": "# broken\n", ".github/claude.yml": "max_turns: 500\n",
-        })  # fmt: skip
-        gh.add_repo(CONFIGURED, INSTALLATION, files={
-            "README.md": "# configured\n",
-            ".github/claude.yml": (
-                "setup:\n  - echo setup-was-here > /tmp/setup-marker\n"
-                "instructions: Always sign summaries with -- the bot.\n"
-                "branch_prefix: bots/claude/\ndraft_pull_requests: true\n"
-            ),
-        })  # fmt: skip
-        gh.add_repo(FAILING_SETUP, INSTALLATION, files={
-            "README.md": "# failing\n",
-            ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
-        })  # fmt: skip
+        gh.add_repo(
+            REVIEWED,
+            INSTALLATION,
+            files={
+                "README.md": "# reviewed\n",
+                "greet.py": "def greet():\n    return 'hi'\n",
+                ".github/claude.yml": "labels:\n  claude-review: review\n  claude: implement\n",
+            },
+        )
+        gh.add_repo(
+            BROKEN,
+            INSTALLATION,
+            files={
+                "README.md": "# broken\n",
+                ".github/claude.yml": "max_turns: 500\n",
+            },
+        )
+        gh.add_repo(
+            CONFIGURED,
+            INSTALLATION,
+            files={
+                "README.md": "# configured\n",
+                ".github/claude.yml": (
+                    "setup:\n  - echo setup-was-here > /tmp/setup-marker\n"
+                    "instructions: Always sign summaries with -- the bot.\n"
+                    "branch_prefix: bots/claude/\ndraft_pull_requests: true\n"
+                ),
+            },
+        )
+        gh.add_repo(
+            FAILING_SETUP,
+            INSTALLATION,
+            files={
+                "README.md": "# failing\n",
+                ".github/claude.yml": "setup:\n  - echo missing tool >&2; exit 7\n",
+            },
+        )
         gh.add_repo(
             FOLLOW_UPS,
             INSTALLATION,
@@ -101,18 +121,27 @@ def github(tmp_path_factory):
                 ".github/claude.yml": "fork_pull_requests: follow_up\n",
             },
         )
-        gh.add_repo(SLOW, INSTALLATION, files={
-            "README.md": "# slow\n", ".github/claude.yml": "timeout_minutes: 1\n",
-        })  # fmt: skip
-        gh.add_repo(REGISTRIES, INSTALLATION, files={
-            "README.md": "# registries\n",
-            ".github/claude.yml": (
-                "network:\n  registries: true\nsetup:\n"
-                "  - npm view left-pad@1.3.0 version > /tmp/registry-ok\n"
-                "  - npm view --registry=https://example.com/ left-pad version"
-                " > /tmp/blocked 2>&1 || true\n"
-            ),
-        })  # fmt: skip
+        gh.add_repo(
+            SLOW,
+            INSTALLATION,
+            files={
+                "README.md": "# slow\n",
+                ".github/claude.yml": "timeout_minutes: 1\n",
+            },
+        )
+        gh.add_repo(
+            REGISTRIES,
+            INSTALLATION,
+            files={
+                "README.md": "# registries\n",
+                ".github/claude.yml": (
+                    "network:\n  registries: true\nsetup:\n"
+                    "  - npm view left-pad@1.3.0 version > /tmp/registry-ok\n"
+                    "  - npm view --registry=https://example.com/ left-pad version"
+                    " > /tmp/blocked 2>&1 || true\n"
+                ),
+            },
+        )
         gh.add_user("octocat", 583231)
         for repo in (
             REPO,
@@ -169,13 +198,21 @@ class Service:
         headers = delivery_headers(event, body, secret, delivery)
         return httpx.post(f"{self.url}/webhooks", content=body, headers=headers, timeout=10)
 
-    def comment(self, number: int, body: str, delivery: str | None = None, *,
-                repo: str = REPO, pull: bool = False,
-                login: str = "octocat") -> httpx.Response:  # fmt: skip
+    def comment(
+        self,
+        number: int,
+        body: str,
+        delivery: str | None = None,
+        *,
+        repo: str = REPO,
+        pull: bool = False,
+        login: str = "octocat",
+    ) -> httpx.Response:
         """Post `body` as octocat on the stand-in, then deliver GitHub's webhook for it."""
         seeded = self.github.add_comment(repo, number, body, login)
-        payload = issue_comment_payload(repo, number, body, INSTALLATION, login=login,
-                                        user_id=seeded.user.id)  # fmt: skip
+        payload = issue_comment_payload(
+            repo, number, body, INSTALLATION, login=login, user_id=seeded.user.id
+        )
         payload["comment"]["id"] = seeded.id
         # The trigger's time is the seeded comment's, as GitHub's would be.
         stamp = seeded.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -189,8 +226,11 @@ class Service:
 
     def tracking_comments(self, number: int, repo: str = REPO) -> list:
         """Ours, on the thread: conversation comments and replies in review threads."""
-        threaded = [c for c in self.github.review_comments
-                    if c.pull.full_name == repo and c.pull.number == number]  # fmt: skip
+        threaded = [
+            c
+            for c in self.github.review_comments
+            if c.pull.full_name == repo and c.pull.number == number
+        ]
         return [c for c in [*self.comments(number, repo), *threaded] if ANY_STATE.search(c.body)]
 
     def pulls_for(self, number: int) -> list[PullRequest]:
@@ -225,8 +265,16 @@ def leftover_containers(session_id: str | None = None) -> list:
     return found
 
 
-def service_env(github, anthropic, redis_url: str, image: str, workspaces: Path, port: int,
-                inherit_sandbox: bool = True, **overrides: str) -> dict[str, str]:  # fmt: skip
+def service_env(
+    github,
+    anthropic,
+    redis_url: str,
+    image: str,
+    workspaces: Path,
+    port: int,
+    inherit_sandbox: bool = True,
+    **overrides: str,
+) -> dict[str, str]:
     """What the Procfile's processes run with: the stand-ins' addresses and the test's keys.
 
     `inherit_sandbox=False` drops the caller's SANDBOX_* too, for tests that set them exactly.
@@ -235,15 +283,23 @@ def service_env(github, anthropic, redis_url: str, image: str, workspaces: Path,
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(dropped)},
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "2",
-        "GITHUB_APP_ID": str(github.app_id), "GITHUB_PRIVATE_KEY": github.private_key_pem,
-        "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": github.api_url,
-        "REDIS_URL": redis_url, "ANTHROPIC_API_KEY": MODEL_KEY,
-        "ANTHROPIC_BASE_URL": anthropic.url, "AGENT_IMAGE": image,
-        "WORKSPACE_ROOT": str(workspaces), "SESSION_TIMEOUT": "240",
-        "CLAUDE_MAX_TURNS": "10", "CLAUDE_MAX_RETRIES": "1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "GITHUB_APP_ID": str(github.app_id),
+        "GITHUB_PRIVATE_KEY": github.private_key_pem,
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_API_URL": github.api_url,
+        "REDIS_URL": redis_url,
+        "ANTHROPIC_API_KEY": MODEL_KEY,
+        "ANTHROPIC_BASE_URL": anthropic.url,
+        "AGENT_IMAGE": image,
+        "WORKSPACE_ROOT": str(workspaces),
+        "SESSION_TIMEOUT": "240",
+        "CLAUDE_MAX_TURNS": "10",
+        "CLAUDE_MAX_RETRIES": "1",
         **overrides,
-    }  # fmt: skip
+    }
 
 
 def role_env(env: dict[str, str], role: str) -> dict[str, str]:
@@ -253,25 +309,45 @@ def role_env(env: dict[str, str], role: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_image: str,
-                tmp_path_factory, inherit_sandbox: bool = True, **overrides: str):  # fmt: skip
+def run_service(
+    name: str,
+    db: int,
+    github,
+    anthropic,
+    redis_server: str,
+    agent_image: str,
+    tmp_path_factory,
+    inherit_sandbox: bool = True,
+    **overrides: str,
+):
     """Every line of the Procfile, on Redis database `db`, until the block ends."""
     port = free_port()
     logdir = tmp_path_factory.mktemp(f"{name}-logs")
     workspaces = tmp_path_factory.mktemp(f"{name}-workspaces")
     redis_url = redis_server.removesuffix("/0") + f"/{db}"
-    env = service_env(github, anthropic, redis_url, agent_image, workspaces, port,
-                      inherit_sandbox, **overrides)  # fmt: skip
+    env = service_env(
+        github, anthropic, redis_url, agent_image, workspaces, port, inherit_sandbox, **overrides
+    )
     procs, logs = {}, {}
     for role, command in procfile().items():
         logs[role] = logdir / f"{role}.log"
         procs[role] = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"], cwd=ROOT, env=role_env(env, role),
+            ["bash", "-c", f"exec {command}"],
+            cwd=ROOT,
+            env=role_env(env, role),
             start_new_session=True,
-            stdout=logs[role].open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    svc = Service(f"http://127.0.0.1:{port}", github, anthropic, logs, redis_url, env=env,
-                  workspace_root=workspaces)  # fmt: skip
+            stdout=logs[role].open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+    svc = Service(
+        f"http://127.0.0.1:{port}",
+        github,
+        anthropic,
+        logs,
+        redis_url,
+        env=env,
+        workspace_root=workspaces,
+    )
 
     def healthy():
         for role, proc in procs.items():
@@ -284,8 +360,9 @@ def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_
 
     try:
         wait_for(healthy, 30, what=f"the {name} web process")
-        wait_for(lambda: "Listening on" in logs["worker"].read_text(), 30,
-                 what=f"the {name} worker")  # fmt: skip
+        wait_for(
+            lambda: "Listening on" in logs["worker"].read_text(), 30, what=f"the {name} worker"
+        )
         yield svc
     finally:
         for proc in procs.values():
@@ -300,8 +377,9 @@ def run_service(name: str, db: int, github, anthropic, redis_server: str, agent_
 @pytest.fixture(scope="session")
 def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
     # Database 1: unit tests flush database 0 between tests.
-    with run_service("service", 1, github, anthropic, redis_server, agent_image,
-                     tmp_path_factory) as svc:  # fmt: skip
+    with run_service(
+        "service", 1, github, anthropic, redis_server, agent_image, tmp_path_factory
+    ) as svc:
         yield svc
 
 

@@ -29,11 +29,11 @@ from redis import Redis
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from app.enqueue import active_key, claim_key
-from jobs.interrupted import headline
-from jobs.reaper import PID_FIELD
-from jobs.sandbox import LABEL
-from jobs.workspace import OWNER_FILE
+from jobs.common.queue import active_key, claim_key
+from jobs.sandbox.container import LABEL
+from jobs.sandbox.workspace import OWNER_FILE
+from jobs.upkeep.interrupted import headline
+from jobs.upkeep.leftovers import PID_FIELD
 from tests.e2e.conftest import (
     FINAL,
     INSTALLATION,
@@ -73,29 +73,46 @@ class Stack:
         self.redis_url = redis_url
         self.redis = Redis.from_url(redis_url)
         self.port = free_port()
-        self.env = service_env(github, anthropic, redis_url, image, self.workspaces, self.port,
-                               REAPER_INTERVAL=str(REAPER_INTERVAL))  # fmt: skip
+        self.env = service_env(
+            github,
+            anthropic,
+            redis_url,
+            image,
+            self.workspaces,
+            self.port,
+            REAPER_INTERVAL=str(REAPER_INTERVAL),
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        self.service = Service(f"http://127.0.0.1:{self.port}", github, anthropic, self.logs,
-                               redis_url)  # fmt: skip
+        self.service = Service(
+            f"http://127.0.0.1:{self.port}", github, anthropic, self.logs, redis_url
+        )
 
     def start(self, name: str, role: str = "worker", **env: str) -> subprocess.Popen:
         self.logs[name] = self.root / f"{name}.log"
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {procfile()[role]}"], cwd=ROOT,
+            ["bash", "-c", f"exec {procfile()[role]}"],
+            cwd=ROOT,
             env=role_env({**self.env, **env}, role),
-            start_new_session=True, stdout=self.logs[name].open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            start_new_session=True,
+            stdout=self.logs[name].open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         self.procs[name] = proc
         if role == "worker":
             self.logs["worker"] = self.logs[name]  # what Service.wait_final shows on failure
-            wait_for(lambda: self.worker_name(proc.pid) or self._exited(name), 30,
-                     what=f"worker {name} to register")  # fmt: skip
+            wait_for(
+                lambda: self.worker_name(proc.pid) or self._exited(name),
+                30,
+                what=f"worker {name} to register",
+            )
             self._exited(name, fail=True)
         elif role != "web":  # the gateway process: up once its control socket answers
-            wait_for(lambda: self._exited(name, fail=True) or self._control_socket(), 30,
-                     what=f"{name} to listen")  # fmt: skip
+            wait_for(
+                lambda: self._exited(name, fail=True) or self._control_socket(),
+                30,
+                what=f"{name} to listen",
+            )
         else:
             port = env.get("PORT", str(self.port))
             wait_for(lambda: self._healthy(name, port), 30, what=f"{name} to answer")
@@ -165,8 +182,11 @@ class Stack:
 
     def dirs(self, session_id: str) -> list[Path]:
         """The session's workspaces: `s-<random>/`, named in their owner file."""
-        return [p.parent for p in self.workspaces.glob(f"s-*/{OWNER_FILE}")
-                if p.read_text().strip() == session_id]  # fmt: skip
+        return [
+            p.parent
+            for p in self.workspaces.glob(f"s-*/{OWNER_FILE}")
+            if p.read_text().strip() == session_id
+        ]
 
     def leftovers(self, session_id: str, engine=None) -> list[str]:
         if engine is None:
@@ -287,8 +307,11 @@ def test_sigkill_mid_session_leaves_nothing_behind_and_the_comment_says_interrup
     victim.wait(10)
     assert s.leftovers(session_id), "the SIGKILL should leave the container and workspace"
 
-    wait_for(lambda: not s.leftovers(session_id), 3 * REAPER_INTERVAL + 30,
-             what="the survivor's reaper to remove the leftovers")  # fmt: skip
+    wait_for(
+        lambda: not s.leftovers(session_id),
+        3 * REAPER_INTERVAL + 30,
+        what="the survivor's reaper to remove the leftovers",
+    )
     reaped = time.monotonic() - killed
     final = s.service.wait_final(number, timeout=30)
     ended = time.monotonic() - killed
@@ -379,8 +402,12 @@ def test_rqs_stop_job_command_cleans_up_through_the_stopped_callback(workers):
 
 def test_sigterm_lets_the_running_session_finish_then_the_next_worker_takes_the_queue(workers):
     s = workers
-    s.service.anthropic.script([Text("First answer, nothing to change.", delay=20),
-                                Text("Second answer, nothing to change.")])  # fmt: skip
+    s.service.anthropic.script(
+        [
+            Text("First answer, nothing to change.", delay=20),
+            Text("Second answer, nothing to change."),
+        ]
+    )
     warm = s.start("worker-warm")
     number = s.service.new_issue("Warm shutdown")
     session_id = s.ask(number)
@@ -392,8 +419,11 @@ def test_sigterm_lets_the_running_session_finish_then_the_next_worker_takes_the_
     queued_id = s.ask(later, "/claude and this one")
     warm.wait(120)
     grace = time.monotonic() - termed
-    figure("warm shutdown: SIGTERM -> worker exit, session finished (model answer due 20 s "
-           "after its request)", grace)  # fmt: skip
+    figure(
+        "warm shutdown: SIGTERM -> worker exit, session finished (model answer due 20 s "
+        "after its request)",
+        grace,
+    )
     assert 3 < grace < 60
 
     final = s.comment_of(number)
@@ -463,8 +493,11 @@ def test_sigterm_to_gunicorn_drops_no_accepted_delivery(stack, tmp_path):
     held_id, body, headers = _delivery(9000)
     conn = socket.create_connection(("127.0.0.1", port))
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    conn.sendall(f"POST /webhooks HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n"
-                 f"Connection: close\r\n\r\n".encode() + body[:100])  # fmt: skip
+    conn.sendall(
+        f"POST /webhooks HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n".encode()
+        + body[:100]
+    )
 
     results: list[tuple[str, int | str, float, float]] = []
     lock = threading.Lock()
@@ -476,8 +509,9 @@ def test_sigterm_to_gunicorn_drops_no_accepted_delivery(stack, tmp_path):
                 delivery, payload, hdrs = _delivery(9000)
                 began = time.monotonic()
                 try:
-                    status: int | str = client.post("/webhooks", content=payload,
-                                                    headers=hdrs).status_code  # fmt: skip
+                    status: int | str = client.post(
+                        "/webhooks", content=payload, headers=hdrs
+                    ).status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 with lock:
@@ -535,10 +569,13 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
         for role in procfile():
             s.start(role, role=role)
         # The outage spans a heartbeat of the worker (RQ's job monitoring, every 30 s).
-        s.service.anthropic.script([Text("Answered across the outage, nothing to change.",
-                                         delay=50),
-                                    Text("Ended while Redis was away.", delay=8),
-                                    Text("Served after both outages.")])  # fmt: skip
+        s.service.anthropic.script(
+            [
+                Text("Answered across the outage, nothing to change.", delay=50),
+                Text("Ended while Redis was away.", delay=8),
+                Text("Served after both outages."),
+            ]
+        )
         number = s.service.new_issue("Redis dies mid-session")
         session_id = s.ask(number)
         s.wait_running(session_id)
@@ -558,8 +595,11 @@ def test_redis_killed_and_restarted_mid_session_the_session_still_ends_once(
         assert "Answered across the outage" in final.body and "state=done" in final.body
         assert s.comment_of(number) is not None  # exactly one tracking comment
         wait_for(lambda: not s.leftovers(session_id), 30, what="no leftovers")
-        wait_for(lambda: s.job(session_id).get_status() == JobStatus.FINISHED, 30,
-                 what="RQ to record the job finished")  # fmt: skip
+        wait_for(
+            lambda: s.job(session_id).get_status() == JobStatus.FINISHED,
+            30,
+            what="RQ to record the job finished",
+        )
         assert s.redis.get(active_key(f"{REPO}#{number}")) is None
 
         # A session that ends while Redis is away: its answer is posted all the same, and the
@@ -677,14 +717,29 @@ class PrivateEngine:
         self.proc = subprocess.Popen(
             # Its own network namespace: a second dockerd on the host's would remove the shared
             # engine's docker0 bridge, which later tests (and users' other containers) rely on.
-            ["unshare", "--net",
-             "dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-             "--config-file", str(self.root / "daemon.json"), "--bridge", "none",
-             "--iptables=false", "--ip-masq=false"],
-            stdout=(self.root / "dockerd.log").open("ab"), stderr=subprocess.STDOUT,
+            [
+                "unshare",
+                "--net",
+                "dockerd",
+                "--host",
+                self.url,
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "--pidfile",
+                str(self.root / "docker.pid"),
+                "--config-file",
+                str(self.root / "daemon.json"),
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ],
+            stdout=(self.root / "dockerd.log").open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         wait_for(self._up, 60, what="the private dockerd")
 
     def _up(self) -> bool:
@@ -714,8 +769,13 @@ def private_engine(agent_image):
     engine.start()
     try:
         saved = subprocess.Popen(["docker", "save", agent_image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", engine.url, "load", "-q"], stdin=saved.stdout,
-                       check=True, capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            ["docker", "-H", engine.url, "load", "-q"],
+            stdin=saved.stdout,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         saved.wait(60)
         yield engine
     finally:
@@ -744,8 +804,11 @@ def test_the_engine_restarting_mid_session_fails_it_cleanly_and_the_worker_goes_
     figure("engine stop -> session's final comment", time.monotonic() - restarted)
     assert "state=failed" in final.body, final.body
     print("\nengine-restart comment:\n" + final.body, flush=True)
-    wait_for(lambda: not s.leftovers(session_id, engine.client), 3 * REAPER_INTERVAL + 10,
-             what="no leftovers after the restart")  # fmt: skip
+    wait_for(
+        lambda: not s.leftovers(session_id, engine.client),
+        3 * REAPER_INTERVAL + 10,
+        what="no leftovers after the restart",
+    )
     figure("engine stop -> no leftovers", time.monotonic() - restarted)
 
     after = s.service.new_issue("After the engine came back")

@@ -24,10 +24,12 @@ def session_of(comment) -> str:
 def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     gh, api = service.github, service.anthropic
     number = service.new_issue("Document how to run the tests")
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
-        Text(SUMMARY),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
+            Text(SUMMARY),
+        ]
+    )
     instruction = "add a CONTRIBUTING.md that explains how to run the tests"
     resp = service.comment(number, f"/claude {instruction}")
     assert resp.status_code == 202, resp.text
@@ -54,10 +56,8 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     # Live progress: the comment was edited through the steps before it became final.
     patches = [r.json for r in gh.requests if r.method == "PATCH" and r.json]
     edits = [p["body"] for p in patches if session_id in str(p.get("body"))]
-    assert any("**Running Claude** ⏳" in e and "- [x] Preparing the workspace" in e
-               for e in edits)  # fmt: skip
-    assert any("**Pushing the changes** ⏳" in e and "`Write CONTRIBUTING.md`" in e
-               for e in edits)  # fmt: skip
+    assert any("**Running Claude** ⏳" in e and "- [x] Preparing the workspace" in e for e in edits)
+    assert any("**Pushing the changes** ⏳" in e and "`Write CONTRIBUTING.md`" in e for e in edits)
     assert len(service.tracking_comments(number)) == 1
     trigger = service.comments(number)[0]
     assert [r.content for r in gh.reactions if r.comment_id == trigger.id] == ["eyes"]
@@ -71,8 +71,11 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     mint = [t for t in gh.token_requests if t.installation_id == INSTALLATION][-1]
     assert mint.body["repositories"] == ["hello-world"]
     assert mint.body["permissions"] == {
-        "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read",
-    }  # fmt: skip
+        "contents": "write",
+        "issues": "write",
+        "pull_requests": "write",
+        "metadata": "read",
+    }
     # Revocation is the session's last step, just after the final edit.
     wait_for(lambda: gh.token_info(mint.token).revoked, 15, what="the token's revocation")
 
@@ -120,13 +123,16 @@ def test_model_api_failure_is_reported_and_cleaned_up(service):
 def test_same_delivery_three_times_runs_one_session(service):
     gh, api = service.github, service.anthropic
     number = service.new_issue("Add a changelog")
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/CHANGELOG.md", "content": "# Changelog\n"}),
-        Text("Added CHANGELOG.md."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/CHANGELOG.md", "content": "# Changelog\n"}),
+            Text("Added CHANGELOG.md."),
+        ]
+    )
     delivery = f"redelivered-{number}"
-    codes = [service.comment(number, "/claude add a changelog", delivery).status_code
-             for _ in range(3)]  # fmt: skip
+    codes = [
+        service.comment(number, "/claude add a changelog", delivery).status_code for _ in range(3)
+    ]
     assert codes == [202, 200, 200]
 
     service.wait_final(number)

@@ -6,7 +6,7 @@ import time
 
 from redis import Redis
 
-from app.repo_hints import hints_key
+from jobs.common.repo_hints import hints_key
 from tests.e2e.conftest import (
     BROKEN,
     CONFIGURED,
@@ -35,19 +35,26 @@ HELLO = "def greet():\n    return 'hello'\n"
 
 def open_pull(service, branch: str, title: str, **kw):
     return service.github.add_pull(
-        REPO, branch, title=title, body="Please review.", user_login="octocat",
-        files={"greet.py": GREETING}, **kw,
-    )  # fmt: skip
+        REPO,
+        branch,
+        title=title,
+        body="Please review.",
+        user_login="octocat",
+        files={"greet.py": GREETING},
+        **kw,
+    )
 
 
 def test_pr_comment_pushes_a_commit_to_the_head_branch(service):
     gh, api = service.github, service.anthropic
     pr = open_pull(service, "feature/greeting", "Add a greeting")
     head_before = gh.branches(REPO)["feature/greeting"]
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
-        Text("greet() now says hello."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+            Text("greet() now says hello."),
+        ]
+    )
     assert service.comment(pr.number, "/claude make greet say hello", pull=True).status_code == 202
 
     final = service.wait_final(pr.number)
@@ -64,14 +71,18 @@ def test_pr_comment_pushes_a_commit_to_the_head_branch(service):
 def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
     gh, api = service.github, service.anthropic
     pr = open_pull(service, "feature/inline", "Inline change")
-    asked = gh.add_review_comment(REPO, pr.number, "greet.py", 2, "/claude say hello here",
-                                  "octocat")  # fmt: skip
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
-        Text("Changed the greeting on line 2."),
-    ])  # fmt: skip
-    payload = review_comment_payload(REPO, pr.number, asked.id, "/claude say hello here",
-                                     INSTALLATION)  # fmt: skip
+    asked = gh.add_review_comment(
+        REPO, pr.number, "greet.py", 2, "/claude say hello here", "octocat"
+    )
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+            Text("Changed the greeting on line 2."),
+        ]
+    )
+    payload = review_comment_payload(
+        REPO, pr.number, asked.id, "/claude say hello here", INSTALLATION
+    )
     assert service.deliver(payload, event="pull_request_review_comment").status_code == 202
 
     final = service.wait_final(pr.number)
@@ -79,7 +90,7 @@ def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
     assert "pushed a commit to `feature/inline`" in final.body
     assert gh.read_file(REPO, "feature/inline", "greet.py") == HELLO
     prompt = api.main_requests()[0].user_text()
-    # The hunk is quoted material, its place in the attributes (jobs/framing.py).
+    # The hunk is quoted material, its place in the attributes (jobs/session/framing.py).
     assert '<diff_hunk path="greet.py" lines="line 2">' in prompt
 
 
@@ -95,10 +106,12 @@ def test_fork_pull_request_gets_a_follow_up_pull_request_where_the_repo_asks(ser
         fork_full_name="stranger/follow-ups",
     )
     branches_before = gh.branches(FOLLOW_UPS)
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
-        Text("Fixed the greeting."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+            Text("Fixed the greeting."),
+        ]
+    )
     answer = service.comment(pr.number, "/claude fix the greeting", repo=FOLLOW_UPS, pull=True)
     assert answer.status_code == 202
 
@@ -161,10 +174,12 @@ def test_empty_command_gets_the_help_too(service):
 def test_label_on_an_issue_runs_the_issue_flow(service):
     gh, api = service.github, service.anthropic
     number = service.new_issue("Add a NOTICE file", "Create NOTICE with the project name.")
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/NOTICE", "content": "hello-world\n"}),
-        Text("Added NOTICE."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/NOTICE", "content": "hello-world\n"}),
+            Text("Added NOTICE."),
+        ]
+    )
     payload = pointed_at(webhook_example("issues", "labeled"), REPO, INSTALLATION)
     payload["issue"]["number"] = number
     payload["label"]["name"] = "claude"
@@ -201,12 +216,24 @@ def reviews_of(gh, number: int) -> list:
 
 def test_labelled_pull_request_gets_a_review_with_inline_comments(service):
     gh, api = service.github, service.anthropic
-    pr = gh.add_pull(REVIEWED, "feature/review-me", title="Change greeting", body="Please",
-                     user_login="octocat", files={"greet.py": HELLO})  # fmt: skip
+    pr = gh.add_pull(
+        REVIEWED,
+        "feature/review-me",
+        title="Change greeting",
+        body="Please",
+        user_login="octocat",
+        files={"greet.py": HELLO},
+    )
     heads_before = gh.branches(REVIEWED)
     api.script([Structured(REVIEW)])
-    payload = pull_event_payload("labeled", REVIEWED, pr.number, INSTALLATION,
-                                 labels=["claude-review"], label="claude-review")  # fmt: skip
+    payload = pull_event_payload(
+        "labeled",
+        REVIEWED,
+        pr.number,
+        INSTALLATION,
+        labels=["claude-review"],
+        label="claude-review",
+    )
     assert service.deliver(payload, event="pull_request").status_code == 202
 
     final = service.wait_final(pr.number, repo=REVIEWED)
@@ -224,16 +251,23 @@ def test_labelled_pull_request_gets_a_review_with_inline_comments(service):
     gh.add_commit(REVIEWED, "feature/review-me", {"greet.py": "def greet():\n    return 'hey'\n"})
     api.reset()
     api.script([Structured(REVIEW)])
-    payload = pull_event_payload("synchronize", REVIEWED, pr.number, INSTALLATION,
-                                 labels=["claude-review"])  # fmt: skip
+    payload = pull_event_payload(
+        "synchronize", REVIEWED, pr.number, INSTALLATION, labels=["claude-review"]
+    )
     assert service.deliver(payload, event="pull_request").status_code == 202
     wait_for(lambda: len(reviews_of(gh, pr.number)) == 2, 120, what="a second review")
 
 
 def test_review_command_on_a_pull_request(service):
     gh, api = service.github, service.anthropic
-    pr = gh.add_pull(REVIEWED, "feature/ask-review", title="Another", body="",
-                     user_login="octocat", files={"greet.py": HELLO})  # fmt: skip
+    pr = gh.add_pull(
+        REVIEWED,
+        "feature/ask-review",
+        title="Another",
+        body="",
+        user_login="octocat",
+        files={"greet.py": HELLO},
+    )
     api.script([Structured(REVIEW)])
     body = "/claude review the naming"
     seeded = gh.add_comment(REVIEWED, pr.number, body, "octocat")
@@ -249,11 +283,13 @@ def test_review_command_on_a_pull_request(service):
 def test_repo_config_setup_instructions_prefix_and_drafts_apply(service):
     gh, api = service.github, service.anthropic
     gh.add_issue(CONFIGURED, 1, "Add docs", "Please add docs.", "octocat", 583231)
-    api.script([
-        ToolUse("Bash", {"command": "cat /tmp/setup-marker"}),
-        ToolUse("Write", {"file_path": "/workspace/DOCS.md", "content": "docs\n"}),
-        Text("Added DOCS.md. -- the bot"),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Bash", {"command": "cat /tmp/setup-marker"}),
+            ToolUse("Write", {"file_path": "/workspace/DOCS.md", "content": "docs\n"}),
+            Text("Added DOCS.md. -- the bot"),
+        ]
+    )
     assert service.comment(1, "/claude add docs", repo=CONFIGURED).status_code == 202
     final = service.wait_final(1, repo=CONFIGURED)
     assert "state=done" in final.body, final.body
@@ -277,13 +313,19 @@ def test_failing_setup_commands_end_the_session_with_their_output(service):
 def test_submitted_review_makes_its_inline_comments_the_task(service):
     gh, api = service.github, service.anthropic
     pr = open_pull(service, "feature/reviewed-by-human", "Reviewed by a human")
-    review = gh.add_review(REPO, pr.number, "/claude address my comments", "octocat",
-                           comments=[{"path": "greet.py", "line": 2,
-                                      "body": "Return 'hello' instead."}])  # fmt: skip
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
-        Text("Addressed the review."),
-    ])  # fmt: skip
+    review = gh.add_review(
+        REPO,
+        pr.number,
+        "/claude address my comments",
+        "octocat",
+        comments=[{"path": "greet.py", "line": 2, "body": "Return 'hello' instead."}],
+    )
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/greet.py", "content": HELLO}),
+            Text("Addressed the review."),
+        ]
+    )
     payload = pointed_at(webhook_example("pull_request_review", "submitted"), REPO, INSTALLATION)
     payload["pull_request"]["number"] = pr.number
     payload["review"].update(id=review.id, body="/claude address my comments")
@@ -306,12 +348,14 @@ def test_new_trigger_phrase_works_from_its_first_use(service):
     push = pointed_at(webhook_example("push", None), CUSTOM, INSTALLATION)
     push.update(ref="refs/heads/main", after=sha)
     push["repository"]["default_branch"] = "main"
-    push["commits"] = [{"id": sha, "added": [".github/claude.yml"], "modified": [],
-                        "removed": []}]  # fmt: skip
+    push["commits"] = [{"id": sha, "added": [".github/claude.yml"], "modified": [], "removed": []}]
     assert service.deliver(push, event="push").status_code == 202
     redis = Redis.from_url(service.redis_url)
-    wait_for(lambda: b"@claudebot" in (redis.get(hints_key(CUSTOM)) or b""), 60,
-             what="the refreshed trigger phrase")  # fmt: skip
+    wait_for(
+        lambda: b"@claudebot" in (redis.get(hints_key(CUSTOM)) or b""),
+        60,
+        what="the refreshed trigger phrase",
+    )
 
     assert service.comment(1, "/claude say hi", repo=CUSTOM).json()["status"] == "ignored"
     api.script([Text("Hi! Nothing to change.")])
@@ -329,15 +373,20 @@ def test_a_new_installations_repositories_know_their_trigger_before_any_push(ser
     # GitHub's own example of the event, pointed at the stand-in's installation and repository.
     added = webhook_example("installation_repositories", "added")
     added["installation"]["id"] = INSTALLATION
-    added["repositories_added"] = [{**added["repositories_added"][0], "full_name": repo,
-                                    "name": "installed", "id": created.id}]  # fmt: skip
+    added["repositories_added"] = [
+        {**added["repositories_added"][0], "full_name": repo, "name": "installed", "id": created.id}
+    ]
     resp = service.deliver(added, event="installation_repositories")
     assert resp.status_code == 202 and len(resp.json()["sessions"]) == 1, resp.text
     redis = Redis.from_url(service.redis_url)
-    wait_for(lambda: b"@helper" in (redis.get(hints_key(repo)) or b""), 60,
-             what="the installed repository's trigger phrase")  # fmt: skip
-    again = service.deliver(added, event="installation_repositories",
-                            delivery=resp.request.headers["X-GitHub-Delivery"])  # fmt: skip
+    wait_for(
+        lambda: b"@helper" in (redis.get(hints_key(repo)) or b""),
+        60,
+        what="the installed repository's trigger phrase",
+    )
+    again = service.deliver(
+        added, event="installation_repositories", delivery=resp.request.headers["X-GitHub-Delivery"]
+    )
     assert again.json()["sessions"] == resp.json()["sessions"]  # a redelivery queues nothing
 
     api.script([Text("Hi! Nothing to change.")])

@@ -37,9 +37,9 @@ import docker
 import pytest
 from docker.utils import parse_bytes
 
-from app.config import WorkerSettings
-from jobs.sandbox import CONFIG_DIR as CONFIG
-from jobs.sandbox import LABEL, Sandbox
+from jobs.common.settings import WorkerSettings
+from jobs.sandbox.container import CONFIG_DIR as CONFIG
+from jobs.sandbox.container import LABEL, Sandbox
 from tests.e2e.conftest import (
     ANY_STATE,
     FINAL,
@@ -105,34 +105,41 @@ DECODE = 'needle() { echo "$1" | base64 -d; }'
 def needle_counts(name: str) -> str:
     """Bash printing how often the needle in `$name` shows up in each place it could be."""
     pattern = f"<(printf '%s\\n' \"${name}\")"
-    return "\n".join([
-        f'echo "{name}.env=$(env | grep -cF -f {pattern})"',
-        f'echo "{name}.environ=$(cat /proc/[0-9]*/environ 2>/dev/null | tr \'\\0\' \'\\n\' '
-        f'| grep -cF -f {pattern})"',
-        f'echo "{name}.cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr \'\\0\' \'\\n\' '
-        f'| grep -cF -f {pattern})"',
-        f'echo "{name}.files=$(grep -rlsF -D skip -f {pattern} $roots | wc -l)"',
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f'echo "{name}.env=$(env | grep -cF -f {pattern})"',
+            f"echo \"{name}.environ=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' "
+            f'| grep -cF -f {pattern})"',
+            f"echo \"{name}.cmdline=$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' "
+            f'| grep -cF -f {pattern})"',
+            f'echo "{name}.files=$(grep -rlsF -D skip -f {pattern} $roots | wc -l)"',
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- 1. no secrets
 
 
-SECRETS_PROBE = "\n".join([
-    DECODE,
-    "t=$(needle @TOKEN@); k=$(needle @KEY@); c=$(needle @CANARY@)",
-    "s=$(needle @SESSIONKEY@); m=$(needle @FLAG@)",
-    ROOTS,
-    'n=0; for f in /proc/[0-9]*/environ; do [ -r "$f" ] && n=$((n+1)); done',
-    'echo "environ.readable=$n"',
-    'echo "cmdline.readable=$(ls /proc/[0-9]*/cmdline | wc -l)"',
-    'echo "files.readable=$(find $roots -type f -readable 2>/dev/null | wc -l)"',
-    needle_counts("t"), needle_counts("k"), needle_counts("c"), needle_counts("s"),
-    needle_counts("m"),
-    'echo "workspace.git=$([ -e /workspace/.git ] && echo present || echo absent)"',
-    'echo "workspace.git_dirs=$(find /workspace -name .git | wc -l)"',
-    'echo "workspace.rev_parse=$(cd /workspace && git rev-parse --git-dir 2>&1 | head -1)"',
-])  # fmt: skip
+SECRETS_PROBE = "\n".join(
+    [
+        DECODE,
+        "t=$(needle @TOKEN@); k=$(needle @KEY@); c=$(needle @CANARY@)",
+        "s=$(needle @SESSIONKEY@); m=$(needle @FLAG@)",
+        ROOTS,
+        'n=0; for f in /proc/[0-9]*/environ; do [ -r "$f" ] && n=$((n+1)); done',
+        'echo "environ.readable=$n"',
+        'echo "cmdline.readable=$(ls /proc/[0-9]*/cmdline | wc -l)"',
+        'echo "files.readable=$(find $roots -type f -readable 2>/dev/null | wc -l)"',
+        needle_counts("t"),
+        needle_counts("k"),
+        needle_counts("c"),
+        needle_counts("s"),
+        needle_counts("m"),
+        'echo "workspace.git=$([ -e /workspace/.git ] && echo present || echo absent)"',
+        'echo "workspace.git_dirs=$(find /workspace -name .git | wc -l)"',
+        'echo "workspace.rev_parse=$(cd /workspace && git rev-parse --git-dir 2>&1 | head -1)"',
+    ]
+)
 
 
 def test_no_token_and_no_model_key_anywhere_in_the_sandbox(service):
@@ -148,9 +155,13 @@ def test_no_token_and_no_model_key_anywhere_in_the_sandbox(service):
     assert len(gh.token_requests) > mints
     token = gh.token_requests[-1].token
     assert token and gh.token_info(token).installation_id
-    probe = (SECRETS_PROBE.replace("@TOKEN@", b64(token)).replace("@KEY@", b64(MODEL_KEY))
-             .replace("@CANARY@", b64(canary)).replace("@SESSIONKEY@", b64("ccgw-"))
-             .replace("@FLAG@", b64("--strict-mcp-config")))  # fmt: skip
+    probe = (
+        SECRETS_PROBE.replace("@TOKEN@", b64(token))
+        .replace("@KEY@", b64(MODEL_KEY))
+        .replace("@CANARY@", b64(canary))
+        .replace("@SESSIONKEY@", b64("ccgw-"))
+        .replace("@FLAG@", b64("--strict-mcp-config"))
+    )
     api.add_turns(bash(probe), Text("Nothing to change."))
 
     # From the host, while it runs: neither the container's definition nor anything in the
@@ -232,8 +243,11 @@ class TcpServer:
 
 def host_addresses() -> dict[str, str]:
     """This machine's own IPv4 addresses but loopback, by interface (docker0 among them)."""
-    listing = json.loads(subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True,
-                                        capture_output=True, text=True).stdout)  # fmt: skip
+    listing = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     return {
         info["local"]: link["ifname"]
         for link in listing
@@ -242,36 +256,38 @@ def host_addresses() -> dict[str, str]:
     }
 
 
-NETWORK_PROBE = "\n".join([
-    DECODE,
-    ROOTS,
-    "try_tcp() {",
-    '  if err=$(timeout 5 bash -c "exec 3<>/dev/tcp/$2/$3" 2>&1); then echo "$1=connected"',
-    '  else echo "$1=failed: $(echo "$err" | head -1 | sed \'s/^.*: //\')"; fi',
-    "}",
-    "try_tcp redis 127.0.0.1 @REDIS@",
-    'for a in @ADDRESSES@; do try_tcp "server.$a" "$a" @PORT@; done',
-    'echo "docker.sock=$([ -e /var/run/docker.sock ] && echo present || echo absent)"',
-    'echo "sockets=$(find / \\( -path /proc -o -path /sys \\) -prune -o -type s -print '
-    '2>/dev/null | tr \'\\n\' \' \')"',
-    # The Docker API asked for through the only way out there is.
-    "exec 3<>/dev/tcp/127.0.0.1/8787",
-    "printf 'GET /v1.41/containers/json HTTP/1.1\\r\\nHost: docker\\r\\nConnection: close"
-    "\\r\\n\\r\\n' >&3",
-    'echo "docker_api_via_gateway=$(head -1 <&3 | tr -d \'\\r\')"',
-    "exec 3<&-",
-    'echo "interfaces=$(ls /sys/class/net | tr \'\\n\' \' \')"',
-    'echo "netdev=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d \' \' | tr \'\\n\' \' \')"',
-    'echo "routes4=$(tail -n +2 /proc/net/route | wc -l)"',
-    'echo "routes6_not_lo=$(grep -vc \' lo$\' /proc/net/ipv6_route)"',
-    'echo "unix_sockets_of_the_engine=$(grep -cE \'docker|containerd\' /proc/net/unix)"',
-    # The other session: its file, its process.
-    "v=$(needle @VICTIM@)",
-    'echo "victim.files=$(grep -rlsF -D skip -f <(printf \'%s\\n\' "$v") $roots | wc -l)"',
-    'echo "victim.sleep=$(grep -lx sleep /proc/[0-9]*/comm 2>/dev/null | wc -l)"',
-    'echo "processes=$(cat /proc/[0-9]*/comm 2>/dev/null | sort -u | tr \'\\n\' \' \')"',
-    'for n in net ipc pid uts mnt cgroup; do echo "ns.$n=$(readlink /proc/self/ns/$n)"; done',
-])  # fmt: skip
+NETWORK_PROBE = "\n".join(
+    [
+        DECODE,
+        ROOTS,
+        "try_tcp() {",
+        '  if err=$(timeout 5 bash -c "exec 3<>/dev/tcp/$2/$3" 2>&1); then echo "$1=connected"',
+        '  else echo "$1=failed: $(echo "$err" | head -1 | sed \'s/^.*: //\')"; fi',
+        "}",
+        "try_tcp redis 127.0.0.1 @REDIS@",
+        'for a in @ADDRESSES@; do try_tcp "server.$a" "$a" @PORT@; done',
+        'echo "docker.sock=$([ -e /var/run/docker.sock ] && echo present || echo absent)"',
+        'echo "sockets=$(find / \\( -path /proc -o -path /sys \\) -prune -o -type s -print '
+        "2>/dev/null | tr '\\n' ' ')\"",
+        # The Docker API asked for through the only way out there is.
+        "exec 3<>/dev/tcp/127.0.0.1/8787",
+        "printf 'GET /v1.41/containers/json HTTP/1.1\\r\\nHost: docker\\r\\nConnection: close"
+        "\\r\\n\\r\\n' >&3",
+        "echo \"docker_api_via_gateway=$(head -1 <&3 | tr -d '\\r')\"",
+        "exec 3<&-",
+        "echo \"interfaces=$(ls /sys/class/net | tr '\\n' ' ')\"",
+        "echo \"netdev=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"",
+        'echo "routes4=$(tail -n +2 /proc/net/route | wc -l)"',
+        "echo \"routes6_not_lo=$(grep -vc ' lo$' /proc/net/ipv6_route)\"",
+        "echo \"unix_sockets_of_the_engine=$(grep -cE 'docker|containerd' /proc/net/unix)\"",
+        # The other session: its file, its process.
+        "v=$(needle @VICTIM@)",
+        'echo "victim.files=$(grep -rlsF -D skip -f <(printf \'%s\\n\' "$v") $roots | wc -l)"',
+        'echo "victim.sleep=$(grep -lx sleep /proc/[0-9]*/comm 2>/dev/null | wc -l)"',
+        "echo \"processes=$(cat /proc/[0-9]*/comm 2>/dev/null | sort -u | tr '\\n' ' ')\"",
+        'for n in net ipc pid uts mnt cgroup; do echo "ns.$n=$(readlink /proc/self/ns/$n)"; done',
+    ]
+)
 
 NAMESPACES = ("net", "ipc", "pid", "uts", "mnt", "cgroup")
 
@@ -286,10 +302,12 @@ def victim(agent_image, tmp_path):
     os.chown(tree, 1000, 1000)
     sandbox = Sandbox(WorkerSettings.parse(AGENT_IMAGE=agent_image))
     container = sandbox.create(
-        f"victim-{uuid.uuid4().hex[:8]}", tree, control,
+        f"victim-{uuid.uuid4().hex[:8]}",
+        tree,
+        control,
         ["bash", "-c", 'echo "$VICTIM_MARK" > /workspace/victim.txt; exec sleep 600'],
         {"VICTIM_MARK": mark},
-    )  # fmt: skip
+    )
     try:
         container.start()
         wait_for(lambda: (tree / "victim.txt").exists(), 30, what="the victim's file")
@@ -322,16 +340,22 @@ def test_nothing_is_reachable_from_the_sandbox_but_the_gateway(service, victim, 
             with socket.create_connection((address, server.port), timeout=5) as conn:
                 assert conn.recv(64).startswith(b"hello")
         out = client.containers.run(
-            agent_image, ["-c", f"exec 3<>/dev/tcp/{bridge_ip}/{server.port}; head -1 <&3"],
-            entrypoint="bash", network_mode="bridge", remove=True,
-        )  # fmt: skip
+            agent_image,
+            ["-c", f"exec 3<>/dev/tcp/{bridge_ip}/{server.port}; head -1 <&3"],
+            entrypoint="bash",
+            network_mode="bridge",
+            remove=True,
+        )
         assert out.startswith(b"hello"), out
         controls = len(server.peers)
 
         redis_port = re.search(r":(\d+)/", service.redis_url).group(1)
-        probe = (NETWORK_PROBE.replace("@REDIS@", redis_port).replace("@PORT@", str(server.port))
-                 .replace("@ADDRESSES@", " ".join(["127.0.0.1", *addresses]))
-                 .replace("@VICTIM@", b64(mark)))  # fmt: skip
+        probe = (
+            NETWORK_PROBE.replace("@REDIS@", redis_port)
+            .replace("@PORT@", str(server.port))
+            .replace("@ADDRESSES@", " ".join(["127.0.0.1", *addresses]))
+            .replace("@VICTIM@", b64(mark))
+        )
         number = service.new_issue("Try to get out")
         api.script([bash(probe), Text("Nothing to change.")])
         assert service.comment(number, "/claude try to get out").status_code == 202
@@ -380,25 +404,28 @@ def test_nothing_is_reachable_from_the_sandbox_but_the_gateway(service, victim, 
 # --------------------------------------------------------------------------- 3. locked down
 
 
-HARDENING_PROBE = "\n".join([
-    "sleep 5",  # time for the test to inspect the running container
-    'echo "uid=$(id -u)"',
-    "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status "
-    "| tr -d '\\t' | sed 's/:/=/'",
-    "for d in / /etc /usr/local/bin /home/node /var/tmp /run/claudecluster /tmp /workspace "
-    "/home/node/.claude; do",
-    '  if err=$(touch "$d/.probe" 2>&1); then echo "write.$d=ok"; rm -f "$d/.probe"',
-    '  else echo "write.$d=$(echo "$err" | sed \'s/^.*: //\')"; fi',
-    "done",
-    'echo "writable_dirs=$(find / \\( -path /proc -o -path /sys \\) -prune -o -type d -writable '
-    "-print 2>/dev/null | grep -vE '^/(tmp|workspace|home/node/\\.claude)/' | tr '\\n' ' ')\"",
-    'echo "pids.max=$(cat /sys/fs/cgroup/pids/pids.max)"',
-    'echo "memory.limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"',
-    'echo "ulimit.core=$(ulimit -c)"',
-    'echo "ulimit.fsize=$(ulimit -f)"',
-    'echo "setuid_files=$(find / -xdev -type f -perm /6000 2>/dev/null | wc -l)"',
-    "sed 's/^/mount=/' /proc/self/mountinfo",
-])  # fmt: skip
+HARDENING_PROBE = "\n".join(
+    [
+        "sleep 5",  # time for the test to inspect the running container
+        'echo "uid=$(id -u)"',
+        "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status "
+        "| tr -d '\\t' | sed 's/:/=/'",
+        "for d in / /etc /usr/local/bin /home/node /var/tmp /run/claudecluster /tmp /workspace "
+        "/home/node/.claude; do",
+        '  if err=$(touch "$d/.probe" 2>&1); then echo "write.$d=ok"; rm -f "$d/.probe"',
+        '  else echo "write.$d=$(echo "$err" | sed \'s/^.*: //\')"; fi',
+        "done",
+        'echo "writable_dirs=$(find / \\( -path /proc -o -path /sys \\) -prune -o -type d '
+        "-writable -print 2>/dev/null | grep -vE '^/(tmp|workspace|home/node/\\.claude)/' "
+        "| tr '\\n' ' ')\"",
+        'echo "pids.max=$(cat /sys/fs/cgroup/pids/pids.max)"',
+        'echo "memory.limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"',
+        'echo "ulimit.core=$(ulimit -c)"',
+        'echo "ulimit.fsize=$(ulimit -f)"',
+        'echo "setuid_files=$(find / -xdev -type f -perm /6000 2>/dev/null | wc -l)"',
+        "sed 's/^/mount=/' /proc/self/mountinfo",
+    ]
+)
 
 # What the engine itself mounts from the host (read-only on a read-only root).
 ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/usr/sbin/docker-init"}
@@ -447,15 +474,20 @@ def test_the_container_is_locked_down(service):
             parts = before.split()
             fstype, source, super_options = after.split()[:3]
             mounts[parts[4]] = (parts[5].split(","), fstype, source, super_options)
-    from_host = {point for point, (_, fstype, source, _) in mounts.items()
-                 if source.startswith("/dev/") and fstype not in ("tmpfs", "devpts")}  # fmt: skip
+    from_host = {
+        point
+        for point, (_, fstype, source, _) in mounts.items()
+        if source.startswith("/dev/") and fstype not in ("tmpfs", "devpts")
+    }
     assert from_host - ENGINE_FILES == {"/workspace", "/run/claudecluster"}, from_host
     for point in from_host - {"/workspace"}:
         assert "ro" in mounts[point][0], (point, mounts[point])
     assert "rw" in mounts["/workspace"][0]
     assert mounts["/"][0][0] == "ro"
-    for point, size in (("/tmp", expected.sandbox_tmp_size),
-                        ("/home/node/.claude", expected.sandbox_config_size)):  # fmt: skip
+    for point, size in (
+        ("/tmp", expected.sandbox_tmp_size),
+        ("/home/node/.claude", expected.sandbox_config_size),
+    ):
         size = f"size={parse_bytes(size) // 1024}k"
         options, fstype, _, super_options = mounts[point]
         assert fstype == "tmpfs" and size in super_options and "uid=1000" in super_options
@@ -469,10 +501,21 @@ def test_the_container_is_locked_down(service):
 def limited(github, anthropic, redis_server, agent_image, tmp_path_factory):
     """The service with small sandbox limits, so that attacks reach them in seconds."""
     with run_service(
-        "limited", 2, github, anthropic, redis_server, agent_image, tmp_path_factory,
-        inherit_sandbox=False, WEB_CONCURRENCY="1", SANDBOX_MEMORY="384m", SANDBOX_PIDS="64",
-        SANDBOX_WORKSPACE_SIZE="96m", SANDBOX_TMP_SIZE="16m", SANDBOX_CONFIG_SIZE="32m",
-    ) as svc:  # fmt: skip
+        "limited",
+        2,
+        github,
+        anthropic,
+        redis_server,
+        agent_image,
+        tmp_path_factory,
+        inherit_sandbox=False,
+        WEB_CONCURRENCY="1",
+        SANDBOX_MEMORY="384m",
+        SANDBOX_PIDS="64",
+        SANDBOX_WORKSPACE_SIZE="96m",
+        SANDBOX_TMP_SIZE="16m",
+        SANDBOX_CONFIG_SIZE="32m",
+    ) as svc:
         yield svc
 
 
@@ -493,27 +536,37 @@ def attack(svc: Service, title: str, turns: list) -> tuple[str, str]:
 
 def test_a_memory_hog_ends_its_session_as_out_of_memory(limited):
     started = time.time()
-    body, session_id = attack(limited, "Use all the memory", [
-        bash("node -e 'const a = []; for (;;) a.push(Buffer.alloc(1 << 24, 1))'"),
-        Text("survived"),
-    ])  # fmt: skip
+    body, session_id = attack(
+        limited,
+        "Use all the memory",
+        [
+            bash("node -e 'const a = []; for (;;) a.push(Buffer.alloc(1 << 24, 1))'"),
+            Text("survived"),
+        ],
+    )
     assert "the sandbox ran out of memory (its limit is 384m)" in body, body
     print(body)
     # The engine saw the kernel's OOM kill in that session's container.
     events = docker.from_env().events(
-        since=int(started), until=int(time.time()) + 1, decode=True,
+        since=int(started),
+        until=int(time.time()) + 1,
+        decode=True,
         filters={"event": "oom", "label": f"{LABEL}={session_id}"},
-    )  # fmt: skip
+    )
     ooms = [e for e in events if e.get("Action") == "oom"]
     assert ooms
     print(f"{len(ooms)} oom event(s) for {session_id}")
 
 
 def test_a_fork_bomb_ends_its_session_at_the_process_limit(limited):
-    body, _ = attack(limited, "Fork forever", [
-        bash("bomb() { bomb | bomb; }; bomb", timeout_ms=120_000),
-        Text("survived"),
-    ])  # fmt: skip
+    body, _ = attack(
+        limited,
+        "Fork forever",
+        [
+            bash("bomb() { bomb | bomb; }; bomb", timeout_ms=120_000),
+            Text("survived"),
+        ],
+    )
     assert "the sandbox hit its limit of 64 processes" in body, body
     print(body)
 
@@ -521,19 +574,27 @@ def test_a_fork_bomb_ends_its_session_at_the_process_limit(limited):
 def test_a_disk_filler_is_held_by_the_tmpfs_sizes_and_the_workspace_limit(limited):
     # The report is printed only after the fill is removed: the CLI keeps the Bash tool's
     # output in /tmp, so whatever is printed while /tmp is full is lost.
-    fill_tmpfs = "\n".join([
-        f"r=$(dd if=/dev/zero of={d}/fill bs=1M count=128 2>&1 | grep -o 'No space left on "
-        f"device'); s=$(df -k {d} | tail -1 | awk '{{print $2, $4}}'); rm -f {d}/fill; "
-        f'echo "$r"; echo "{d}=$s"'
-        for d in ("/tmp", "/home/node/.claude", "/dev/shm")
-    ])  # fmt: skip
+    fill_tmpfs = "\n".join(
+        [
+            f"r=$(dd if=/dev/zero of={d}/fill bs=1M count=128 2>&1 | grep -o 'No space left on "
+            f"device'); s=$(df -k {d} | tail -1 | awk '{{print $2, $4}}'); rm -f {d}/fill; "
+            f'echo "$r"; echo "{d}=$s"'
+            for d in ("/tmp", "/home/node/.claude", "/dev/shm")
+        ]
+    )
     fill_workspace = (
         'i=0; while head -c 8M /dev/zero > "/workspace/fill-$i"; do i=$((i+1)); done; '
         'echo "stopped after $i files"'
     )
-    body, _ = attack(limited, "Fill the disk", [
-        bash(fill_tmpfs), bash(fill_workspace), Text("survived"),
-    ])  # fmt: skip
+    body, _ = attack(
+        limited,
+        "Fill the disk",
+        [
+            bash(fill_tmpfs),
+            bash(fill_workspace),
+            Text("survived"),
+        ],
+    )
     assert "the workspace grew past its limit of 96m (SANDBOX_WORKSPACE_SIZE)" in body, body
     tmpfs = tool_outputs(limited.anthropic)[0]
     print(body, tmpfs, sep="\n")
@@ -552,16 +613,20 @@ def test_a_disk_filler_is_held_by_the_tmpfs_sizes_and_the_workspace_limit(limite
 def test_after_the_attacks_the_same_worker_serves_a_normal_session(limited):
     api = limited.anthropic
     number = limited.new_issue("Document the tests")
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
-        Text("Added CONTRIBUTING.md."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
+            Text("Added CONTRIBUTING.md."),
+        ]
+    )
     assert limited.comment(number, "/claude document the tests").status_code == 202
     final = limited.wait_final(number)
     assert "state=done" in final.body and "Claude opened #" in final.body, final.body
     pull = limited.pulls_for(number)[0]
-    assert limited.github.read_file("octo-org/hello-world", pull.head_ref,
-                                    "CONTRIBUTING.md") == CONTRIBUTING  # fmt: skip
+    assert (
+        limited.github.read_file("octo-org/hello-world", pull.head_ref, "CONTRIBUTING.md")
+        == CONTRIBUTING
+    )
     assert "Work-horse terminated unexpectedly" not in limited.log_text()
 
 
@@ -578,9 +643,18 @@ def gvisor(github, anthropic, redis_server, agent_image, tmp_path_factory):
             '["--network=none", "--host-uds=open"]}} to /etc/docker/daemon.json, then '
             "kill -HUP dockerd"
         )
-    with run_service("gvisor", 3, github, anthropic, redis_server, agent_image,
-                     tmp_path_factory, inherit_sandbox=False, WEB_CONCURRENCY="1",
-                     SANDBOX_RUNTIME="runsc") as svc:  # fmt: skip
+    with run_service(
+        "gvisor",
+        3,
+        github,
+        anthropic,
+        redis_server,
+        agent_image,
+        tmp_path_factory,
+        inherit_sandbox=False,
+        WEB_CONCURRENCY="1",
+        SANDBOX_RUNTIME="runsc",
+    ) as svc:
         yield svc
 
 
@@ -597,14 +671,18 @@ def processes_naming(text: str) -> list[str]:
 def test_a_whole_session_runs_under_gvisor(gvisor):
     api = gvisor.anthropic
     number = gvisor.new_issue("Document the tests under gVisor")
-    api.script([
-        bash("sleep 5; echo \"kernel=$(uname -r)\"; echo \"uid=$(id -u)\"; "
-             "echo \"routes4=$(tail -n +2 /proc/net/route | wc -l)\"; "
-             "grep -E '^CapEff:' /proc/self/status | tr -d '\\t' | sed 's/:/=/'; "
-             "if err=$(touch /etc/x 2>&1); then echo etc=ok; else echo etc=refused; fi"),
-        ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
-        Text("Added CONTRIBUTING.md under gVisor."),
-    ])  # fmt: skip
+    api.script(
+        [
+            bash(
+                'sleep 5; echo "kernel=$(uname -r)"; echo "uid=$(id -u)"; '
+                'echo "routes4=$(tail -n +2 /proc/net/route | wc -l)"; '
+                "grep -E '^CapEff:' /proc/self/status | tr -d '\\t' | sed 's/:/=/'; "
+                "if err=$(touch /etc/x 2>&1); then echo etc=ok; else echo etc=refused; fi"
+            ),
+            ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
+            Text("Added CONTRIBUTING.md under gVisor."),
+        ]
+    )
     assert gvisor.comment(number, "/claude document the tests").status_code == 202
     container = running_container(session_of(gvisor, number))
     assert container.attrs["HostConfig"]["Runtime"] == "runsc"
@@ -613,8 +691,10 @@ def test_a_whole_session_runs_under_gvisor(gvisor):
     final = gvisor.wait_final(number)
     assert "state=done" in final.body and "Claude opened #" in final.body, final.body
     pull = gvisor.pulls_for(number)[0]
-    assert gvisor.github.read_file("octo-org/hello-world", pull.head_ref,
-                                   "CONTRIBUTING.md") == CONTRIBUTING  # fmt: skip
+    assert (
+        gvisor.github.read_file("octo-org/hello-world", pull.head_ref, "CONTRIBUTING.md")
+        == CONTRIBUTING
+    )
     found = fields(tool_outputs(api)[0])
     print(found)
     assert found["kernel"] == "4.4.0"  # gVisor's own kernel, not the host's

@@ -25,12 +25,19 @@ def test_a_user_without_write_access_gets_one_polite_refusal(service):
 def test_workflow_changes_are_withheld_with_a_note(service):
     gh, api = service.github, service.anthropic
     number = service.new_issue("Add CI")
-    api.script([
-        ToolUse("Write", {"file_path": "/workspace/.github/workflows/ci.yml",
-                          "content": "on: push\njobs: {}\n"}),
-        ToolUse("Write", {"file_path": "/workspace/CI.md", "content": "How CI works.\n"}),
-        Text("Added CI and its docs."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse(
+                "Write",
+                {
+                    "file_path": "/workspace/.github/workflows/ci.yml",
+                    "content": "on: push\njobs: {}\n",
+                },
+            ),
+            ToolUse("Write", {"file_path": "/workspace/CI.md", "content": "How CI works.\n"}),
+            Text("Added CI and its docs."),
+        ]
+    )
     assert service.comment(number, "/claude add CI").status_code == 202
     final = service.wait_final(number)
     (pull,) = service.pulls_for(number)
@@ -60,10 +67,12 @@ def test_only_the_trigger_is_instructions_and_later_edits_are_not_material(servi
 def test_registries_only_when_the_repo_allows_them_and_nothing_else(service):
     gh, api = service.github, service.anthropic
     gh.add_issue(REGISTRIES, 1, "Install deps", "", "octocat", 583231)
-    api.script([
-        ToolUse("Bash", {"command": "cat /tmp/registry-ok /tmp/blocked"}),
-        Text("Dependencies are reachable."),
-    ])  # fmt: skip
+    api.script(
+        [
+            ToolUse("Bash", {"command": "cat /tmp/registry-ok /tmp/blocked"}),
+            Text("Dependencies are reachable."),
+        ]
+    )
     assert service.comment(1, "/claude check the registry", repo=REGISTRIES).status_code == 202
     final = service.wait_final(1, repo=REGISTRIES)
     assert "state=done" in final.body, final.body

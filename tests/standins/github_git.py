@@ -352,8 +352,14 @@ class FileChange:
         return self.additions + self.deletions
 
 
-_RAW_STATUS = {"A": "added", "D": "removed", "M": "modified", "R": "renamed", "C": "copied",
-               "T": "changed"}  # fmt: skip
+_RAW_STATUS = {
+    "A": "added",
+    "D": "removed",
+    "M": "modified",
+    "R": "renamed",
+    "C": "copied",
+    "T": "changed",
+}
 _DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--find-renames")
 
 

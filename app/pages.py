@@ -1,0 +1,43 @@
+"""The Flask application factory: every page of the web process (health, and what comes).
+
+Webhooks are answered before Flask, on the event loop (app/service.py); the rest of the web
+process's paths go to `create_app()`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flask import Flask
+from redis import Redis
+
+from app import health
+from jobs.common.logs import configure_logging
+from jobs.common.redact import redactor
+from jobs.common.settings import ConfigError, WebSettings
+
+# GitHub caps webhook payloads at 25 MB; anything larger is not from GitHub.
+MAX_PAYLOAD = 25 * 1024 * 1024
+
+
+def web_settings() -> WebSettings:
+    try:
+        return WebSettings.load()
+    except ConfigError as exc:
+        # One line naming the variable, instead of a traceback from deep inside gunicorn.
+        print(f"configuration: {exc}", file=sys.stderr, flush=True)
+        # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
+        raise SystemExit(3) from None
+
+
+def create_app(settings: WebSettings | None = None) -> Flask:
+    settings = settings or web_settings()
+
+    configure_logging(redactor.learn(settings))
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_PAYLOAD)
+    app.extensions["redis"] = Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
+    app.register_blueprint(health.bp)
+    return app

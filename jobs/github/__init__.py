@@ -1,0 +1,1 @@
+"""GitHub access: the session's scoped client, the tracking comment, write pacing and diffs."""

@@ -1,0 +1,184 @@
+"""GitHub access for one session: an installation token scoped to one repository.
+
+The worker mints its own token (the queue carries only ids), asks for the few permissions the
+session needs, registers it with the redactor, and revokes it when the session ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+from githubkit.exception import GitHubException
+from redis import Redis
+from redis.exceptions import RedisError
+
+from jobs.common.redact import redactor
+from jobs.common.retries import bounded_retry
+from jobs.common.settings import WorkerSettings
+
+# What a session needs, and nothing more: a review never writes contents.
+ISSUE_SESSION_PERMISSIONS = {
+    "contents": "write",
+    "issues": "write",
+    "pull_requests": "write",
+    "metadata": "read",
+}
+REVIEW_SESSION_PERMISSIONS = {**ISSUE_SESSION_PERMISSIONS, "contents": "read"}
+READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the repo's config
+
+
+def _client(api_url: str, auth) -> GitHub:
+    # http_cache off: a revalidating cache only adds requests for a short-lived session.
+    return GitHub(auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry)
+
+
+def app_client(settings: WorkerSettings) -> GitHub:
+    auth = AppAuthStrategy(str(settings.github_app_id), settings.private_key)
+    return _client(settings.github_api_url, auth)
+
+
+@dataclass(frozen=True)
+class BotIdentity:
+    login: str
+    user_id: int | None
+    noreply_domain: str
+
+    @property
+    def email(self) -> str:
+        prefix = f"{self.user_id}+" if self.user_id else ""
+        return f"{prefix}{self.login}@{self.noreply_domain}"
+
+
+def noreply_domain(api_url: str) -> str:
+    host = urlparse(api_url).hostname or "github.com"
+    if host in ("api.github.com", "github.com"):
+        return "users.noreply.github.com"
+    return f"users.noreply.{host}"
+
+
+BOT_TTL = 24 * 3600  # an App's slug can be renamed; a day-old name still commits correctly
+
+
+def bot_key(settings: WorkerSettings) -> str:
+    return f"claudecluster:bot:{settings.github_api_url}:{settings.github_app_id or 0}"
+
+
+def bot_identity(settings: WorkerSettings, session: RepoSession, redis: Redis) -> BotIdentity:
+    """The App's bot user, which authors commits: asked of GitHub once a day per App, and kept
+    in Redis (RQ forks a process per job, so a cache in the process lasts one session).
+
+    The slug needs the App's JWT (`GET /app`); the user lookup needs an installation token.
+    """
+    domain = noreply_domain(settings.github_api_url)
+    with contextlib.suppress(RedisError, ValueError, TypeError, KeyError):
+        known = json.loads(redis.get(bot_key(settings)) or b"null")
+        if known:
+            return BotIdentity(str(known["login"]), int(known["user_id"]), domain)
+    app = app_client(settings)
+    login = f"{app.rest.apps.get_authenticated().json()['slug']}[bot]"
+    try:
+        user_id = session.gh.rest.users.get_by_username(login).json()["id"]
+    except GitHubException:
+        # Attribution still works by login; GitHub links the id-less noreply form too.
+        return BotIdentity(login, None, domain)
+    with contextlib.suppress(RedisError):
+        redis.set(bot_key(settings), json.dumps({"login": login, "user_id": user_id}), ex=BOT_TTL)
+    return BotIdentity(login, user_id, domain)
+
+
+class RepoSession:
+    """A GitHub client for one repository, holding one scoped installation token."""
+
+    def __init__(
+        self, settings: WorkerSettings, installation_id: int, repo: str, permissions: dict[str, str]
+    ) -> None:
+        self.owner, self.name = repo.split("/", 1)
+        # Keep the client in a variable: `.rest` holds only a weak reference to it.
+        app = app_client(settings)
+        minted = app.rest.apps.create_installation_access_token(
+            installation_id, data={"repositories": [self.name], "permissions": permissions}
+        ).json()
+        self.token: str = minted["token"]
+        redactor.add(self.token)
+        self.gh = _client(settings.github_api_url, TokenAuthStrategy(self.token))
+
+    def repository(self) -> dict:
+        return self.gh.rest.repos.get(self.owner, self.name).json()
+
+    def issue(self, number: int) -> dict:
+        return self.gh.rest.issues.get(self.owner, self.name, number).json()
+
+    def react(self, comment_id: int, content: str) -> None:
+        self.gh.rest.reactions.create_for_issue_comment(
+            self.owner, self.name, comment_id, data={"content": content}
+        )
+
+    def comment(self, number: int, body: str) -> dict:
+        return self.gh.rest.issues.create_comment(
+            self.owner, self.name, number, data={"body": body}
+        ).json()
+
+    def edit_comment(self, comment_id: int, body: str) -> None:
+        self.gh.rest.issues.update_comment(self.owner, self.name, comment_id, data={"body": body})
+
+    def open_pull(self, title: str, head: str, base: str, body: str, draft: bool = False) -> dict:
+        data = {"title": title, "head": head, "base": base, "body": body, "draft": draft}
+        return self.gh.rest.pulls.create(self.owner, self.name, data=data).json()
+
+    def permission(self, login: str) -> str:
+        """The user's role on the repository (none/read/triage/write/maintain/admin)."""
+        data = self.gh.rest.repos.get_collaborator_permission_level(
+            self.owner, self.name, login
+        ).json()
+        return str(data.get("role_name") or data.get("permission") or "none")
+
+    def issue_comments(self, number: int, limit: int = 100) -> list[dict]:
+        return self.gh.rest.issues.list_comments(
+            self.owner, self.name, number, per_page=limit
+        ).json()
+
+    def pull(self, number: int) -> dict:
+        return self.gh.rest.pulls.get(self.owner, self.name, number).json()
+
+    def pull_diff(self, number: int) -> str:
+        return self.gh.rest.pulls.get(
+            self.owner, self.name, number, headers={"Accept": "application/vnd.github.diff"}
+        ).text
+
+    def review_comment(self, comment_id: int) -> dict:
+        return self.gh.rest.pulls.get_review_comment(self.owner, self.name, comment_id).json()
+
+    def review_comments(self, number: int, limit: int = 100) -> list[dict]:
+        return self.gh.rest.pulls.list_review_comments(
+            self.owner, self.name, number, per_page=limit
+        ).json()
+
+    def comments_of_review(self, number: int, review_id: int) -> list[dict]:
+        return self.gh.rest.pulls.list_comments_for_review(
+            self.owner, self.name, number, review_id, per_page=100
+        ).json()
+
+    def react_review_comment(self, comment_id: int, content: str) -> None:
+        self.gh.rest.reactions.create_for_pull_request_review_comment(
+            self.owner, self.name, comment_id, data={"content": content}
+        )
+
+    def reply_review_comment(self, number: int, comment_id: int, body: str) -> dict:
+        return self.gh.rest.pulls.create_reply_for_review_comment(
+            self.owner, self.name, number, comment_id, data={"body": body}
+        ).json()
+
+    def edit_review_comment(self, comment_id: int, body: str) -> None:
+        self.gh.rest.pulls.update_review_comment(
+            self.owner, self.name, comment_id, data={"body": body}
+        )
+
+    def create_review(self, number: int, review: dict) -> dict:
+        return self.gh.rest.pulls.create_review(self.owner, self.name, number, data=review).json()
+
+    def revoke(self) -> None:
+        self.gh.rest.apps.revoke_installation_access_token()

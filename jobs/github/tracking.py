@@ -1,0 +1,292 @@
+"""The tracking comment: the user's window on a session, edited in place until it is final.
+
+While the session runs it shows a checklist of the steps with the current one marked, Claude's
+last few actions and the elapsed time; at the end it becomes the outcome. A hidden marker names
+the session and its state, so the bot can find its own comment again and never mistakes it (or a
+user quoting it) for a command. Edits are paced per installation (jobs/github/pacing.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from githubkit.exception import GitHubException
+
+from jobs.common.redact import redactor
+from jobs.common.request import MARKER, SessionRequest
+from jobs.github.client import RepoSession
+from jobs.github.pacing import Pacer
+from jobs.sandbox.transcript import Outcome
+
+log = logging.getLogger(__name__)
+
+# GitHub refuses bodies over 65,536 characters; leave room for the header and footer.
+MAX_TEXT = 60_000
+PROGRESS_INTERVAL = 5.0  # seconds between two progress edits of one comment
+SHOWN_ACTIONS = 6
+
+QUEUED, PREPARING, RUNNING, PUBLISHING, DONE = range(5)
+STEPS = {
+    "implement": (
+        "Queued",
+        "Preparing the workspace",
+        "Running Claude",
+        "Pushing the changes",
+        "Done",
+    ),
+    "review": (
+        "Queued",
+        "Preparing the workspace",
+        "Reviewing with Claude",
+        "Posting the review",
+        "Done",
+    ),
+}
+
+
+def marker(session_id: str, state: str = "working") -> str:
+    """Hidden in the body: which session the comment tracks and whether it is final."""
+    return f"{MARKER} {session_id} state={state} -->"
+
+
+def fit(text: str, limit: int = MAX_TEXT) -> str:
+    """Shorten the middle of an over-long text without leaving a fence or <details> open."""
+    if len(text) > limit:
+        half = limit // 2
+        text = f"{text[:half]}\n\n… ({len(text) - limit:,} characters cut) …\n\n{text[-half:]}"
+    if text.count("```") % 2:
+        text += "\n```"
+    text += "\n</details>" * max(0, text.count("<details") - text.count("</details>"))
+    return text
+
+
+def quote(text: str) -> str:
+    return "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> (empty)"
+
+
+def took(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def stats(outcome: Outcome, seconds: float) -> str:
+    return f"<sub>⏱ {took(seconds)} · {outcome.num_turns} turns · ${outcome.cost_usd:.4f}</sub>"
+
+
+@dataclass
+class TrackingComment:
+    github: RepoSession
+    request: SessionRequest
+    session_id: str
+    pacer: Pacer | None = None
+    mode: str = "implement"
+    comment_id: int = 0
+    step: int = QUEUED
+    actions: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    _last_edit: float = 0.0
+
+    @property
+    def in_review_thread(self) -> bool:
+        return bool(self.request.review_comment_id)
+
+    def start(self) -> None:
+        self._acknowledge()
+        self.step = PREPARING
+        self._pace(essential=True)
+        body = self._body("👀 **Claude is working on this…**", state="working")
+        if self.in_review_thread:
+            created = self.github.reply_review_comment(
+                self.request.number, self.request.review_comment_id, body
+            )
+        else:
+            created = self.github.comment(self.request.number, body)
+        self.comment_id = created["id"]
+        self._last_edit = time.monotonic()
+
+    def _acknowledge(self) -> None:
+        try:
+            if self.request.review_comment_id:
+                self.github.react_review_comment(self.request.review_comment_id, "eyes")
+            elif self.request.comment_id:
+                self.github.react(self.request.comment_id, "eyes")
+        except GitHubException as exc:
+            # The 👀 is a courtesy; the tracking comment is what the user waits for.
+            log.warning("session %s: reaction failed (%s)", self.session_id, type(exc).__name__)
+
+    def waiting(self) -> None:
+        """Another session holds this thread: say so until it is our turn."""
+        try:
+            self._edit(
+                self._body(
+                    "⏳ **Waiting for the session already running here to finish…**",
+                    state="working",
+                )
+            )
+        except GitHubException as exc:
+            log.warning("session %s: waiting edit failed (%s)", self.session_id, exc)
+
+    # -- live progress ------------------------------------------------------------------
+
+    def advance(self, step: int) -> None:
+        self.step = step
+        self._progress(force=True)
+
+    def action(self, description: str) -> None:
+        self.actions.append(description)
+        del self.actions[:-SHOWN_ACTIONS]  # only the last few are shown; a loop must not grow it
+        self._progress()
+
+    def _progress(self, force: bool = False) -> None:
+        if not self.comment_id:
+            return
+        if not force and time.monotonic() - self._last_edit < PROGRESS_INTERVAL:
+            return
+        if force:
+            self._pace(essential=True)  # a step change: a handful per session, always shown
+        elif self.pacer is not None and not self.pacer.optional():
+            return  # the installation's budget is tight: the final edit matters more
+        try:
+            self._edit(self._body("👀 **Claude is working on this…**", state="working"))
+        except GitHubException as exc:
+            log.warning("session %s: progress edit failed (%s)", self.session_id, exc)
+
+    # -- final states -------------------------------------------------------------------
+
+    def pull_request_opened(self, pull: dict, outcome: Outcome, note: str = "") -> None:
+        headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
+        self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
+
+    def suggested(
+        self,
+        review_url: str,
+        count: int,
+        patch: str,
+        patch_paths: list[str],
+        outcome: Outcome,
+        note: str = "",
+    ) -> None:
+        """A fork's pull request: the change as suggestions in a review, and a patch."""
+        if count:
+            headline = (
+                f"💡 **Claude suggested {count} change{'s' if count > 1 else ''}** in "
+                f"[a review]({review_url}): commit them from the pull request's Files tab."
+            )
+        else:
+            headline = (
+                "💡 **Claude's change is in the patch below**: apply it on the pull request's "
+                "branch with `git am`."
+            )
+        parts = []
+        if patch and count:
+            listed = ", ".join(f"`{p}`" for p in patch_paths[:20])
+            parts.append(
+                f"What suggestions cannot carry ({listed}) is in this patch; apply it on the "
+                "pull request's branch with `git am`:"
+            )
+        parts += [patch, note, outcome.result]
+        self._final(headline, "\n\n".join(filter(None, parts)), outcome)
+
+    def head_moved(self, accepted: str, now: str) -> None:
+        self._final(
+            "⚠️ **The pull request's head moved after this request, so nothing ran.**",
+            f"It was `{accepted[:12]}` when the request came and is `{now[:12]}` now: read the "
+            "new commits, then ask again.",
+            None,
+        )
+
+    def pushed(
+        self, branch: str, commit_url: str, files: list[str], outcome: Outcome, note: str = ""
+    ) -> None:
+        listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
+        headline = f"✅ **Claude pushed a commit to `{branch}`**: {commit_url}"
+        self._final(headline, f"{note}{outcome.result}\n\n**Files:**\n{listing}", outcome)
+
+    def review_posted(self, review_url: str, inline: int, outcome: Outcome) -> None:
+        headline = (
+            f"✅ **Claude reviewed this pull request** ({inline} inline comments): {review_url}"
+        )
+        self._final(headline, outcome.result, outcome)
+
+    def no_changes(self, outcome: Outcome, note: str = "") -> None:
+        self._final("💬 **No changes were needed.**", note + outcome.result, outcome)
+
+    def answered(self, headline: str, text: str) -> None:
+        self._final(headline, text, None, state="done")
+
+    def stopped(self, by: str, outcome: Outcome | None = None) -> None:
+        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "failed")
+
+    def stop_refused(self, login: str, needed: str) -> None:
+        """A short reply to a stop from someone who may not trigger here; the session runs on."""
+        body = (
+            f"🚫 @{login}, only collaborators with {needed} access can stop Claude here; "
+            "the session goes on."
+        )
+        try:
+            self.github.comment(self.request.number, body)
+        except GitHubException as exc:
+            log.warning("session %s: stop refusal not posted (%s)", self.session_id, exc)
+
+    def failed(self, reason: str, outcome: Outcome | None = None) -> None:
+        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")
+
+    def _final(
+        self, headline: str, text: str, outcome: Outcome | None, state: str = "done"
+    ) -> None:
+        self.step = DONE
+        seconds = time.monotonic() - self.started
+        footer = stats(outcome, seconds) if outcome else f"<sub>⏱ {took(seconds)}</sub>"
+        body = self._body(headline, text, footer, state)
+        self._pace(essential=True)
+        if self.comment_id:
+            self._edit(body)
+        elif self.in_review_thread:
+            self.github.reply_review_comment(
+                self.request.number, self.request.review_comment_id, body
+            )
+        else:
+            self.github.comment(self.request.number, body)
+
+    # -- rendering ----------------------------------------------------------------------
+
+    def _edit(self, body: str) -> None:
+        if self.in_review_thread:
+            self.github.edit_review_comment(self.comment_id, body)
+        else:
+            self.github.edit_comment(self.comment_id, body)
+        self._last_edit = time.monotonic()
+
+    def _pace(self, essential: bool) -> None:
+        if self.pacer is not None and essential:
+            self.pacer.essential()
+
+    def _checklist(self) -> str:
+        lines = []
+        for i, name in enumerate(STEPS.get(self.mode, STEPS["implement"])):
+            if i < self.step:
+                lines.append(f"- [x] {name}")
+            elif i == self.step:
+                lines.append(f"- [ ] **{name}** ⏳")
+            else:
+                lines.append(f"- [ ] {name}")
+        recent = self.actions[-SHOWN_ACTIONS:]
+        if recent:
+            lines.append("\n**Last actions:**\n" + "\n".join(f"- `{a}`" for a in recent))
+        lines.append(f"\n<sub>⏱ {took(time.monotonic() - self.started)} so far</sub>")
+        return "\n".join(lines)
+
+    def _body(self, headline: str, text: str = "", footer: str = "", state: str = "") -> str:
+        parts = [headline]
+        if state == "working":
+            parts.append(self._checklist())
+        if self.request.instruction:
+            parts.append(f"**Request:**\n{quote(fit(self.request.instruction, 2_000))}")
+        if text:
+            parts.append(fit(text))
+        if footer:
+            parts.append(footer)
+        parts.append(marker(self.session_id, state))
+        return redactor("\n\n".join(parts))

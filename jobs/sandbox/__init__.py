@@ -1,0 +1,1 @@
+"""What the agent runs in: the workspace (a clone the worker owns) and the container."""

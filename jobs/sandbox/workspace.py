@@ -1,0 +1,250 @@
+"""A session's checkout: a trusted git directory for the worker, a work tree for the sandbox.
+
+The sandbox only ever sees `tree/`; the repository's `.git` lives beside it in `git/` and is never
+mounted, so the agent cannot plant hooks, config, filters or remotes for the worker to run.
+Every git command the worker runs ignores system and global config, disables hooks and fsmonitor,
+and gets the installation token through an in-memory credential helper: the token is in no file,
+no remote URL and no command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.common.redact import redactor
+
+SANDBOX_UID = 1000
+OWNER_FILE = "session-id"  # in each workspace root: the session it belongs to
+_PASSTHROUGH_ENV = (
+    "PATH",
+    "LANG",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "GIT_SSL_CAINFO",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+_TOKEN_VAR = "CLAUDECLUSTER_GIT_TOKEN"
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; '
+    f'echo username=x-access-token; echo "password=${_TOKEN_VAR}"; }}; f'
+)
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message is redacted and says which step."""
+
+
+@dataclass(frozen=True)
+class Change:
+    sha: str
+    files: list[str]  # "M\tpath" lines, as git prints them
+    withheld: list[str] = field(default_factory=list)  # paths left out of the commit, and why
+
+
+class Workspace:
+    def __init__(self, root: Path, token: str) -> None:
+        self.root = root
+        self.gitdir = root / "git"
+        self.tree = root / "tree"
+        # What the worker hands the sandbox besides the tree (gateway socket, prompt, the
+        # review's diff): mounted read-only, so nothing in it can be a link the agent planted.
+        self.control = root / "control"
+        self._token = token
+        self._home = root / "home"
+        self._home.mkdir()
+        self.base_sha = ""
+
+    @classmethod
+    def clone(
+        cls, parent: Path, url: str, ref: str, token: str, session_id: str = "session"
+    ) -> Workspace:
+        """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out.
+
+        Shallow: the sandbox gets no history, and a push needs only the new commits.
+        """
+        parent.mkdir(parents=True, exist_ok=True)
+        # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
+        # owner file lets a reaper tell whose leftovers it finds.
+        ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token)
+        (ws.root / OWNER_FILE).write_text(session_id)
+        full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+        try:
+            ws._git(
+                "init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree), repo=False
+            )
+            # The gitfile would point the sandbox at a host path; the sandbox gets no git state.
+            (ws.tree / ".git").unlink()
+            ws._git("remote", "add", "origin", url)
+            ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", full_ref)
+            ws._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
+            ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
+            ws.control.mkdir(mode=0o755)
+            ws._hand_tree_to_sandbox()
+        except BaseException:
+            ws.remove()
+            raise
+        return ws
+
+    def write_control(self, name: str, text: str) -> Path:
+        """Write `name` (a relative path) under the control dir for the sandbox to read.
+
+        Never into the tree: a pull request can commit a symlink under any name, and a write
+        through it would land wherever it points, as the worker's user. Each step is opened
+        without following links, and an existing entry is an error, not overwritten.
+        """
+        path = self.control / name
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(path, 0o644, follow_symlinks=False)
+        return path
+
+    def _hand_tree_to_sandbox(self) -> None:
+        if os.geteuid() != 0:
+            return  # a non-root worker runs the sandbox under its own uid instead
+        for dirpath, dirnames, filenames in os.walk(self.tree):
+            for name in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
+                os.lchown(name, SANDBOX_UID, SANDBOX_UID)
+
+    def commit(
+        self, message: str, author: str, email: str, withhold: tuple[str, ...] = ()
+    ) -> Change | None:
+        """Stage everything the agent left and commit it; None when nothing changed.
+
+        Paths under a `withhold` prefix (e.g. `.github/workflows/`, which would run with the
+        repository's secrets) stay out of the commit and are reported instead.
+        """
+        self._drop_planted_git_dirs()
+        self._git("add", "--all", "--", ".")
+        withheld = []
+        for prefix in withhold:
+            staged = self._git("diff", "--cached", "--name-only", "--", prefix).stdout.split()
+            if staged:
+                self._git("reset", "--quiet", "HEAD", "--", prefix)
+                withheld += staged
+        if self._git("diff", "--cached", "--quiet", check=False).returncode == 0:
+            return Change("", [], withheld) if withheld else None
+        files = self._git("diff", "--cached", "--name-status", "--no-renames").stdout.splitlines()
+        identity = {
+            "GIT_AUTHOR_NAME": author,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": author,
+            "GIT_COMMITTER_EMAIL": email,
+        }
+        self._git("commit", "--quiet", "--no-verify", "--file", "-", input=message, env=identity)
+        sha = self._git("rev-parse", "HEAD").stdout.strip()
+        return Change(sha, files, withheld)
+
+    def change_diff(self) -> str:
+        """The session's commit over the checkout, without context lines (for suggestions)."""
+        return self._git(
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            "-U0",
+            self.base_sha,
+            "HEAD",
+        ).stdout
+
+    def file_lines(self, rev: str, path: str) -> list[str] | None:
+        """`path`'s lines at `rev` (a blob read as stored: no filters), None if absent."""
+        found = self._git("cat-file", "blob", f"{rev}:{path}", check=False)
+        return found.stdout.splitlines() if found.returncode == 0 else None
+
+    def patch(self, paths: list[str]) -> str:
+        """The session's commit limited to `paths`, as `git format-patch` writes it."""
+        return self._git(
+            "format-patch", "-1", "--stdout", "--no-color", "--no-ext-diff", "HEAD", "--", *paths
+        ).stdout
+
+    def free_branch(self, wanted: str) -> str:
+        """`wanted`, or `wanted-2`, `wanted-3`… when an earlier session already used the name."""
+        listing = self._git("ls-remote", "--heads", "origin", f"{wanted}*").stdout
+        taken = {line.split("refs/heads/", 1)[1] for line in listing.splitlines() if line}
+        candidate, n = wanted, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{wanted}-{n}"
+        return candidate
+
+    def push(self, branch: str, protected: tuple[str, ...] = ()) -> None:
+        """Push the session's commit to `branch`, which must not be one of `protected`."""
+        if branch in protected:
+            raise GitError(f"refusing to push to the protected branch {branch}")
+        # Never forced: a branch that moved under us is an error to report, not to overwrite.
+        self._git("push", "--quiet", "--no-verify", "origin", f"HEAD:refs/heads/{branch}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _drop_planted_git_dirs(self) -> None:
+        # A `.git` the agent created (dir, file or link) would make `git add` read a repository
+        # of the agent's choosing, possibly outside the tree: remove them, never follow them.
+        for dirpath, dirnames, filenames in os.walk(self.tree):
+            for name in [*dirnames, *filenames]:
+                if name == ".git":
+                    path = os.path.join(dirpath, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+
+    def _git(
+        self,
+        *args: str,
+        repo: bool = True,
+        check: bool = True,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        config = {
+            "core.hooksPath": os.devnull,
+            "core.fsmonitor": "false",
+            "core.untrackedCache": "false",
+            "safe.directory": "*",
+            "protocol.allow": "never",
+            "protocol.http.allow": "always",
+            "protocol.https.allow": "always",
+            "credential.helper": _CREDENTIAL_HELPER,
+        }
+        full_env = {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}
+        full_env.update(
+            HOME=str(self._home),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_TERMINAL_PROMPT="0",
+            LC_ALL="C",
+            GIT_CONFIG_COUNT=str(len(config)),
+            **{_TOKEN_VAR: self._token},
+            **(env or {}),
+        )
+        for i, (key, value) in enumerate(config.items()):
+            full_env[f"GIT_CONFIG_KEY_{i}"] = key
+            full_env[f"GIT_CONFIG_VALUE_{i}"] = value
+        where = ["--git-dir", str(self.gitdir), "--work-tree", str(self.tree)] if repo else []
+        result = subprocess.run(
+            ["git", *where, *args],
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if check and result.returncode != 0:
+            raise GitError(redactor(f"git {args[0]} failed: {result.stderr.strip()[-500:]}"))
+        return result

@@ -1,0 +1,64 @@
+"""What a session writes into git and onto GitHub: branch names, commit messages, PR bodies."""
+
+from __future__ import annotations
+
+import re
+
+from jobs.common.redact import redactor
+from jobs.common.request import SessionRequest
+from jobs.sandbox.workspace import Change
+from jobs.session.repo_config import RepoConfig
+from jobs.session.state import Session
+
+WORKFLOWS = ".github/workflows/"
+
+
+def branch_name(session: Session, kind: str, title: str, suffix: str = "") -> str:
+    """`claude/issue-12-fix-the-flaky-test`: the config's prefix, the thread, its title."""
+    prefix, number = session.config.branch_prefix, session.request.number
+    return f"{prefix}{kind}-{number}-{slug(title)}{suffix}"
+
+
+def withheld_paths(config: RepoConfig) -> tuple[str, ...]:
+    # Workflow files run with the repository's secrets on the next push: only by consent.
+    return () if config.allow_workflow_changes else (WORKFLOWS,)
+
+
+def withheld_note(change: Change | None) -> str:
+    if change is None or not change.withheld:
+        return ""
+    listed = ", ".join(f"`{path}`" for path in change.withheld[:20])
+    return (
+        f"⚠️ Changes to workflow files were left out: {listed}. Workflows run with this "
+        "repository's secrets; set `allow_workflow_changes: true` in `.github/claude.yml` to "
+        "let Claude change them.\n\n"
+    )
+
+
+def slug(text: str, limit: int = 30) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:limit].rstrip("-") or "task"
+
+
+def title_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "Changes by Claude"
+    line = line[0].upper() + line[1:]
+    return line if len(line) <= 72 else line[:71].rstrip() + "…"
+
+
+def commit_message(request: SessionRequest, summary: str) -> str:
+    thread = "pull request" if request.pull else "issue"
+    body = summary.strip()[:4000]
+    return (
+        f"{title_line(request.instruction or f'Resolve {thread} #{request.number}')}\n\n"
+        f"{body}\n\nRequested by @{request.requester} in #{request.number}.\n\n"
+        f"Co-authored-by: {request.requester} "
+        f"<{request.requester_id}+{request.requester}@users.noreply.github.com>\n"
+    )
+
+
+def pull_body(request: SessionRequest, summary: str, lead: str) -> str:
+    return redactor(
+        f"{lead}\n\n{summary.strip()[:50_000]}\n\n---\n"
+        f"Requested by @{request.requester} in #{request.number}."
+    )

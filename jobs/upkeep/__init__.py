@@ -1,0 +1,1 @@
+"""Upkeep: removing what dead sessions left, ending their comments, finding lost deliveries."""
