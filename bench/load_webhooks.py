@@ -586,18 +586,21 @@ def baseline(args, deliveries: list[Delivery]) -> dict:
     return {"ceiling": ceiling, "p50": pct(lat, 50), "p99": pct(lat, 99)}
 
 
+@dataclass(frozen=True)
+class Sent:
+    """Deliveries as sent, and how the server answered them (in the same order)."""
+
+    deliveries: list[Delivery]
+    run: Run
+
+
 def report(
-    args,
-    deliveries: list[Delivery],
-    run: Run,
-    redis_url: str,
-    warm: list[Delivery],
-    warm_run: Run,
-    cpu: dict,
-    base: dict | None,
+    args, measured: Sent, warm_up: Sent, redis_url: str, cpu: dict, base: dict | None
 ) -> bool:
     from redis import Redis
 
+    deliveries, run = measured.deliveries, measured.run
+    warm, warm_run = warm_up.deliveries, warm_up.run
     results = run.results
     n = len(results)
     sent_rate = n / run.elapsed_send if run.elapsed_send else math.inf
@@ -899,7 +902,7 @@ def main() -> int:
             "redis": sum(redis_cpu) - sum(cpu0[1]),
         }
         cpu["server"] = cpu["user"] + cpu["sys"]
-        ok = report(args, deliveries, run, redis_url, warm, warm_run, cpu, base)
+        ok = report(args, Sent(deliveries, run), Sent(warm, warm_run), redis_url, cpu, base)
     finally:
         stop(gunicorn)
         stop(redis_proc)

@@ -23,6 +23,7 @@ from tests.support import NPM
 
 API_KEY = "sk-ant-standin-test-key"
 PROMPT = "Please add a CONTRIBUTING.md describing how to contribute."
+CLI_TIMEOUT = 120  # seconds for one headless run
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -83,14 +84,12 @@ def run_claude(
     cwd: Path,
     home: Path,
     *,
-    prompt: str = PROMPT,
-    api_key: str = API_KEY,
     max_turns: int = 5,
     env: dict[str, str] | None = None,
-    timeout: float = 120,
     extra_args: list[str] | None = None,
 ) -> ClaudeRun:
-    """Run ``claude -p`` headless against the stand-in, with its own HOME/config dir."""
+    """Run ``claude -p PROMPT`` headless against the stand-in, with its own HOME/config dir;
+    `env` overrides the CLI's environment (another ANTHROPIC_API_KEY, more retries)."""
     home.mkdir(parents=True, exist_ok=True)
     full_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -98,7 +97,7 @@ def run_claude(
         "HOME": str(home),
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
         "ANTHROPIC_BASE_URL": api.url,
-        "ANTHROPIC_API_KEY": api_key,
+        "ANTHROPIC_API_KEY": API_KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
@@ -112,7 +111,7 @@ def run_claude(
     cmd = [
         claude_bin,
         "-p",
-        prompt,
+        PROMPT,
         "--output-format",
         "stream-json",
         "--verbose",
@@ -128,7 +127,7 @@ def run_claude(
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=CLI_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
     seconds = time.monotonic() - started
@@ -319,13 +318,21 @@ def test_recorded_requests_show_tools_and_prompt(claude_bin, api, workdir, tmp_p
 def test_expected_api_key_rejects_other_keys(claude_bin, workdir, tmp_path):
     with AnthropicStandIn(expected_api_key="sk-ant-the-real-one") as api:
         api.script([Text("hello")])
-        bad = run_claude(claude_bin, api, workdir, tmp_path / "h1", api_key="sk-ant-wrong")
+        bad = run_claude(
+            claude_bin, api, workdir, tmp_path / "h1", env={"ANTHROPIC_API_KEY": "sk-ant-wrong"}
+        )
         assert bad.result["is_error"] is True
         assert bad.returncode != 0
         assert {r.kind for r in api.requests} == {"rejected"}
         assert api.remaining_turns == [Text("hello")]
 
-        good = run_claude(claude_bin, api, workdir, tmp_path / "h2", api_key="sk-ant-the-real-one")
+        good = run_claude(
+            claude_bin,
+            api,
+            workdir,
+            tmp_path / "h2",
+            env={"ANTHROPIC_API_KEY": "sk-ant-the-real-one"},
+        )
         assert good.result["is_error"] is False
         assert good.result["result"] == "hello"
 

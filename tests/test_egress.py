@@ -37,6 +37,7 @@ from jobs.egress.proxy import (
     DEFAULT_REGISTRIES,
     Allowlist,
     EgressProxy,
+    Timeouts,
     UpstreamProxy,
     Upstreams,
     _server_name,
@@ -698,7 +699,9 @@ def test_connections_beyond_max_tunnels_are_refused(make_proxy, tls_server, cert
 
 def test_an_idle_tunnel_is_closed(make_proxy, tls_server, cert):
     resolver = Resolver({NPM_HOST: [("127.0.0.1", tls_server.port)]})
-    proxy = make_proxy(resolver=resolver, allow_private_addresses_for_tests=True, idle_timeout=0.5)
+    proxy = make_proxy(
+        resolver=resolver, allow_private_addresses_for_tests=True, timeouts=Timeouts(idle=0.5)
+    )
     status, sock = connect(proxy, f"{NPM_HOST}:443")
     assert status == 200
     tls = client_context(cert).wrap_socket(sock, server_hostname=NPM_HOST)
@@ -712,7 +715,7 @@ def test_an_idle_tunnel_is_closed(make_proxy, tls_server, cert):
 
 
 def test_a_silent_client_is_dropped_after_the_header_timeout(make_proxy):
-    proxy = make_proxy(header_timeout=0.3)
+    proxy = make_proxy(timeouts=Timeouts(header=0.3))
     with unix(proxy.socket_path) as sock:
         started = time.monotonic()
         assert read_all(sock) == b""
@@ -720,7 +723,7 @@ def test_a_silent_client_is_dropped_after_the_header_timeout(make_proxy):
 
 
 def test_connections_far_beyond_max_tunnels_are_closed_on_accept(make_proxy):
-    proxy = make_proxy(max_tunnels=1, header_timeout=30)  # 4 connections served at most
+    proxy = make_proxy(max_tunnels=1, timeouts=Timeouts(header=30))  # 4 connections served at most
     idle = [unix(proxy.socket_path) for _ in range(4)]
     with unix(proxy.socket_path) as extra:
         started = time.monotonic()

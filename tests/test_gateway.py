@@ -24,7 +24,7 @@ import pytest
 
 import jobs.gateway.proxy
 from jobs.gateway import pricing
-from jobs.gateway.proxy import ModelGateway, _MessageTally, _SSEUsage
+from jobs.gateway.proxy import Allowance, ModelGateway, _MessageTally, _SSEUsage
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.support import NPM, free_port, wait_for
 
@@ -50,7 +50,7 @@ def make_gateway(tmp_path, api):
 
     def make(upstream: str | None = None, **options) -> ModelGateway:
         path = tmp_path / f"gw{len(made)}.sock"
-        gw = ModelGateway(path, upstream or api.url, REAL_KEY, **options).__enter__()
+        gw = ModelGateway(path, upstream or api.url, REAL_KEY, Allowance(**options)).__enter__()
         made.append(gw)
         return gw
 

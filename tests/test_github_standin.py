@@ -29,6 +29,7 @@ from jsonschema import Draft202012Validator
 
 from tests.standins import openapi
 from tests.standins.github import ROUTES, GitHubStandIn
+from tests.standins.github_pulls import NewPull
 
 OWNER = "octo-org"
 REPO = "widgets"
@@ -770,13 +771,15 @@ def open_pull(standin: GitHubStandIn):
     standin.add_commit(FULL, "main", {CORE: CORE_TEXT}, "Add core", "alice")
     return standin.add_pull(
         FULL,
-        "alice/tune",
-        "main",
-        "Tune values",
-        "Tunes two values.",
-        "alice",
-        files={CORE: TUNED, "docs/tuning.md": "# Tuning\n", "README.md": None},
-        labels=["enhancement"],
+        NewPull(
+            "alice/tune",
+            "main",
+            "Tune values",
+            "Tunes two values.",
+            "alice",
+            files={CORE: TUNED, "docs/tuning.md": "# Tuning\n", "README.md": None},
+            labels=["enhancement"],
+        ),
     )
 
 
@@ -922,11 +925,13 @@ def test_pull_request_files_diff_commits_and_labels(github):
 def test_fork_pull_request_head_comes_through_the_base_repository(github, tmp_path):
     pr = github.add_pull(
         FULL,
-        "fix-typo",
-        title="Fix typo",
-        user_login="mallory",
-        files={"README.md": "# widgets!\n"},
-        fork_full_name="mallory/widgets",
+        NewPull(
+            "fix-typo",
+            title="Fix typo",
+            user_login="mallory",
+            files={"README.md": "# widgets!\n"},
+            fork_full_name="mallory/widgets",
+        ),
     )
     assert pr.is_fork and pr in github.pulls
     assert github.repo("mallory/widgets").parent is github.repo(FULL)
@@ -986,11 +991,13 @@ def test_fork_pull_request_head_comes_through_the_base_repository(github, tmp_pa
     # a second pull request from the same fork reuses it; a duplicate is refused
     second = github.add_pull(
         FULL,
-        "docs",
-        title="Docs",
-        user_login="mallory",
-        files={"docs/a.md": "a\n"},
-        fork_full_name="mallory/widgets",
+        NewPull(
+            "docs",
+            title="Docs",
+            user_login="mallory",
+            files={"docs/a.md": "a\n"},
+            fork_full_name="mallory/widgets",
+        ),
     )
     assert second.head_repository is pr.head_repository
     duplicate = failure(
@@ -1123,7 +1130,8 @@ def test_reviews_with_inline_comments(github):
 
     # the App cannot approve or request changes on its own pull request
     own = github.add_pull(
-        FULL, "bot-branch", title="Bot", user_login=github.bot_login, files={"bot.txt": "bot\n"}
+        FULL,
+        NewPull("bot-branch", title="Bot", user_login=github.bot_login, files={"bot.txt": "bot\n"}),
     )
     for event, words in (("APPROVE", "approve"), ("REQUEST_CHANGES", "request changes on")):
         refusal = failure(
@@ -1156,14 +1164,16 @@ def test_review_comment_threads_replies_and_reactions(github):
             {"path": CORE, "line": 41, "body": "New line"},
         ],
     )
-    root = github.add_review_comment(FULL, pr.number, CORE, 30, "/claude explain this", "alice")
-    human = github.add_review_comment(
-        FULL, pr.number, CORE, None, "+1", "mallory", in_reply_to=root.id
+    root = github.add_review_comment(
+        FULL, pr.number, {"path": CORE, "line": 30, "body": "/claude explain this"}, "alice"
     )
+    human = github.add_review_reply(FULL, pr.number, root.id, "+1", "mallory")
     assert (human.in_reply_to_id, human.line, human.diff_hunk) == (root.id, 30, root.diff_hunk)
     assert root.review_id not in (review.id, human.review_id)
     with pytest.raises(ValueError, match="Line could not be resolved"):
-        github.add_review_comment(FULL, pr.number, CORE, 20, "outside", "alice")
+        github.add_review_comment(
+            FULL, pr.number, {"path": CORE, "line": 20, "body": "outside"}, "alice"
+        )
 
     client = token_client(github, mint(github))
     listed = client.rest.pulls.list_review_comments(OWNER, REPO, pr.number).parsed_data
@@ -1287,11 +1297,13 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
     theirs = open_pull(standin)
     fork = standin.add_pull(
         FULL,
-        "fork-fix",
-        title="Fork",
-        user_login="mallory",
-        files={"f.txt": "fork\n"},
-        fork_full_name="mallory/widgets",
+        NewPull(
+            "fork-fix",
+            title="Fork",
+            user_login="mallory",
+            files={"f.txt": "fork\n"},
+            fork_full_name="mallory/widgets",
+        ),
     )
     client.rest.pulls.list(OWNER, REPO, state="all")
     for number in (theirs.number, fork.number):
@@ -1315,7 +1327,9 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
     client.rest.pulls.list_reviews(OWNER, REPO, theirs.number)
     client.rest.pulls.get_review(OWNER, REPO, theirs.number, review.id)
     client.rest.pulls.list_comments_for_review(OWNER, REPO, theirs.number, review.id)
-    human = standin.add_review_comment(FULL, theirs.number, CORE, 30, "h", "alice")
+    human = standin.add_review_comment(
+        FULL, theirs.number, {"path": CORE, "line": 30, "body": "h"}, "alice"
+    )
     standin.add_review(
         FULL, theirs.number, "", "alice", comments=[{"path": CORE, "line": 41, "body": "x"}]
     )

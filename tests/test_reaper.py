@@ -47,6 +47,7 @@ from jobs.upkeep.leftovers import (
 )
 from jobs.upkeep.reaper import kill_runsc_orphans, reap, runsc_processes
 from tests.standins.github import GitHubStandIn
+from tests.standins.github_pulls import NewPull
 from tests.support import dead_redis, enqueue
 
 REPO = "octo-org/reaped"
@@ -410,8 +411,10 @@ def test_the_comment_is_found_among_many_pages_of_comments(github, redis, settin
 
 
 def test_a_review_thread_reply_is_found_among_the_pulls_review_comments(github, redis, settings):
-    pull = github.add_pull(REPO, "feature-x", files={"a.py": "x = 1\n"}, title="Feature")
-    asked = github.add_review_comment(REPO, pull.number, "a.py", 1, "/claude tidy", "octocat")
+    pull = github.add_pull(REPO, NewPull("feature-x", files={"a.py": "x = 1\n"}, title="Feature"))
+    asked = github.add_review_comment(
+        REPO, pull.number, {"path": "a.py", "line": 1, "body": "/claude tidy"}, "octocat"
+    )
     request = SessionRequest(
         delivery_id=f"d-review-{os.urandom(4).hex()}",
         installation_id=INSTALLATION,

@@ -25,6 +25,7 @@ from jobs.sandbox.container import (
     OutputReader,
     Sandbox,
     SandboxError,
+    SandboxJob,
     tree_usage,
 )
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
@@ -127,14 +128,15 @@ def run_script(client, tree: Path, control: Path, turns, **values: str):
         api.script(turns)
         with ModelGateway(control / "gateway.sock", api.url, MODEL_KEY) as gw:
             sandbox = Sandbox(settings(CLAUDE_MAX_RETRIES="0", **values), client)
-            run = sandbox.run(
-                "unit-" + tree.parent.name[-12:],
-                tree,
-                control,
-                gw.session_key,
-                "Follow the script.",
-                Limits(timeout=120, max_turns=8),
+            job = SandboxJob(
+                session_id="unit-" + tree.parent.name[-12:],
+                tree=tree,
+                control=control,
+                session_key=gw.session_key,
+                prompt="Follow the script.",
+                limits=Limits(timeout=120, max_turns=8),
             )
+            run = sandbox.run(job)
         return run, api
 
 

@@ -34,8 +34,8 @@ absolute-form requests for plain HTTP. The name is then resolved by that proxy, 
 address rule is not checked (the name allowlist still is); only `http://` upstream proxies are
 supported, with optional `user:password@` (sent as Basic `Proxy-Authorization`).
 
-Bounds: a request head must arrive within `header_timeout`; a tunnel or forward that moves no
-byte either way for `idle_timeout` is cut; at most `max_tunnels` connections are served at once
+Bounds (`Timeouts`): a request head must arrive within `header`; a tunnel or forward that moves
+no byte either way for `idle` is cut; at most `max_tunnels` connections are served at once
 (each holds at most one upstream connection; more are answered 503), and connections beyond
 four times that are closed on accept, so a sandbox can't tie up the worker's threads.
 
@@ -379,7 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._track(self.connection, False)
 
     def handle_one_request(self) -> None:
-        self.connection.settimeout(self.server.proxy.header_timeout)
+        self.connection.settimeout(self.server.proxy.timeouts.header)
         super().handle_one_request()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
@@ -429,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self.send_response_only(200, "Connection established")
                 self.end_headers()
-                self.connection.settimeout(proxy.header_timeout)
+                self.connection.settimeout(proxy.timeouts.header)
                 hello, sni = _client_hello(self.connection)
             except (OSError, EOFError):
                 return
@@ -497,7 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError, http.client.HTTPException) as exc:
             log.warning("egress: %s %s failed: %s", self.command, host, type(exc).__name__)
             return self._refuse(502, f"{host} could not be reached")
-        self.connection.settimeout(proxy.idle_timeout)
+        self.connection.settimeout(proxy.timeouts.idle)
         try:
             self._relay_response(response)
         except (OSError, http.client.HTTPException) as exc:
@@ -671,6 +671,19 @@ def _cut(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds the proxy waits: for a request head, on a connection that moves no byte either
+    way, and for an upstream connection to open."""
+
+    idle: float = 120
+    header: float = 30
+    connect: float = 15
+
+
+TIMEOUTS = Timeouts()
+
+
 class EgressProxy:
     """Serve the egress proxy for one session on `socket_path` until closed.
 
@@ -692,9 +705,7 @@ class EgressProxy:
         *,
         resolver: Resolver | None = None,
         upstreams: Upstreams | None = None,
-        idle_timeout: float = 120,
-        header_timeout: float = 30,
-        connect_timeout: float = 15,
+        timeouts: Timeouts = TIMEOUTS,
         max_tunnels: int = 64,
         allow_private_addresses_for_tests: bool = False,
     ) -> None:
@@ -704,9 +715,7 @@ class EgressProxy:
         self.allowlist = Allowlist(allow)
         self.resolver: Resolver = resolver or resolve
         self.upstreams = Upstreams.from_env() if upstreams is None else upstreams
-        self.idle_timeout = idle_timeout
-        self.header_timeout = header_timeout
-        self.connect_timeout = connect_timeout
+        self.timeouts = timeouts
         self.max_tunnels = max_tunnels
         self.max_connections = 4 * max_tunnels
         self._private_ok = allow_private_addresses_for_tests
@@ -825,7 +834,7 @@ class EgressProxy:
         via = self.upstreams.for_target(host, tunnel)
         try:
             if via is not None:
-                upstream = socket.create_connection((via.host, via.port), self.connect_timeout)
+                upstream = socket.create_connection((via.host, via.port), self.timeouts.connect)
                 if tunnel:
                     self._tunnel_through(upstream, via, host, port)
             else:
@@ -833,7 +842,7 @@ class EgressProxy:
         except OSError as exc:
             log.warning("egress: %s %s failed: %s", method, _show(host, port), exc)
             raise _Failed(f"{host} could not be reached") from None
-        upstream.settimeout(self.idle_timeout)
+        upstream.settimeout(self.timeouts.idle)
         self._track(upstream, True)
         return host, upstream
 
@@ -849,7 +858,7 @@ class EgressProxy:
         error: OSError = OSError("no address")
         for address in addresses:  # each one was checked: no second lookup
             try:
-                return socket.create_connection(address, self.connect_timeout)
+                return socket.create_connection(address, self.timeouts.connect)
             except OSError as exc:
                 error = exc
         raise error
@@ -903,13 +912,13 @@ class EgressProxy:
         other = {client: upstream, upstream: client}
         with selectors.DefaultSelector() as selector:
             for sock in other:
-                sock.settimeout(self.idle_timeout)  # bounds a send to a peer that stops reading
+                sock.settimeout(self.timeouts.idle)  # bounds a send to a peer that stops reading
                 selector.register(sock, selectors.EVENT_READ)
             reading = 2
             while reading:
-                events = selector.select(timeout=self.idle_timeout)
+                events = selector.select(timeout=self.timeouts.idle)
                 if not events:
-                    log.info("egress: tunnel idle for %ss; closed", self.idle_timeout)
+                    log.info("egress: tunnel idle for %ss; closed", self.timeouts.idle)
                     return
                 for key, _ in events:
                     source: socket.socket = key.fileobj  # type: ignore[assignment]

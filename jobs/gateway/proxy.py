@@ -348,6 +348,102 @@ def _check_blocks(blocks: list[Any], depth: int = 0) -> None:
             _check_blocks(content, depth + 1)
 
 
+class _Body:
+    """A request body as it is read: kept up to `limit` bytes, dropped up to `_DRAIN_LIMIT`."""
+
+    def __init__(self, rfile: Any, limit: int) -> None:
+        self.rfile = rfile
+        self.limit = limit
+        self.most = max(limit, _DRAIN_LIMIT)
+        self.too_large = _Refused(413, "request_too_large", f"request body over {limit:,} bytes")
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def take(self, n: int) -> None:
+        while n > 0:
+            piece = self.rfile.read(min(n, 1 << 20))
+            if not piece:
+                raise _Refused(400, "invalid_request_error", "the body ended early")
+            self.size += len(piece)
+            n -= len(piece)
+            if self.size > self.most:
+                raise self.too_large
+            if self.limit and self.size <= self.limit:
+                self.parts.append(piece)
+
+    def take_chunked(self) -> None:
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                n = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _Refused(400, "invalid_request_error", "bad chunked encoding") from None
+            if n < 0:
+                raise _Refused(400, "invalid_request_error", "bad chunked encoding")
+            if n == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            self.take(n)
+            self.rfile.readline(1024)
+
+    def kept(self) -> bytes:
+        if self.limit and self.size > self.limit:
+            raise self.too_large
+        return b"".join(self.parts)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object with none but the fields Claude Code sends."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        request = None
+    if not isinstance(request, dict):
+        raise _Refused(400, "invalid_request_error", "the body is not a JSON object")
+    if extra := sorted(set(request) - _REQUEST_FIELDS):
+        raise _Refused(
+            400,
+            "invalid_request_error",
+            f"the gateway does not pass the field {extra[0][:80]!r}",
+        )
+    return request
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise _Refused(400, "invalid_request_error", "tools must be a list")
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise _Refused(400, "invalid_request_error", "a tool must be an object")
+        if tool.get("type", "custom") != "custom":  # the CLI's own tools carry no type
+            raise _Refused(
+                400,
+                "invalid_request_error",
+                f"the tool type {str(tool['type'])[:80]!r} runs on the API's side; "
+                "the gateway passes only client tools",
+            )
+
+
+def _check_system(system: Any) -> None:
+    if isinstance(system, list):
+        _check_blocks(system)
+    elif system is not None and not isinstance(system, str):
+        raise _Refused(400, "invalid_request_error", "system must be text or a list of blocks")
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise _Refused(400, "invalid_request_error", "messages must be a list")
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _Refused(400, "invalid_request_error", "a message must be an object")
+        if isinstance(content := message.get("content"), list):
+            _check_blocks(content)
+        elif not isinstance(content, str):
+            raise _Refused(400, "invalid_request_error", "content must be text or blocks")
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     # A full Unix-socket backlog refuses at once (no SYN retry as with TCP); the CLI opens
@@ -463,6 +559,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _check_request(self, gateway: ModelGateway, body: bytes) -> dict[str, Any]:
         """The parsed body, if it asks only for what Claude Code needs; else `_Refused` (400)."""
+        self._check_framing()
+        request = _json_object(body)
+        model = request.get("model")
+        if not isinstance(model, str):
+            raise _Refused(400, "invalid_request_error", "the body names no model")
+        if gateway.allowed_models is not None:
+            self._check_model(gateway, model)
+        if self._path() == "/v1/messages":
+            tokens = request.get("max_tokens")
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+                raise _Refused(
+                    400, "invalid_request_error", "max_tokens must be a positive integer"
+                )
+        _check_tools(request.get("tools", []))
+        _check_system(request.get("system"))
+        _check_messages(request.get("messages", []))
+        return request
+
+    def _check_framing(self) -> None:
+        """What comes around the body: its encoding, the query and the betas asked for."""
         if self.headers.get("content-encoding", "identity").lower() != "identity":
             raise _Refused(415, "invalid_request_error", "compressed bodies are not accepted")
         query = (getattr(self, "path", None) or "").partition("?")[2]
@@ -478,58 +594,6 @@ class _Handler(BaseHTTPRequestHandler):
                         "invalid_request_error",
                         f"the gateway does not pass the beta {beta[:80]!r}",
                     )
-        try:
-            request = json.loads(body)
-        except ValueError:
-            request = None
-        if not isinstance(request, dict):
-            raise _Refused(400, "invalid_request_error", "the body is not a JSON object")
-        if extra := sorted(set(request) - _REQUEST_FIELDS):
-            raise _Refused(
-                400,
-                "invalid_request_error",
-                f"the gateway does not pass the field {extra[0][:80]!r}",
-            )
-        model = request.get("model")
-        if not isinstance(model, str):
-            raise _Refused(400, "invalid_request_error", "the body names no model")
-        if gateway.allowed_models is not None:
-            self._check_model(gateway, model)
-        if self._path() == "/v1/messages":
-            tokens = request.get("max_tokens")
-            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
-                raise _Refused(
-                    400, "invalid_request_error", "max_tokens must be a positive integer"
-                )
-        tools = request.get("tools", [])
-        if not isinstance(tools, list):
-            raise _Refused(400, "invalid_request_error", "tools must be a list")
-        for tool in tools:
-            if not isinstance(tool, dict):
-                raise _Refused(400, "invalid_request_error", "a tool must be an object")
-            if tool.get("type", "custom") != "custom":  # the CLI's own tools carry no type
-                raise _Refused(
-                    400,
-                    "invalid_request_error",
-                    f"the tool type {str(tool['type'])[:80]!r} runs on the API's side; "
-                    "the gateway passes only client tools",
-                )
-        system = request.get("system")
-        if isinstance(system, list):
-            _check_blocks(system)
-        elif system is not None and not isinstance(system, str):
-            raise _Refused(400, "invalid_request_error", "system must be text or a list of blocks")
-        messages = request.get("messages", [])
-        if not isinstance(messages, list):
-            raise _Refused(400, "invalid_request_error", "messages must be a list")
-        for message in messages:
-            if not isinstance(message, dict):
-                raise _Refused(400, "invalid_request_error", "a message must be an object")
-            if isinstance(content := message.get("content"), list):
-                _check_blocks(content)
-            elif not isinstance(content, str):
-                raise _Refused(400, "invalid_request_error", "content must be text or blocks")
-        return request
 
     def _check_model(self, gateway: ModelGateway, model: str) -> None:
         assert gateway.allowed_models is not None
@@ -548,6 +612,18 @@ class _Handler(BaseHTTPRequestHandler):
         gets to read the answer instead of a reset connection.
         """
         self._body_read = True
+        chunked, declared = self._framing()
+        body = _Body(self.rfile, limit)
+        if declared > body.most:
+            raise body.too_large
+        if chunked:
+            body.take_chunked()
+        else:
+            body.take(declared)
+        return body.kept()
+
+    def _framing(self) -> tuple[bool, int]:
+        """Whether the body comes chunked, and else the length it declares."""
         length = self.headers.get("content-length")
         encoding = self.headers.get("transfer-encoding", "").strip().lower()
         if encoding not in ("", "chunked"):
@@ -556,46 +632,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(400, "invalid_request_error", "both content-length and chunked")
         if length is not None and not length.strip().isdigit():
             raise _Refused(400, "invalid_request_error", "bad content-length")
-        declared = int(length) if length is not None else 0
-        too_large = _Refused(413, "request_too_large", f"request body over {limit:,} bytes")
-        if declared > max(limit, _DRAIN_LIMIT):
-            raise too_large
-        parts: list[bytes] = []
-        size = 0
-
-        def take(n: int) -> None:
-            nonlocal size
-            while n > 0:
-                piece = self.rfile.read(min(n, 1 << 20))
-                if not piece:
-                    raise _Refused(400, "invalid_request_error", "the body ended early")
-                size += len(piece)
-                n -= len(piece)
-                if size > max(limit, _DRAIN_LIMIT):
-                    raise too_large
-                if limit and size <= limit:
-                    parts.append(piece)
-
-        if encoding == "chunked":
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    n = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise _Refused(400, "invalid_request_error", "bad chunked encoding") from None
-                if n < 0:
-                    raise _Refused(400, "invalid_request_error", "bad chunked encoding")
-                if n == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    break
-                take(n)
-                self.rfile.readline(1024)
-        else:
-            take(declared)
-        if limit and size > limit:
-            raise too_large
-        return b"".join(parts)
+        return encoding == "chunked", int(length) if length is not None else 0
 
     def _forward(self, gateway: ModelGateway, body: bytes, headers: list[tuple[str, str]]) -> None:
         answered = False
@@ -667,14 +704,31 @@ class _Handler(BaseHTTPRequestHandler):
             meter.close()
 
 
-class ModelGateway:
-    """Serve the gateway for one session on `socket_path` until closed.
+@dataclass(frozen=True)
+class Allowance:
+    """What one session may ask of the model API; by default, no limit but the body size.
 
     `budget_usd` and `max_tokens` (all tokens: input, output, cache writes and reads) end the
     session's model use once reached; `expires_at` is a `time.monotonic()` deadline after which
     every request is refused; `allowed_models` limits requests to those model families
     ("opus", "sonnet", "haiku"; a full model name counts as its family); `max_body_bytes` caps
-    a request body. `usage` is the running total.
+    a request body.
+    """
+
+    budget_usd: float | None = None
+    max_tokens: int | None = None
+    expires_at: float | None = None
+    allowed_models: Iterable[str] | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+UNLIMITED = Allowance()
+
+
+class ModelGateway:
+    """Serve the gateway for one session on `socket_path` until closed, within `allowance`.
+
+    `usage` is the running total.
     """
 
     def __init__(
@@ -682,24 +736,21 @@ class ModelGateway:
         socket_path: Path,
         upstream: str,
         upstream_key: str,
-        *,
-        budget_usd: float | None = None,
-        max_tokens: int | None = None,
-        expires_at: float | None = None,
-        allowed_models: Iterable[str] | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        allowance: Allowance = UNLIMITED,
     ) -> None:
         self.socket_path = socket_path
         self.upstream = str(upstream).rstrip("/")
         self.upstream_key = upstream_key
         self.session_key = "ccgw-" + secrets.token_urlsafe(32)
-        self.budget_usd = budget_usd
-        self.max_tokens = max_tokens
-        self.expires_at = expires_at
+        self.budget_usd = allowance.budget_usd
+        self.max_tokens = allowance.max_tokens
+        self.expires_at = allowance.expires_at
         self.allowed_models = (
-            None if allowed_models is None else frozenset(pricing.family(m) for m in allowed_models)
+            None
+            if allowance.allowed_models is None
+            else frozenset(pricing.family(m) for m in allowance.allowed_models)
         )
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = allowance.max_body_bytes
         self._scrub: Callable[[object], str] = Redactor(upstream_key, self.session_key)
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)  # a request in flight has finished

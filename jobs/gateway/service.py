@@ -32,7 +32,7 @@ from jobs.common.control import (
     session_socket,
 )
 from jobs.common.settings import CommonSettings, GatewaySettings
-from jobs.gateway.proxy import ModelGateway
+from jobs.gateway.proxy import Allowance, ModelGateway
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class GatewayService:
             resolved,
             self.settings.anthropic_base_url,
             self.settings.anthropic_api_key.get_secret_value(),
-            budget_usd=budget_usd,
-            expires_at=deadline,
-            allowed_models=models,
+            Allowance(budget_usd=budget_usd, expires_at=deadline, allowed_models=models),
         )
         gateway.__enter__()
         self.gateways.put(session, gateway, expires_in)

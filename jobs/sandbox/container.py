@@ -77,6 +77,24 @@ class Limits:
     append_system_prompt: str = ""
 
 
+@dataclass(frozen=True)
+class SandboxJob:
+    """What one run of the CLI is given: the session's directories, key and prompt, its limits.
+
+    `extra_args` replace the permission bypass when given (a review is read-only); `setup` are
+    the repository's setup commands, run by the image's entrypoint before the CLI.
+    """
+
+    session_id: str
+    tree: Path
+    control: Path
+    session_key: str
+    prompt: str
+    limits: Limits
+    extra_args: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+
+
 class OutputReader:
     """Splits the sandbox's stdout into lines for `on_line`, holding at most one bounded line.
 
@@ -258,23 +276,42 @@ class Sandbox:
 
     def run(
         self,
-        session_id: str,
-        tree: Path,
-        control: Path,
-        session_key: str,
-        prompt: str,
-        limits: Limits,
-        extra_args: list[str] | None = None,
+        job: SandboxJob,
         on_action: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        setup: tuple[str, ...] = (),
     ) -> SandboxRun:
-        (control / "prompt.md").write_text(prompt)
-        os.chmod(control / "prompt.md", 0o644)
-        if setup:
+        """Run `job` to its end; `on_action` hears each step the agent takes, `should_stop` is
+        asked every check interval whether `/claude stop` was said."""
+        self._write_control(job)
+        self._check_ready(job.tree)
+        try:
+            container = self.create(
+                job.session_id,
+                job.tree,
+                job.control,
+                self.command(job.limits, list(job.extra_args)),
+                self._environment(job.session_key),
+            )
+        except DockerException as exc:
+            raise SandboxError(f"the sandbox container could not be created ({exc})") from None
+        try:
+            watch = _Watch(self, container, job.tree, on_action, should_stop)
+            return watch.run(job.limits.timeout)
+        finally:
+            try:
+                container.remove(force=True)
+            except DockerException as exc:
+                log.warning("sandbox %s: removal failed (%s)", job.session_id, exc)
+
+    def _write_control(self, job: SandboxJob) -> None:
+        (job.control / "prompt.md").write_text(job.prompt)
+        os.chmod(job.control / "prompt.md", 0o644)
+        if job.setup:
             # Run by the image's entrypoint inside the sandbox, never by the worker.
-            (control / "setup.sh").write_text("\n".join(setup) + "\n")
-            os.chmod(control / "setup.sh", 0o644)
+            (job.control / "setup.sh").write_text("\n".join(job.setup) + "\n")
+            os.chmod(job.control / "setup.sh", 0o644)
+
+    def _check_ready(self, tree: Path) -> None:
         try:
             self.client.images.get(self.settings.agent_image)
         except ImageNotFound:
@@ -289,7 +326,9 @@ class Sandbox:
                 "the checkout alone is larger than the workspace may grow "
                 f"({self.settings.sandbox_workspace_size}, SANDBOX_WORKSPACE_SIZE)"
             )
-        environment = {
+
+    def _environment(self, session_key: str) -> dict[str, str]:
+        return {
             "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{RELAY_PORT}",
             "ANTHROPIC_API_KEY": session_key,
             "CLAUDECLUSTER_RELAY_PORT": str(RELAY_PORT),
@@ -299,156 +338,6 @@ class Sandbox:
             "DISABLE_AUTOUPDATER": "1",
             "DISABLE_ERROR_REPORTING": "1",
         }
-        try:
-            container = self.create(
-                session_id, tree, control, self.command(limits, extra_args or []), environment
-            )
-        except DockerException as exc:
-            raise SandboxError(f"the sandbox container could not be created ({exc})") from None
-        try:
-            return self._watch(container, tree, limits.timeout, on_action, should_stop)
-        finally:
-            try:
-                container.remove(force=True)
-            except DockerException as exc:
-                log.warning("sandbox %s: removal failed (%s)", session_id, exc)
-
-    def _watch(self, container, tree: Path, timeout: int, on_action, should_stop) -> SandboxRun:
-        transcript = Transcript(on_action)
-        timed_out = threading.Event()
-        stopped = threading.Event()
-        finished = threading.Event()
-        hit: list[str] = []  # the first limit reached
-        hit_lock = threading.Lock()
-
-        def kill() -> None:
-            with contextlib.suppress(DockerException):  # already gone
-                container.kill()
-
-        def limit_reached(reason: str, end: bool = True) -> None:
-            with hit_lock:
-                if hit:
-                    return
-                hit.append(reason)
-            log.warning("sandbox %s: %s", container.short_id, reason)
-            if end:
-                kill()
-
-        def stop_at_deadline() -> None:
-            timed_out.set()
-            kill()
-
-        def monitor() -> None:
-            # `/claude stop` sets a flag in Redis; killing the container ends the log stream.
-            # The work tree and the process count are checked here too: the engine enforces
-            # neither as a limit that would end the run.
-            ticks = 0
-            next_scan = 0.0
-            while not finished.wait(self.settings.sandbox_check_interval):
-                ticks += 1
-                try:
-                    if should_stop is not None and should_stop():
-                        stopped.set()
-                        kill()
-                        return
-                except Exception as exc:  # Redis away for a moment: the limits still count
-                    log.warning("sandbox: stop check failed (%s)", type(exc).__name__)
-                if time.monotonic() >= next_scan:
-                    # A big tree takes a while to walk: walk it at most a fifth of the time.
-                    started = time.monotonic()
-                    if reason := self._workspace_over(tree):
-                        limit_reached(reason)
-                        return
-                    next_scan = started + 5 * (time.monotonic() - started)
-                if ticks % 2 == 0 and (reason := self._processes_at_limit(container)):
-                    limit_reached(reason)
-                    return
-
-        def watch_oom(events) -> None:
-            # The kernel kills the biggest process of the container; the run ends with it, or
-            # the agent would go on in a sandbox that has just run out of memory.
-            with contextlib.suppress(Exception):  # the stream is closed when the run ends
-                for event in events:
-                    if event.get("status") == "oom" or event.get("Action") == "oom":
-                        limit_reached(self._memory_reason())
-                        return
-
-        try:
-            events = self.client.events(
-                decode=True, filters={"container": container.id, "event": "oom"}
-            )
-        except DockerException as exc:
-            log.warning("sandbox: no OOM events (%s); relying on the container's state", exc)
-            events = None
-        timer = threading.Timer(timeout, stop_at_deadline)
-        stderr_tail = b""
-        try:
-            if events is not None:
-                threading.Thread(target=watch_oom, args=(events,), daemon=True).start()
-            # Attached before the start, so that not a byte is missed; no log driver keeps it.
-            try:
-                output = container.attach(
-                    stdout=True, stderr=True, stream=True, logs=False, demux=True
-                )
-                container.start()
-            except DockerException as exc:
-                raise SandboxError(f"the sandbox container did not start ({exc})") from None
-            threading.Thread(target=monitor, daemon=True).start()
-            timer.start()
-            reader = OutputReader(transcript.feed)
-            for out, err in output:
-                if err:
-                    stderr_tail = (stderr_tail + err)[-STDERR_TAIL:]
-                if out and not reader.feed(out):
-                    limit_reached(
-                        f"the sandbox printed more than {MAX_OUTPUT >> 20} MiB of output", end=False
-                    )
-                    break
-            # Closed before the kill: the engine would otherwise wait, with the container, on a
-            # reader that no longer reads.
-            with contextlib.suppress(Exception):
-                output.close()
-            if hit:
-                kill()
-            reader.close()
-            if reader.skipped:
-                log.warning(
-                    "sandbox %s: %d output lines over %d bytes were skipped",
-                    container.short_id,
-                    reader.skipped,
-                    MAX_LINE,
-                )
-            status = container.wait(timeout=60)
-        finally:
-            timer.cancel()
-            finished.set()
-            if events is not None:
-                with contextlib.suppress(Exception):
-                    events.close()
-        # The OOM event can lose the race with the exit; the container's state cannot.
-        with contextlib.suppress(DockerException):
-            container.reload()
-            if container.attrs.get("State", {}).get("OOMKilled"):
-                limit_reached(self._memory_reason(), end=False)
-        if reason := self._workspace_over(tree):  # grown since the last check
-            limit_reached(reason, end=False)
-        stderr = "\n".join(stderr_tail.decode("utf-8", "replace").splitlines()[-20:])
-        outcome = transcript.outcome
-        if hit:
-            outcome.is_error = True
-            outcome.errors = [hit[0]]
-            outcome.last_api_error = hit[0]  # the failure reason when no result event came
-        elif status.get("StatusCode") == SETUP_FAILED:
-            lines = [line for line in stderr.strip().splitlines() if line.strip()]
-            outcome.setup_failed = " / ".join(lines[-4:])[-800:]
-        return SandboxRun(
-            outcome=outcome,
-            exit_code=status.get("StatusCode"),
-            timed_out=timed_out.is_set(),
-            stderr_tail=stderr.strip()[-2000:],
-            stopped=stopped.is_set(),
-            limit=hit[0] if hit else "",
-        )
 
     def _memory_reason(self) -> str:
         return f"the sandbox ran out of memory (its limit is {self.settings.sandbox_memory})"
@@ -470,3 +359,182 @@ class Sandbox:
         if current < self.settings.sandbox_pids:
             return ""
         return f"the sandbox hit its limit of {self.settings.sandbox_pids} processes"
+
+
+class _Watch:
+    """One created container watched from its start to its end.
+
+    The run ends at the deadline, on `/claude stop`, on the first limit reached (memory, the
+    work tree's size, processes, output) or when the CLI exits. The engine enforces neither the
+    work tree's size nor the process count as a limit that ends the run, so they are checked
+    here; the first limit reached is the run's failure reason.
+    """
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        container,
+        tree: Path,
+        on_action: Callable[[str], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.container = container
+        self.tree = tree
+        self.should_stop = should_stop
+        self.transcript = Transcript(on_action)
+        self.timed_out = threading.Event()
+        self.stopped = threading.Event()
+        self.finished = threading.Event()
+        self.limit = ""  # the first limit reached
+        self._limit_lock = threading.Lock()
+        self.stderr_tail = b""
+
+    def run(self, timeout: int) -> SandboxRun:
+        events = self._oom_events()
+        timer = threading.Timer(timeout, self._stop_at_deadline)
+        try:
+            if events is not None:
+                threading.Thread(target=self._watch_oom, args=(events,), daemon=True).start()
+            output = self._start()
+            threading.Thread(target=self._monitor, daemon=True).start()
+            timer.start()
+            self._read(output)
+            status = self.container.wait(timeout=60)
+        finally:
+            timer.cancel()
+            self.finished.set()
+            if events is not None:
+                with contextlib.suppress(Exception):
+                    events.close()
+        self._check_after_exit()
+        return self._result(status)
+
+    def limit_reached(self, reason: str, end: bool = True) -> None:
+        with self._limit_lock:
+            if self.limit:
+                return
+            self.limit = reason
+        log.warning("sandbox %s: %s", self.container.short_id, reason)
+        if end:
+            self._kill()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(DockerException):  # already gone
+            self.container.kill()
+
+    def _stop_at_deadline(self) -> None:
+        self.timed_out.set()
+        self._kill()
+
+    def _oom_events(self):
+        try:
+            return self.sandbox.client.events(
+                decode=True, filters={"container": self.container.id, "event": "oom"}
+            )
+        except DockerException as exc:
+            log.warning("sandbox: no OOM events (%s); relying on the container's state", exc)
+            return None
+
+    def _watch_oom(self, events) -> None:
+        # The kernel kills the biggest process of the container; the run ends with it, or
+        # the agent would go on in a sandbox that has just run out of memory.
+        with contextlib.suppress(Exception):  # the stream is closed when the run ends
+            for event in events:
+                if event.get("status") == "oom" or event.get("Action") == "oom":
+                    self.limit_reached(self.sandbox._memory_reason())
+                    return
+
+    def _start(self):
+        # Attached before the start, so that not a byte is missed; no log driver keeps it.
+        try:
+            output = self.container.attach(
+                stdout=True, stderr=True, stream=True, logs=False, demux=True
+            )
+            self.container.start()
+        except DockerException as exc:
+            raise SandboxError(f"the sandbox container did not start ({exc})") from None
+        return output
+
+    def _monitor(self) -> None:
+        # `/claude stop` sets a flag in Redis; killing the container ends the log stream.
+        ticks = 0
+        next_scan = 0.0
+        while not self.finished.wait(self.sandbox.settings.sandbox_check_interval):
+            ticks += 1
+            if self._stop_asked():
+                self.stopped.set()
+                self._kill()
+                return
+            if time.monotonic() >= next_scan:
+                # A big tree takes a while to walk: walk it at most a fifth of the time.
+                started = time.monotonic()
+                if reason := self.sandbox._workspace_over(self.tree):
+                    self.limit_reached(reason)
+                    return
+                next_scan = started + 5 * (time.monotonic() - started)
+            if ticks % 2 == 0 and (reason := self.sandbox._processes_at_limit(self.container)):
+                self.limit_reached(reason)
+                return
+
+    def _stop_asked(self) -> bool:
+        if self.should_stop is None:
+            return False
+        try:
+            return bool(self.should_stop())
+        except Exception as exc:  # Redis away for a moment: the limits still count
+            log.warning("sandbox: stop check failed (%s)", type(exc).__name__)
+            return False
+
+    def _read(self, output) -> None:
+        reader = OutputReader(self.transcript.feed)
+        for out, err in output:
+            if err:
+                self.stderr_tail = (self.stderr_tail + err)[-STDERR_TAIL:]
+            if out and not reader.feed(out):
+                self.limit_reached(
+                    f"the sandbox printed more than {MAX_OUTPUT >> 20} MiB of output", end=False
+                )
+                break
+        # Closed before the kill: the engine would otherwise wait, with the container, on a
+        # reader that no longer reads.
+        with contextlib.suppress(Exception):
+            output.close()
+        if self.limit:
+            self._kill()
+        reader.close()
+        if reader.skipped:
+            log.warning(
+                "sandbox %s: %d output lines over %d bytes were skipped",
+                self.container.short_id,
+                reader.skipped,
+                MAX_LINE,
+            )
+
+    def _check_after_exit(self) -> None:
+        # The OOM event can lose the race with the exit; the container's state cannot.
+        with contextlib.suppress(DockerException):
+            self.container.reload()
+            if self.container.attrs.get("State", {}).get("OOMKilled"):
+                self.limit_reached(self.sandbox._memory_reason(), end=False)
+        if reason := self.sandbox._workspace_over(self.tree):  # grown since the last check
+            self.limit_reached(reason, end=False)
+
+    def _result(self, status: dict) -> SandboxRun:
+        stderr = "\n".join(self.stderr_tail.decode("utf-8", "replace").splitlines()[-20:])
+        outcome = self.transcript.outcome
+        if self.limit:
+            outcome.is_error = True
+            outcome.errors = [self.limit]
+            outcome.last_api_error = self.limit  # the failure reason when no result event came
+        elif status.get("StatusCode") == SETUP_FAILED:
+            lines = [line for line in stderr.strip().splitlines() if line.strip()]
+            outcome.setup_failed = " / ".join(lines[-4:])[-800:]
+        return SandboxRun(
+            outcome=outcome,
+            exit_code=status.get("StatusCode"),
+            timed_out=self.timed_out.is_set(),
+            stderr_tail=stderr.strip()[-2000:],
+            stopped=self.stopped.is_set(),
+            limit=self.limit,
+        )

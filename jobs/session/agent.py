@@ -18,7 +18,7 @@ from jobs.egress.service import session_egress
 from jobs.gateway.service import SOCKET_NAME as GATEWAY_SOCKET
 from jobs.gateway.service import session_gateway
 from jobs.github.tracking import PUBLISHING, RUNNING, took
-from jobs.sandbox.container import Sandbox, SandboxRun
+from jobs.sandbox.container import Sandbox, SandboxJob, SandboxRun
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, Workspace
 from jobs.session.commits import branch_name, commit_message, withheld_note, withheld_paths
@@ -58,17 +58,18 @@ def run_agent(
         allowed_models(settings, config),
     )
     with egress or contextlib.nullcontext(), gateway as lease:
-        run = Sandbox(settings).run(
-            session.id,
-            workspace.tree,
-            control,
-            lease.key,
-            prompt,
-            limits,
-            extra_args=extra_args,
-            on_action=session.tracking.action,
-            should_stop=StopCheck(session),
+        job = SandboxJob(
+            session_id=session.id,
+            tree=workspace.tree,
+            control=control,
+            session_key=lease.key,
+            prompt=prompt,
+            limits=limits,
+            extra_args=tuple(extra_args or ()),
             setup=config.setup if run_setup else (),
+        )
+        run = Sandbox(settings).run(
+            job, on_action=session.tracking.action, should_stop=StopCheck(session)
         )
     # What the comments report is the gateway's count, not what the sandbox printed: a steered
     # agent can print any result line it likes.

@@ -312,11 +312,20 @@ _TYPE_WORDS = {
 }
 
 
+# Bounds pydantic names by the key of its ctx that holds the bound.
+_BOUND_WORDS = {
+    "greater_than_equal": ("at least", "ge"),
+    "less_than_equal": ("at most", "le"),
+    "greater_than": ("more than", "gt"),
+    "less_than": ("less than", "lt"),
+}
+_LENGTH_WORDS = {"too_long": ("at most", "max_length"), "too_short": ("at least", "min_length")}
+
+
 def _describe(error: dict[str, Any]) -> Problem:
     """One pydantic error in a maintainer's words."""
-    kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
+    kind, loc = error["type"], tuple(error["loc"])
     value = error.get("input")
-    got = f" (got {_shown(value)})" if value != "" else ""
     is_key = bool(loc) and loc[-1] == "[key]"
     if is_key:
         loc = loc[:-2]  # (…, "labels", <key>, "[key]"): the problem is the key itself
@@ -326,42 +335,41 @@ def _describe(error: dict[str, Any]) -> Problem:
         hint = " (quote it: YAML reads yes, no, on and off as true or false)"
         text = f"has a key that is not a setting name: {_shown(value)}"
         return Problem(_path(loc[:-1]) or None, text + (hint if isinstance(value, bool) else ""))
-    if kind == "missing":
-        text = "is required"
-    elif kind == "extra_forbidden":
-        text = "is not a known setting" + _did_you_mean(loc[-1], _known_keys(loc[:-1]))
-    elif kind in _TYPE_WORDS:
-        text = _TYPE_WORDS[kind] + got
-    elif kind in ("literal_error", "enum"):
-        text = f"must be {_choices(ctx.get('expected', ''))}{got}"
-    elif kind == "greater_than_equal":
-        text = f"must be at least {_number(ctx['ge'])}{got}"
-    elif kind == "less_than_equal":
-        text = f"must be at most {_number(ctx['le'])}{got}"
-    elif kind == "greater_than":
-        text = f"must be more than {_number(ctx['gt'])}{got}"
-    elif kind == "less_than":
-        text = f"must be less than {_number(ctx['lt'])}{got}"
-    elif kind == "string_too_short":  # only ever min_length=1
-        text = "must not be empty"
-    elif kind == "string_too_long":
-        text = f"must be at most {ctx['max_length']:,} characters (got {len(value):,})"
-    elif kind == "too_long":
-        text = f"must have at most {ctx['max_length']} entries (got {ctx['actual_length']})"
-    elif kind == "too_short":
-        text = f"must have at least {ctx['min_length']} entries (got {ctx['actual_length']})"
-    elif kind == "repo_config":
-        # Our checks on a whole list or mapping name the culprit themselves.
-        text = error["msg"] + ("" if isinstance(value, list | tuple | dict) else got)
-    elif kind == "value_error":
-        text = f"{ctx.get('error', error['msg'])}{got}"
-    else:
-        text = f"is not valid: {error['msg'][:1].lower()}{error['msg'][1:]}{got}"
-
+    text = _what_is_wrong(error, loc)
     if is_key:
         noun = "a label name" if loc == ("labels",) else "a key"
         text = f"has {noun} that {text}"
     return Problem(_path(loc) or None, text)
+
+
+def _what_is_wrong(error: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """The error's words after the setting's name: "must be at least 1 (got 0)"."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = f" (got {_shown(value)})" if value != "" else ""
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known setting" + _did_you_mean(loc[-1], _known_keys(loc[:-1]))
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind] + got
+    if kind in ("literal_error", "enum"):
+        return f"must be {_choices(ctx.get('expected', ''))}{got}"
+    if kind in _BOUND_WORDS:
+        words, key = _BOUND_WORDS[kind]
+        return f"must be {words} {_number(ctx[key])}{got}"
+    if kind == "string_too_short":  # only ever min_length=1
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']:,} characters (got {len(value):,})"
+    if kind in _LENGTH_WORDS:
+        words, key = _LENGTH_WORDS[kind]
+        return f"must have {words} {ctx[key]} entries (got {ctx['actual_length']})"
+    if kind == "repo_config":
+        # Our checks on a whole list or mapping name the culprit themselves.
+        return error["msg"] + ("" if isinstance(value, list | tuple | dict) else got)
+    if kind == "value_error":
+        return f"{ctx.get('error', error['msg'])}{got}"
+    return f"is not valid: {error['msg'][:1].lower()}{error['msg'][1:]}{got}"
 
 
 # ------------------------------------------------------------------ reading the file

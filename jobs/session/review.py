@@ -30,6 +30,7 @@ __all__ = [
     "MAX_INLINE",
     "REVIEW_SCHEMA",
     "DraftComment",
+    "ReviewAsk",
     "ReviewDraft",
     "parse_review",
     "review_cli_args",
@@ -155,14 +156,25 @@ def _bounded_diff(diff: str, limit: int) -> tuple[str, list[str]]:
     return "".join(kept), left_out
 
 
+@dataclass(frozen=True)
+class ReviewAsk:
+    """Which pull request is to be reviewed, by whose request, with what focus.
+
+    Only `focus` (the requester's words) is instructions; everything the pull request brings
+    is quoted.
+    """
+
+    repo: str
+    number: int
+    focus: str = ""
+    requester: str = ""
+
+
 def review_prompt(
-    repo: str,
-    number: int,
+    ask: ReviewAsk,
     pull: dict[str, Any],
     diff: str,
     *,
-    focus: str = "",
-    requester: str = "",
     material: Sequence[Section] = (),
     diff_file: str | None = None,
     workspace: str = "/workspace",
@@ -170,11 +182,12 @@ def review_prompt(
     """What Claude is told for `/claude review [focus]`.
 
     `pull` is GitHub's pull request object (title, body, user, base/head ref); `diff` its
-    `application/vnd.github.diff` text. Only `focus` (the requester's words) is instructions;
-    the PR's title, description, diff and any extra `material` (e.g. rendered discussion) are
-    quoted. When the diff is too long for the prompt the rest is named, and `diff_file` (a path
-    the model may Read: the CLI is given its folder with --add-dir) is offered for the whole diff.
+    `application/vnd.github.diff` text. The PR's title, description, diff and any extra
+    `material` (e.g. rendered discussion) are quoted. When the diff is too long for the prompt
+    the rest is named, and `diff_file` (a path the model may Read: the CLI is given its folder
+    with --add-dir) is offered for the whole diff.
     """
+    repo, number, focus, requester = ask.repo, ask.number, ask.focus, ask.requester
     title = INVISIBLE.sub("", str(pull.get("title") or ""))[:500]
     body = INVISIBLE.sub("", HIDDEN.sub("", str(pull.get("body") or "")))
     if len(body) > MAX_PR_BODY:

@@ -12,7 +12,13 @@ from jobs.github.tracking import PUBLISHING
 from jobs.sandbox.container import CONTROL_DIR
 from jobs.session.agent import finished_badly, run_agent
 from jobs.session.material import gather
-from jobs.session.review import parse_review, review_cli_args, review_prompt, to_github_review
+from jobs.session.review import (
+    ReviewAsk,
+    parse_review,
+    review_cli_args,
+    review_prompt,
+    to_github_review,
+)
 from jobs.session.state import Session
 
 # In the control dir, never in the tree (see Workspace.write_control); the review's CLI may read
@@ -34,13 +40,11 @@ def review_pull(session: Session) -> dict:
     workspace = session.clone(f"refs/pull/{request.number}/head")
     try:
         workspace.write_control(DIFF_FILE, diff)
+        ask = ReviewAsk(request.repo, request.number, request.instruction, request.requester)
         prompt = review_prompt(
-            request.repo,
-            request.number,
+            ask,
             pull,
             diff,
-            focus=request.instruction,
-            requester=request.requester,
             material=material,
             diff_file=f"{CONTROL_DIR}/{DIFF_FILE}",
         )

@@ -38,6 +38,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
@@ -88,16 +89,7 @@ def reap(
     here = host_identity() if here is None else here
     # List first, judge after: whatever exists now was made by a job that had started by now,
     # so a job seen as not running afterwards cannot be about to make it.
-    containers: dict[str, list] = {}
-    if docker_client is not None:
-        try:
-            containers = session_containers(docker_client)
-        except Exception as exc:
-            report.errors.append(f"docker: {exc}")
-    dirs = workspace_dirs(settings.workspace_root)
-    # No owner file: the worker died between making the directory and naming its owner.
-    remove_dirs([p for p in dirs.pop("", []) if dir_age(p) >= ORPHAN_AFTER], report)
-
+    leftovers = _Leftovers.listed(settings, docker_client, report)
     retry = None
     if interrupt is None:
 
@@ -107,35 +99,10 @@ def reap(
         def retry() -> list[str]:
             return retry_pending(redis, settings)
 
-    for session_id in sorted(set(containers) | set(dirs)):
-        try:
-            job = Job.fetch(session_id, connection=redis, serializer=JSONSerializer)
-        except NoSuchJobError:
-            ages = [container_age(c) for c in containers.get(session_id, [])]
-            ages += [dir_age(p) for p in dirs.get(session_id, [])]
-            if min(ages, default=0.0) < UNKNOWN_AFTER:
-                report.unknown.append(session_id)
-                continue
-            job = None
-        except Exception as exc:  # Redis away, or a hash that is not a job: judge nothing
-            report.errors.append(f"{session_id}: {type(exc).__name__}: {exc}")
-            continue
-        if job is not None and session_running(redis, job, here):
-            report.live.append(session_id)
-            continue
-        status = job.get_status(refresh=False) if job is not None else None
-        # Container first: it has the workspace mounted and the gateway's socket open.
-        remove_containers(containers.get(session_id, []), report, session_id)
-        close_gateway(settings, session_id)
-        remove_dirs(dirs.get(session_id, []), report)
-        log.warning("reaper: removed the leftovers of %s (job %s)", session_id, status or "unknown")
-        if job is not None and status in (JobStatus.STARTED, JobStatus.FAILED, JobStatus.STOPPED):
-            try:
-                if interrupt(job, WORKER_STOPPED) == "edited":
-                    report.interrupted.append(session_id)
-            except Exception as exc:
-                report.errors.append(f"{session_id}: comment: {type(exc).__name__}: {exc}")
-
+    for session_id in leftovers.sessions():
+        gone, job = _judge(session_id, leftovers, redis, here, report)
+        if gone:
+            _remove(session_id, job, leftovers, settings, interrupt, report)
     if retry is not None:
         try:
             report.interrupted += retry()
@@ -149,6 +116,79 @@ def reap(
     elif report.live or report.interrupted:
         log.info("reaper: %s", report.summary())
     return report
+
+
+@dataclass
+class _Leftovers:
+    """What the sessions left on this host, by session id."""
+
+    containers: dict[str, list]
+    dirs: dict[str, list[Path]]
+
+    @classmethod
+    def listed(cls, settings: WorkerSettings, docker_client, report: ReapReport) -> _Leftovers:
+        containers: dict[str, list] = {}
+        if docker_client is not None:
+            try:
+                containers = session_containers(docker_client)
+            except Exception as exc:
+                report.errors.append(f"docker: {exc}")
+        dirs = workspace_dirs(settings.workspace_root)
+        # No owner file: the worker died between making the directory and naming its owner.
+        remove_dirs([p for p in dirs.pop("", []) if dir_age(p) >= ORPHAN_AFTER], report)
+        return cls(containers, dirs)
+
+    def sessions(self) -> list[str]:
+        return sorted(set(self.containers) | set(self.dirs))
+
+    def youngest(self, session_id: str) -> float:
+        """The age in seconds of the session's youngest leftover."""
+        ages = [container_age(c) for c in self.containers.get(session_id, [])]
+        ages += [dir_age(p) for p in self.dirs.get(session_id, [])]
+        return min(ages, default=0.0)
+
+
+def _judge(
+    session_id: str, leftovers: _Leftovers, redis: Redis, here: str, report: ReapReport
+) -> tuple[bool, Job | None]:
+    """Whether the session's leftovers go, and its job when Redis knows it; a session whose
+    leftovers stay is counted in `report` as live, unknown or in error."""
+    try:
+        job = Job.fetch(session_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        if leftovers.youngest(session_id) < UNKNOWN_AFTER:
+            report.unknown.append(session_id)
+            return False, None
+        return True, None
+    except Exception as exc:  # Redis away, or a hash that is not a job: judge nothing
+        report.errors.append(f"{session_id}: {type(exc).__name__}: {exc}")
+        return False, None
+    if session_running(redis, job, here):
+        report.live.append(session_id)
+        return False, job
+    return True, job
+
+
+def _remove(
+    session_id: str,
+    job: Job | None,
+    leftovers: _Leftovers,
+    settings: WorkerSettings,
+    interrupt: Callable[[Job, str], object],
+    report: ReapReport,
+) -> None:
+    status = job.get_status(refresh=False) if job is not None else None
+    # Container first: it has the workspace mounted and the gateway's socket open.
+    remove_containers(leftovers.containers.get(session_id, []), report, session_id)
+    close_gateway(settings, session_id)
+    remove_dirs(leftovers.dirs.get(session_id, []), report)
+    log.warning("reaper: removed the leftovers of %s (job %s)", session_id, status or "unknown")
+    if job is not None and status in (JobStatus.STARTED, JobStatus.FAILED, JobStatus.STOPPED):
+        try:
+            if interrupt(job, WORKER_STOPPED) == "edited":
+                report.interrupted.append(session_id)
+        except Exception as exc:
+            report.errors.append(f"{session_id}: comment: {type(exc).__name__}: {exc}")
 
 
 # -- gVisor orphans -----------------------------------------------------------------------

@@ -198,7 +198,7 @@ def sweep(
         report.skipped = f"redis unreachable ({type(exc).__name__})"
         return report
     try:
-        _sweep(settings, redis, since, budget, gap, pause, per_page, report)
+        _sweep(settings, redis, since, _Pace(budget, gap, pause, per_page), report)
     except RedisError as exc:
         report.errors.append(f"redis failed during the sweep ({type(exc).__name__})")
     finally:
@@ -214,21 +214,25 @@ def sweep(
     return report
 
 
+@dataclass(frozen=True)
+class _Pace:
+    """How hard one sweep may ask: `budget` redeliveries, `gap` seconds apart (waited out with
+    `pause`), listing `per_page` attempts a page."""
+
+    budget: int
+    gap: float
+    pause: Callable[[float], None]
+    per_page: int
+
+
 def _sweep(
-    settings: WorkerSettings,
-    redis: Redis,
-    since: timedelta,
-    budget: int,
-    gap: float,
-    pause: Callable[[float], None],
-    per_page: int,
-    report: SweepReport,
+    settings: WorkerSettings, redis: Redis, since: timedelta, pace: _Pace, report: SweepReport
 ) -> None:
     moment = datetime.now(UTC)
     # Keep the client in a variable: `.rest` holds only a weak reference to it.
     gh = app_client(settings)
     try:
-        attempts = _list_attempts(gh, moment - since, per_page, report)
+        attempts = _list_attempts(gh, moment - since, pace.per_page, report)
     except GitHubException as exc:
         # Half a log could hide an event's success: act on none of it.
         report.errors.append(f"listing deliveries failed: {_describe(exc)}")
@@ -255,7 +259,7 @@ def _sweep(
             if moment - last < backoff(len(redeliveries)):
                 report.backing_off += 1
                 continue
-        if requests >= budget:
+        if requests >= pace.budget:
             report.deferred += 1
             continue
         latest = max(tries, key=lambda t: (t.delivered_at, t.id))
@@ -263,7 +267,7 @@ def _sweep(
             report.in_flight += 1
             continue
         if requests:
-            pause(gap)
+            pace.pause(pace.gap)
         requests += 1
         try:
             gh.rest.apps.redeliver_webhook_delivery(latest.id)

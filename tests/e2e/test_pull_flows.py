@@ -20,6 +20,7 @@ from tests.e2e.conftest import (
     leftover_containers,
 )
 from tests.standins.anthropic import Structured, Text, ToolUse
+from tests.standins.github_pulls import NewPull
 from tests.support import (
     issue_comment_payload,
     pointed_at,
@@ -36,12 +37,14 @@ HELLO = "def greet():\n    return 'hello'\n"
 def open_pull(service, branch: str, title: str, **kw):
     return service.github.add_pull(
         REPO,
-        branch,
-        title=title,
-        body="Please review.",
-        user_login="octocat",
-        files={"greet.py": GREETING},
-        **kw,
+        NewPull(
+            branch,
+            title=title,
+            body="Please review.",
+            user_login="octocat",
+            files={"greet.py": GREETING},
+            **kw,
+        ),
     )
 
 
@@ -72,7 +75,10 @@ def test_inline_review_comment_gets_a_threaded_reply_and_a_commit(service):
     gh, api = service.github, service.anthropic
     pr = open_pull(service, "feature/inline", "Inline change")
     asked = gh.add_review_comment(
-        REPO, pr.number, "greet.py", 2, "/claude say hello here", "octocat"
+        REPO,
+        pr.number,
+        {"path": "greet.py", "line": 2, "body": "/claude say hello here"},
+        "octocat",
     )
     api.script(
         [
@@ -98,12 +104,14 @@ def test_fork_pull_request_gets_a_follow_up_pull_request_where_the_repo_asks(ser
     gh, api = service.github, service.anthropic
     pr = gh.add_pull(
         FOLLOW_UPS,
-        "patch-1",
-        title="Fork change",
-        body="Please review.",
-        user_login="octocat",
-        files={"greet.py": GREETING},
-        fork_full_name="stranger/follow-ups",
+        NewPull(
+            "patch-1",
+            title="Fork change",
+            body="Please review.",
+            user_login="octocat",
+            files={"greet.py": GREETING},
+            fork_full_name="stranger/follow-ups",
+        ),
     )
     branches_before = gh.branches(FOLLOW_UPS)
     api.script(
@@ -218,11 +226,13 @@ def test_labelled_pull_request_gets_a_review_with_inline_comments(service):
     gh, api = service.github, service.anthropic
     pr = gh.add_pull(
         REVIEWED,
-        "feature/review-me",
-        title="Change greeting",
-        body="Please",
-        user_login="octocat",
-        files={"greet.py": HELLO},
+        NewPull(
+            "feature/review-me",
+            title="Change greeting",
+            body="Please",
+            user_login="octocat",
+            files={"greet.py": HELLO},
+        ),
     )
     heads_before = gh.branches(REVIEWED)
     api.script([Structured(REVIEW)])
@@ -262,11 +272,13 @@ def test_review_command_on_a_pull_request(service):
     gh, api = service.github, service.anthropic
     pr = gh.add_pull(
         REVIEWED,
-        "feature/ask-review",
-        title="Another",
-        body="",
-        user_login="octocat",
-        files={"greet.py": HELLO},
+        NewPull(
+            "feature/ask-review",
+            title="Another",
+            body="",
+            user_login="octocat",
+            files={"greet.py": HELLO},
+        ),
     )
     api.script([Structured(REVIEW)])
     body = "/claude review the naming"

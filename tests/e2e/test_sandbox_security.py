@@ -498,15 +498,12 @@ def test_the_container_is_locked_down(service):
 
 
 @pytest.fixture(scope="module")
-def limited(github, anthropic, redis_server, agent_image, tmp_path_factory):
+def limited(stand_ins, tmp_path_factory):
     """The service with small sandbox limits, so that attacks reach them in seconds."""
     with run_service(
         "limited",
         2,
-        github,
-        anthropic,
-        redis_server,
-        agent_image,
+        stand_ins,
         tmp_path_factory,
         inherit_sandbox=False,
         WEB_CONCURRENCY="1",
@@ -634,7 +631,7 @@ def test_after_the_attacks_the_same_worker_serves_a_normal_session(limited):
 
 
 @pytest.fixture(scope="module")
-def gvisor(github, anthropic, redis_server, agent_image, tmp_path_factory):
+def gvisor(stand_ins, tmp_path_factory):
     runtimes = docker.from_env().info().get("Runtimes", {})
     if "runsc" not in runtimes:
         pytest.fail(
@@ -646,10 +643,7 @@ def gvisor(github, anthropic, redis_server, agent_image, tmp_path_factory):
     with run_service(
         "gvisor",
         3,
-        github,
-        anthropic,
-        redis_server,
-        agent_image,
+        stand_ins,
         tmp_path_factory,
         inherit_sandbox=False,
         WEB_CONCURRENCY="1",

@@ -229,6 +229,20 @@ class _QuietHandler(WSGIRequestHandler):
 # --------------------------------------------------------------------------- the stand-in
 
 
+@dataclass
+class _Call:
+    """One REST call as the stand-in handles it: who made it, with what, and what it answers."""
+
+    request: Request
+    template: str | None
+    auth_kind: str | None = None
+    rate_key: str | None = None
+    payload: Any = None
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
@@ -662,51 +676,8 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
                 f"{json.dumps(ids)} is not an array.",
             )
         installed = [r for r in self._repos.values() if r.installation_id == installation_id]
-        selected: list[Repo] | None = None
-        if names or ids:
-            if len(names or []) + len(ids or []) > 500:
-                raise ApiError(422, "Too many repositories requested (maximum is 500).")
-            selected = []
-            for wanted in names or []:
-                match = next((r for r in installed if r.name.lower() == str(wanted).lower()), None)
-                if match is None:
-                    raise ApiError(
-                        422,
-                        "There is at least one repository that does not exist or is not "
-                        "accessible to the parent installation.",
-                    )
-                if match not in selected:
-                    selected.append(match)
-            for wanted_id in ids or []:
-                match = next((r for r in installed if r.id == wanted_id), None)
-                if match is None:
-                    raise ApiError(
-                        422,
-                        "There is at least one repository that does not exist or is not "
-                        "accessible to the parent installation.",
-                    )
-                if match not in selected:
-                    selected.append(match)
-
-        requested = body.get("permissions")
-        if requested is None:
-            permissions = dict(inst.permissions)
-        else:
-            if not isinstance(requested, dict):
-                raise ApiError(
-                    422,
-                    "Invalid request.\n\nFor 'properties/permissions', "
-                    f"{json.dumps(requested)} is not an object.",
-                )
-            for name, level in requested.items():
-                granted = PERMISSION_LEVELS.get(inst.permissions.get(name, "none"), 0)
-                wanted_level = PERMISSION_LEVELS.get(level) if isinstance(level, str) else None
-                if wanted_level is None or wanted_level == 0 or wanted_level > granted:
-                    raise ApiError(
-                        422, "The permissions requested are not granted to this installation."
-                    )
-            permissions = dict(requested)
-            permissions.setdefault("metadata", "read")
+        selected = _selected_repos(installed, names or [], ids or []) if names or ids else None
+        permissions = _granted_permissions(inst.permissions, body.get("permissions"))
 
         value = "ghs_" + "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(36))
         token = Token(
@@ -770,33 +741,32 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
         if fault is not None:
             return self._fault_response(request, fault, template=template, api=True)
         doc = DOCS
-        auth_kind = None
-        rate_key = None
-        status, body, headers = 500, None, {}
-        payload: Any = None
+        call = _Call(request, template)
         try:
-            auth_kind, credential = self._authenticate(request)
+            call.auth_kind, credential = self._authenticate(request)
             if isinstance(credential, Token):
-                rate_key = f"installation:{credential.installation_id}"
-            elif auth_kind == "jwt":
-                rate_key = "app"
+                call.rate_key = f"installation:{credential.installation_id}"
+            elif call.auth_kind == "jwt":
+                call.rate_key = "app"
             if template is None:
                 raise ApiError(404, "Not Found")
             handler_name, doc_path = ALL_ROUTES[(request.method, template)]
             doc = f"{DOCS}/{doc_path}"
-            payload = self._json_body(request)
+            call.payload = self._json_body(request)
             with self._lock:
                 handler = getattr(self, f"_h_{handler_name}")
-                status, body, headers = handler(
-                    credential=credential, auth=auth_kind, payload=payload, request=request, **args
+                call.status, call.body, call.headers = handler(
+                    credential=credential,
+                    auth=call.auth_kind,
+                    payload=call.payload,
+                    request=request,
+                    **args,
                 )
         except ApiError as exc:
-            status = exc.status
-            body = Objects.error(exc.message, doc, exc.status, exc.errors)
-            headers = exc.headers
-        return self._api_response(
-            request, template, status, body, headers, auth_kind, payload, rate_key
-        )
+            call.status = exc.status
+            call.body = Objects.error(exc.message, doc, exc.status, exc.errors)
+            call.headers = exc.headers
+        return self._api_response(call)
 
     def _json_body(self, request: Request) -> Any:
         raw = request.get_data(cache=True)
@@ -870,18 +840,9 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
             raise ApiError(401, "'Issuer' claim ('iss') must be an Integer")
         return claims
 
-    def _api_response(
-        self,
-        request: Request,
-        template: str | None,
-        status: int,
-        body: Any,
-        headers: dict[str, str],
-        auth_kind: str | None,
-        payload: Any,
-        rate_key: str | None,
-    ) -> Response:
-        out_headers = self._common_headers(request, rate_key)
+    def _api_response(self, call: _Call) -> Response:
+        request, status, body = call.request, call.status, call.body
+        out_headers = self._common_headers(request, call.rate_key)
         if isinstance(body, RawBody):  # a diff, a patch, raw file content
             data = body.data.encode() if isinstance(body.data, str) else body.data
             content_type = body.content_type
@@ -891,7 +852,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
             data = b"" if body is None else json.dumps(body).encode()
             content_type = "application/json; charset=utf-8"
             recorded = json.loads(data) if data else None
-        out_headers.update(headers)
+        out_headers.update(call.headers)
         if status == 200 and request.method == "GET" and data:
             out_headers["ETag"] = f'W/"{hashlib.sha256(data).hexdigest()}"'
             out_headers["Cache-Control"] = "private, max-age=60, s-maxage=60"
@@ -907,14 +868,14 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
             self.responses.append(
                 RecordedResponse(
                     method=request.method,
-                    template=template,
+                    template=call.template,
                     path=request.path,
                     status=status,
                     body=recorded if data else None,
                     headers=dict(response.headers),
                 )
             )
-        self._record_request(request, status, payload, auth_kind)
+        self._record_request(request, status, call.payload, call.auth_kind)
         return response
 
     def _common_headers(self, request: Request, rate_key: str | None = None) -> dict[str, str]:
@@ -1271,17 +1232,20 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
                     self.pushes.append(push)
 
         relative = repo.path.relative_to(self.git_root).as_posix()
-        result = gitops.run_http_backend(
-            project_root=self.git_root,
+        cgi = gitops.CGIRequest(
+            method=request.method,
             path_info=f"/{relative}/{rest}",
             query_string=request.query_string.decode(),
-            method=request.method,
             headers=headers,
             body=body,
             remote_user=self.bot_login,
             remote_addr=request.remote_addr or "127.0.0.1",
-            env={**self._git_env, "STANDIN_WORKFLOWS_WRITE": "1" if workflows else "0"},
-            on_complete=on_complete,
+        )
+        result = gitops.run_http_backend(
+            self.git_root,
+            cgi,
+            {**self._git_env, "STANDIN_WORKFLOWS_WRITE": "1" if workflows else "0"},
+            on_complete,
         )
         self._record_request(request, result.status, None, "basic")
         response = Response(
@@ -1307,3 +1271,44 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
         return Response(
             text, status=status, headers=headers, content_type="text/plain; charset=utf-8"
         )
+
+
+_NOT_ACCESSIBLE = (
+    "There is at least one repository that does not exist or is not "
+    "accessible to the parent installation."
+)
+
+
+def _selected_repos(installed: list[Repo], names: list[Any], ids: list[Any]) -> list[Repo]:
+    """The repositories a token asks for by name and by id, each once, first asked first."""
+    if len(names) + len(ids) > 500:
+        raise ApiError(422, "Too many repositories requested (maximum is 500).")
+    found = [next((r for r in installed if r.name.lower() == str(n).lower()), None) for n in names]
+    found += [next((r for r in installed if r.id == i), None) for i in ids]
+    selected: list[Repo] = []
+    for match in found:
+        if match is None:
+            raise ApiError(422, _NOT_ACCESSIBLE)
+        if match not in selected:
+            selected.append(match)
+    return selected
+
+
+def _granted_permissions(installed: dict[str, str], requested: Any) -> dict[str, str]:
+    """What a token may do: all the installation may, or the part of it the request names."""
+    if requested is None:
+        return dict(installed)
+    if not isinstance(requested, dict):
+        raise ApiError(
+            422,
+            "Invalid request.\n\nFor 'properties/permissions', "
+            f"{json.dumps(requested)} is not an object.",
+        )
+    for name, level in requested.items():
+        granted = PERMISSION_LEVELS.get(installed.get(name, "none"), 0)
+        wanted_level = PERMISSION_LEVELS.get(level) if isinstance(level, str) else None
+        if wanted_level is None or wanted_level == 0 or wanted_level > granted:
+            raise ApiError(422, "The permissions requested are not granted to this installation.")
+    permissions = dict(requested)
+    permissions.setdefault("metadata", "read")
+    return permissions

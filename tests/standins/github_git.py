@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from io import BufferedReader
 from pathlib import Path
 
 from .github_objects import PRStats
@@ -547,16 +548,22 @@ class CGIResult:
     body: Iterator[bytes]
 
 
+@dataclass(frozen=True)
+class CGIRequest:
+    """The parts of a smart-HTTP request ``git http-backend`` reads (``headers`` lower-cased)."""
+
+    method: str
+    path_info: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes
+    remote_user: str
+    remote_addr: str
+
+
 def run_http_backend(
-    *,
     project_root: Path,
-    path_info: str,
-    query_string: str,
-    method: str,
-    headers: dict[str, str],
-    body: bytes,
-    remote_user: str,
-    remote_addr: str,
+    request: CGIRequest,
     env: dict[str, str],
     on_complete: Callable[[int], None] | None = None,
 ) -> CGIResult:
@@ -566,32 +573,13 @@ def run_http_backend(
     answer is handed to the client, so whatever it records is visible once the client's git
     command returns.
     """
-    cgi_env = {
-        **env,
-        "GIT_PROJECT_ROOT": str(project_root),
-        "GIT_HTTP_EXPORT_ALL": "1",
-        "GATEWAY_INTERFACE": "CGI/1.1",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path_info,
-        "QUERY_STRING": query_string,
-        "REMOTE_USER": remote_user,
-        "REMOTE_ADDR": remote_addr,
-        "CONTENT_TYPE": headers.get("content-type", ""),
-    }
-    if method == "POST":
-        cgi_env["CONTENT_LENGTH"] = str(len(body))
-    for name, value in headers.items():
-        if name in ("authorization", "content-type", "content-length", "transfer-encoding"):
-            continue
-        cgi_env["HTTP_" + name.upper().replace("-", "_")] = value
-
+    body = request.body
     proc = subprocess.Popen(
         ["git", "http-backend"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=cgi_env,
+        env=_cgi_env(project_root, request, env),
     )
 
     def feed() -> None:
@@ -609,26 +597,8 @@ def run_http_backend(
     feeder.start()
     drainer.start()
 
-    # CGI header block
-    raw = b""
-    while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
-        chunk = proc.stdout.read1(65536)
-        if not chunk:
-            break
-        raw += chunk
-    sep = b"\r\n\r\n" if b"\r\n\r\n" in raw else b"\n\n"
-    head, _, rest = raw.partition(sep)
-    status, reason = 200, "OK"
-    out_headers: list[tuple[str, str]] = []
-    for line in head.decode("latin-1").splitlines():
-        if ":" not in line:
-            continue
-        name, value = (part.strip() for part in line.split(":", 1))
-        if name.lower() == "status":
-            code, _, reason = value.partition(" ")
-            status = int(code)
-        else:
-            out_headers.append((name, value))
+    head, rest = _read_cgi_head(proc.stdout)
+    status, reason, out_headers = _parse_cgi_head(head)
     if not head and not rest:
         proc.wait()
         status, reason = 500, "Internal Server Error"
@@ -657,3 +627,54 @@ def run_http_backend(
             proc.stdout.close()
 
     return CGIResult(status=status, reason=reason, headers=out_headers, body=stream())
+
+
+def _cgi_env(project_root: Path, request: CGIRequest, env: dict[str, str]) -> dict[str, str]:
+    cgi_env = {
+        **env,
+        "GIT_PROJECT_ROOT": str(project_root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path_info,
+        "QUERY_STRING": request.query_string,
+        "REMOTE_USER": request.remote_user,
+        "REMOTE_ADDR": request.remote_addr,
+        "CONTENT_TYPE": request.headers.get("content-type", ""),
+    }
+    if request.method == "POST":
+        cgi_env["CONTENT_LENGTH"] = str(len(request.body))
+    for name, value in request.headers.items():
+        if name in ("authorization", "content-type", "content-length", "transfer-encoding"):
+            continue
+        cgi_env["HTTP_" + name.upper().replace("-", "_")] = value
+    return cgi_env
+
+
+def _read_cgi_head(stdout: BufferedReader) -> tuple[bytes, bytes]:
+    """The CGI's header block, and what came after it in the same reads."""
+    raw = b""
+    while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
+        chunk = stdout.read1(65536)
+        if not chunk:
+            break
+        raw += chunk
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in raw else b"\n\n"
+    head, _, rest = raw.partition(sep)
+    return head, rest
+
+
+def _parse_cgi_head(head: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+    status, reason = 200, "OK"
+    headers: list[tuple[str, str]] = []
+    for line in head.decode("latin-1").splitlines():
+        if ":" not in line:
+            continue
+        name, value = (part.strip() for part in line.split(":", 1))
+        if name.lower() == "status":
+            code, _, reason = value.partition(" ")
+            status = int(code)
+        else:
+            headers.append((name, value))
+    return status, reason, headers

@@ -103,6 +103,31 @@ class HookDelivery:
         return json.loads(self.body)
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """An event as it goes out to a webhook URL."""
+
+    event: str
+    body: bytes
+    url: str
+    secret: str | None
+    guid: str
+    redelivery: bool = False
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """How a webhook answered one delivery (``status_code`` 0: no HTTP response)."""
+
+    delivered_at: datetime
+    status_code: int
+    status: str
+    duration: float
+    request_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str | None = None
+
+
 def _status_text(code: int) -> str:
     return "OK" if 200 <= code < 300 else f"Invalid HTTP Response: {code}"
 
@@ -182,7 +207,7 @@ class HooksMixin:
         if not target:
             raise ValueError("no webhook URL: pass url= or call set_webhook() first")
         body = json.dumps(payload, separators=(",", ":")).encode()
-        return self._send(event, body, target, key, guid or str(uuid.uuid4()), redelivery=False)
+        return self._send(_Sent(event, body, target, key, guid or str(uuid.uuid4())))
 
     def record_delivery(
         self,
@@ -194,26 +219,27 @@ class HooksMixin:
         guid: str | None = None,
         delivered_at: datetime | None = None,
         redelivery: bool = False,
-        url: str | None = None,
-        secret: str | None = None,
-        duration: float = 0.05,
     ) -> HookDelivery:
-        """Log a delivery without sending it: history (``delivered_at`` in the past), or many
-        deliveries at once. A redelivery of it is sent for real."""
+        """Log a delivery to the configured webhook without sending it: history
+        (``delivered_at`` in the past), or many deliveries at once. A redelivery of it is sent
+        for real."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         with self._lock:
-            return self._log(
+            sent = _Sent(
                 event,
                 body,
-                url or self.webhook_url or "http://127.0.0.1:9/webhooks",
-                secret if secret is not None else self.webhook_secret,
+                self.webhook_url or "http://127.0.0.1:9/webhooks",
+                self.webhook_secret,
                 guid or str(uuid.uuid4()),
                 redelivery=redelivery,
+            )
+            answer = _Answer(
                 delivered_at=delivered_at or now(),
                 status_code=status_code,
                 status=status or (_status_text(status_code) if status_code else "timed out"),
-                duration=duration,
+                duration=0.05,
             )
+            return self._log(sent, answer)
 
     @property
     def hook_deliveries(self) -> list[HookDelivery]:
@@ -254,28 +280,26 @@ class HooksMixin:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(
-        self, event: str, body: bytes, url: str, secret: str | None, guid: str, *, redelivery: bool
-    ) -> HookDelivery:
+    def _send(self, sent: _Sent) -> HookDelivery:
         headers = {
             "Accept": "*/*",
             "Content-Type": "application/json",
             "User-Agent": HOOKSHOT_AGENT,
-            "X-GitHub-Delivery": guid,
-            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": sent.guid,
+            "X-GitHub-Event": sent.event,
             "X-GitHub-Hook-ID": str(self.hook_id),
             "X-GitHub-Hook-Installation-Target-ID": str(self.app_id),
             "X-GitHub-Hook-Installation-Target-Type": "integration",
         }
-        if secret:
-            headers.update(_signatures(secret, body))
+        if sent.secret:
+            headers.update(_signatures(sent.secret, sent.body))
         started_at = now()
         start = time.monotonic()
         response_headers: dict[str, str] = {}
         response_body: str | None = None
         try:
             with httpx.Client(timeout=self.delivery_timeout, follow_redirects=False) as client:
-                answer = client.post(url, content=body, headers=headers)
+                answer = client.post(sent.url, content=sent.body, headers=headers)
             status_code, status = answer.status_code, _status_text(answer.status_code)
             response_headers = dict(answer.headers)
             response_body = answer.text[:MAX_RESPONSE_BODY]
@@ -285,57 +309,38 @@ class HooksMixin:
             status_code, status = 0, "failed to connect"
         with self._lock:
             return self._log(
-                event,
-                body,
-                url,
-                secret,
-                guid,
-                redelivery=redelivery,
-                delivered_at=started_at,
-                status_code=status_code,
-                status=status,
-                duration=round(time.monotonic() - start, 3),
-                request_headers=headers,
-                response_headers=response_headers,
-                response_body=response_body,
+                sent,
+                _Answer(
+                    delivered_at=started_at,
+                    status_code=status_code,
+                    status=status,
+                    duration=round(time.monotonic() - start, 3),
+                    request_headers=headers,
+                    response_headers=response_headers,
+                    response_body=response_body,
+                ),
             )
 
-    def _log(
-        self,
-        event: str,
-        body: bytes,
-        url: str,
-        secret: str | None,
-        guid: str,
-        *,
-        redelivery: bool,
-        delivered_at: datetime,
-        status_code: int,
-        status: str,
-        duration: float,
-        request_headers: dict[str, str] | None = None,
-        response_headers: dict[str, str] | None = None,
-        response_body: str | None = None,
-    ) -> HookDelivery:
-        action, installation_id, repository_id = _ids_of(json.loads(body))
+    def _log(self, sent: _Sent, answer: _Answer) -> HookDelivery:
+        action, installation_id, repository_id = _ids_of(json.loads(sent.body))
         delivery = HookDelivery(
             id=next(self._delivery_ids),
-            guid=guid,
-            event=event,
+            guid=sent.guid,
+            event=sent.event,
             action=action,
             installation_id=installation_id,
             repository_id=repository_id,
-            url=url,
-            body=body,
-            delivered_at=delivered_at,
-            redelivery=redelivery,
-            status_code=status_code,
-            status=status,
-            duration=duration,
-            request_headers=dict(request_headers or {}),
-            response_headers=dict(response_headers or {}),
-            response_body=response_body,
-            secret=secret,
+            url=sent.url,
+            body=sent.body,
+            delivered_at=answer.delivered_at,
+            redelivery=sent.redelivery,
+            status_code=answer.status_code,
+            status=answer.status,
+            duration=answer.duration,
+            request_headers=dict(answer.request_headers),
+            response_headers=dict(answer.response_headers),
+            response_body=answer.response_body,
+            secret=sent.secret,
         )
         self._hook_deliveries[delivery.id] = delivery
         return delivery
@@ -450,7 +455,7 @@ class HooksMixin:
         event, body, guid = original.event, copy.copy(original.body), original.guid
 
         def send() -> None:
-            self._send(event, body, url, secret, guid, redelivery=True)
+            self._send(_Sent(event, body, url, secret, guid, redelivery=True))
 
         self.redelivery_requests.append(delivery_id)
         if self._held is not None:

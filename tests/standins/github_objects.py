@@ -243,6 +243,19 @@ class Review:
         return self.pull.number
 
 
+@dataclass(frozen=True)
+class PullView:
+    """A pull request's live state as one caller sees it: its head and base commits, its
+    author's association, and the caller's permissions on the base and (None: not visible)
+    the head repository."""
+
+    head_sha: str
+    base_sha: str
+    author_association: str
+    repo_permissions: dict[str, bool]
+    head_permissions: dict[str, bool] | None = None
+
+
 @dataclass
 class ReviewComment:
     """An inline comment on a pull request's diff (a "pull request review comment")."""
@@ -720,15 +733,10 @@ class Objects:
 
     # pull requests -----------------------------------------------------------------
 
-    def _pull_base(
-        self,
-        pr: PullRequest,
-        head_sha: str,
-        base_sha: str,
-        author_association: str,
-        repo_permissions: dict[str, bool],
-        head_permissions: dict[str, bool] | None,
-    ) -> dict[str, Any]:
+    def _pull_base(self, pr: PullRequest, view: PullView) -> dict[str, Any]:
+        head_sha, base_sha = view.head_sha, view.base_sha
+        author_association = view.author_association
+        repo_permissions, head_permissions = view.repo_permissions, view.head_permissions
         repo_api = f"{self.api}/repos/{pr.full_name}"
         url = f"{repo_api}/pulls/{pr.number}"
         html = f"{self.web}/{pr.full_name}/pull/{pr.number}"
@@ -799,34 +807,18 @@ class Objects:
             "active_lock_reason": None,
         }
 
-    def pull_request_simple(
-        self,
-        pr: PullRequest,
-        head_sha: str,
-        base_sha: str,
-        author_association: str,
-        repo_permissions: dict[str, bool],
-        head_permissions: dict[str, bool] | None = None,
-    ) -> dict[str, Any]:
-        return self._pull_base(
-            pr, head_sha, base_sha, author_association, repo_permissions, head_permissions
-        )
+    def pull_request_simple(self, pr: PullRequest, view: PullView) -> dict[str, Any]:
+        return self._pull_base(pr, view)
 
     def pull_request(
         self,
         pr: PullRequest,
-        head_sha: str,
-        base_sha: str,
-        author_association: str,
-        repo_permissions: dict[str, bool],
+        view: PullView,
         stats: PRStats,
         comment_count: int,
         review_comment_count: int = 0,
-        head_permissions: dict[str, bool] | None = None,
     ) -> dict[str, Any]:
-        body = self._pull_base(
-            pr, head_sha, base_sha, author_association, repo_permissions, head_permissions
-        )
+        body = self._pull_base(pr, view)
         body.update(
             {
                 "merged": False,

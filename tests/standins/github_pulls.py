@@ -36,6 +36,7 @@ from .github_objects import (
     Issue,
     Objects,
     PullRequest,
+    PullView,
     Reaction,
     Repo,
     Review,
@@ -168,6 +169,30 @@ def validation_failed(resource: str, field: str, message: str, code: str = "cust
     return ApiError(422, "Validation Failed", errors=[error])
 
 
+@dataclass(frozen=True)
+class NewPull:
+    """A pull request for a test to open, by ``user_login`` from ``head_branch`` into ``base``.
+
+    ``files`` (path -> text; ``None`` deletes) are committed, by the author, on
+    ``head_branch`` made from ``base`` (or on top of it when it exists already). With
+    ``fork_full_name`` the head branch lives in that fork of the repository (created on
+    first use, owned by its owner, outside every installation). ``labels`` are shared with
+    the issue twin. The number is the repository's next one unless given."""
+
+    head_branch: str
+    base: str = "main"
+    title: str = "Proposed changes"
+    body: str | None = None
+    user_login: str = "octocat"
+    files: dict[str, str | bytes | gitops.Symlink | None] | None = None
+    fork_full_name: str | None = None
+    labels: Iterable[str] = ()
+    draft: bool = False
+    number: int | None = None
+    user_id: int | None = None
+    message: str | None = None
+
+
 class PullRequestsMixin:
     """Pull requests for ``GitHubStandIn``; the attributes below are the stand-in's."""
 
@@ -205,33 +230,18 @@ class PullRequestsMixin:
 
     # ------------------------------------------------------------------ builders
 
-    def add_pull(
-        self,
-        full_name: str,
-        head_branch: str,
-        base: str = "main",
-        title: str = "Proposed changes",
-        body: str | None = None,
-        user_login: str = "octocat",
-        files: dict[str, str | bytes | gitops.Symlink | None] | None = None,
-        fork_full_name: str | None = None,
-        *,
-        labels: Iterable[str] = (),
-        draft: bool = False,
-        number: int | None = None,
-        user_id: int | None = None,
-        message: str | None = None,
-    ) -> PullRequest:
-        """Open a pull request by ``user_login`` from ``head_branch`` into ``base``.
-
-        ``files`` (path -> text; ``None`` deletes) are committed, by the author, on
-        ``head_branch`` made from ``base`` (or on top of it when it exists already). With
-        ``fork_full_name`` the head branch lives in that fork of ``full_name`` (created on
-        first use, owned by its owner, outside every installation). ``labels`` are shared with
-        the issue twin. The number is the repository's next one unless given."""
+    def add_pull(self, full_name: str, new: NewPull) -> PullRequest:
+        """Open the pull request ``new`` describes on ``full_name``."""
+        head_branch, base, title, body = new.head_branch, new.base, new.title, new.body
+        files, fork_full_name, number, message = (
+            new.files,
+            new.fork_full_name,
+            new.number,
+            new.message,
+        )
         with self._lock:
             repo = self._repo(full_name)
-            user = self.add_user(user_login, user_id)
+            user = self.add_user(new.user_login, new.user_id)
             env = self._git_env
             base_sha = gitops.rev_parse(repo.path, f"refs/heads/{base}", env)
             if base_sha is None:
@@ -265,9 +275,9 @@ class PullRequestsMixin:
                 head_sha=head_sha,
                 base_ref=base,
                 base_sha=base_sha,
-                draft=draft,
+                draft=new.draft,
                 head_repo=head_repo,
-                labels=list(labels),
+                labels=list(new.labels),
             )
             self._register_pull(pr)
             return pr
@@ -329,43 +339,43 @@ class PullRequestsMixin:
         self,
         full_name: str,
         pull_number: int,
-        path: str,
-        line: int | None,
-        body: str,
+        comment: dict[str, Any],
         user_login: str,
-        in_reply_to: int | None = None,
-        review_id: int | None = None,
         *,
-        side: str = "RIGHT",
-        start_line: int | None = None,
-        start_side: str | None = None,
+        review_id: int | None = None,
         commit_id: str | None = None,
     ) -> ReviewComment:
-        """An inline comment by ``user_login`` (its own COMMENTED review unless ``review_id``),
-        or with ``in_reply_to`` a reply in that comment's thread (``path``/``line`` ignored)."""
+        """An inline comment by ``user_login``, in its own COMMENTED review unless ``review_id``;
+        ``comment`` is as ``add_review`` takes them (``path``, ``line``, ``body`` and optionally
+        ``side``, ``start_line``, ``start_side``)."""
         with self._lock:
             pr = self.pull(full_name, pull_number)
             user = self.add_user(user_login)
-            if in_reply_to is not None:
-                parent = self._review_comments.get(in_reply_to)
-                if parent is None or parent.pull is not pr:
-                    raise ValueError(
-                        f"no review comment {in_reply_to} on {full_name}#{pull_number}"
-                    )
-                return self._reply(parent, user, body)
             commit = commit_id or self._head_sha(pr)
-            spec = {"path": path, "line": line, "side": side}
-            if start_line is not None:
-                spec.update(start_line=start_line, start_side=start_side or side)
+            spec = {"side": "RIGHT", **comment}
+            if spec.get("start_line") is not None:
+                spec.setdefault("start_side", spec["side"])
             try:
                 anchor = self._anchor(pr, commit, spec)
             except AnchorError as exc:
-                raise ValueError(f"{path}:{line}: {exc.review}") from None
+                raise ValueError(f"{spec['path']}:{spec['line']}: {exc.review}") from None
             if review_id is None:
                 review = self._new_review(pr, user, "", "COMMENTED", commit)
             else:
                 review = self._reviews[review_id]
-            return self._new_review_comment(pr, review, user, body, anchor, commit)
+            return self._new_review_comment(pr, review, user, spec["body"], anchor, commit)
+
+    def add_review_reply(
+        self, full_name: str, pull_number: int, in_reply_to: int, body: str, user_login: str
+    ) -> ReviewComment:
+        """A reply by ``user_login`` in the thread of review comment ``in_reply_to``."""
+        with self._lock:
+            pr = self.pull(full_name, pull_number)
+            user = self.add_user(user_login)
+            parent = self._review_comments.get(in_reply_to)
+            if parent is None or parent.pull is not pr:
+                raise ValueError(f"no review comment {in_reply_to} on {full_name}#{pull_number}")
+            return self._reply(parent, user, body)
 
     # ------------------------------------------------------------------ accessors
 
@@ -663,24 +673,19 @@ class PullRequestsMixin:
         association = self._author_association(pr.repo, pr.user)
         perms = self._repo_permissions(token)
         head_perms = perms if self._visible(token, pr.head_repository) else None
+        view = PullView(head_sha, base_sha, association, perms, head_perms)
         if not full:
-            return self.objects.pull_request_simple(
-                pr, head_sha, base_sha, association, perms, head_perms
-            )
+            return self.objects.pull_request_simple(pr, view)
         stats = gitops.pr_stats(pr.repo.path, base_sha, head_sha, self._git_env)
         comments = sum(
             1 for c in self._comments.values() if c.repo is pr.repo and c.issue_number == pr.number
         )
         return self.objects.pull_request(
             pr,
-            head_sha,
-            base_sha,
-            association,
-            perms,
+            view,
             stats,
             comments,
             review_comment_count=len(self._visible_review_comments(pr)),
-            head_permissions=head_perms,
         )
 
     def _review_json(self, review: Review) -> dict[str, Any]:
