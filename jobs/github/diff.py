@@ -288,32 +288,7 @@ def parse_diff(text: str) -> DiffIndex:
         if m:
             i = _read_hunk(lines, i, m, cur["hunks"])
             continue
-        if line.startswith("new file mode"):
-            cur["status"] = "added"
-        elif line.startswith("deleted file mode"):
-            cur["status"] = "deleted"
-        elif line.startswith("rename from "):
-            cur["old"], cur["status"] = _unquote(line[12:].rstrip("\r")), "renamed"
-        elif line.startswith("rename to "):
-            cur["new"], cur["status"] = _unquote(line[10:].rstrip("\r")), "renamed"
-        elif line.startswith("copy from "):
-            cur["old"], cur["status"] = _unquote(line[10:].rstrip("\r")), "copied"
-        elif line.startswith("copy to "):
-            cur["new"], cur["status"] = _unquote(line[8:].rstrip("\r")), "copied"
-        elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
-            cur["binary"] = True
-        elif line.startswith("--- "):
-            name = _file_name(line[4:], "a/")
-            if name is None:
-                cur["status"] = "added"
-            else:
-                cur["old"] = name
-        elif line.startswith("+++ "):
-            name = _file_name(line[4:], "b/")
-            if name is None:
-                cur["status"] = "deleted"
-            else:
-                cur["new"] = name
+        _header_line(line, cur)
         i += 1
     b.finish()
     return b.index
@@ -441,3 +416,33 @@ def annotate_diff(text: str) -> str:
                 break
             i += 1
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _header_line(line: str, cur: dict) -> None:
+    """What one line of a file's extended header says about it (status, names, binary)."""
+    if line.startswith("new file mode"):
+        cur["status"] = "added"
+    elif line.startswith("deleted file mode"):
+        cur["status"] = "deleted"
+    elif line.startswith("rename from "):
+        cur["old"], cur["status"] = _unquote(line[12:].rstrip("\r")), "renamed"
+    elif line.startswith("rename to "):
+        cur["new"], cur["status"] = _unquote(line[10:].rstrip("\r")), "renamed"
+    elif line.startswith("copy from "):
+        cur["old"], cur["status"] = _unquote(line[10:].rstrip("\r")), "copied"
+    elif line.startswith("copy to "):
+        cur["new"], cur["status"] = _unquote(line[8:].rstrip("\r")), "copied"
+    elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
+        cur["binary"] = True
+    elif line.startswith("--- "):
+        name = _file_name(line[4:], "a/")
+        if name is None:
+            cur["status"] = "added"
+        else:
+            cur["old"] = name
+    elif line.startswith("+++ "):
+        name = _file_name(line[4:], "b/")
+        if name is None:
+            cur["status"] = "deleted"
+        else:
+            cur["new"] = name
