@@ -418,20 +418,24 @@ def annotate_diff(text: str) -> str:
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
+# Extended header lines that name a side of a renamed or copied file.
+_NAMING = {
+    "rename from ": ("old", "renamed"),
+    "rename to ": ("new", "renamed"),
+    "copy from ": ("old", "copied"),
+    "copy to ": ("new", "copied"),
+}
+
+
 def _header_line(line: str, cur: dict) -> None:
     """What one line of a file's extended header says about it (status, names, binary)."""
     if line.startswith("new file mode"):
         cur["status"] = "added"
     elif line.startswith("deleted file mode"):
         cur["status"] = "deleted"
-    elif line.startswith("rename from "):
-        cur["old"], cur["status"] = _unquote(line[12:].rstrip("\r")), "renamed"
-    elif line.startswith("rename to "):
-        cur["new"], cur["status"] = _unquote(line[10:].rstrip("\r")), "renamed"
-    elif line.startswith("copy from "):
-        cur["old"], cur["status"] = _unquote(line[10:].rstrip("\r")), "copied"
-    elif line.startswith("copy to "):
-        cur["new"], cur["status"] = _unquote(line[8:].rstrip("\r")), "copied"
+    elif named := next((n for n in _NAMING if line.startswith(n)), None):
+        side, status = _NAMING[named]
+        cur[side], cur["status"] = _unquote(line[len(named) :].rstrip("\r")), status
     elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
         cur["binary"] = True
     elif line.startswith("--- "):
