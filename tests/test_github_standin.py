@@ -215,6 +215,10 @@ def test_app_identity_and_token_minting(github):
     assert me.id == github.app_id
     assert me.slug == github.app_slug == "claudecluster-test"
 
+    listed = app.rest.apps.list_installations(per_page=1).parsed_data
+    assert [(i.id, i.account.login, i.app_id) for i in listed] == [
+        (INSTALLATION, OWNER, github.app_id)
+    ]
     installation = app.rest.apps.get_repo_installation(OWNER, REPO).parsed_data
     assert installation.id == INSTALLATION
     assert installation.account.login == OWNER
@@ -250,7 +254,7 @@ def test_app_identity_and_token_minting(github):
         (INSTALLATION, {}, 201),
     ]
     jwt_requests = [r for r in github.requests if r.auth == "jwt"]
-    assert len(jwt_requests) == 4
+    assert len(jwt_requests) == 5
 
 
 def test_token_minting_refuses_more_than_the_installation_has(github):
@@ -1269,6 +1273,7 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
     """Exercise every endpoint (successes and typical errors) once."""
     app = app_client(standin)
     app.rest.apps.get_authenticated()
+    app.rest.apps.list_installations()
     app.rest.apps.get_repo_installation(OWNER, REPO)
     token = mint(standin)
     client = token_client(standin, token)

@@ -108,6 +108,10 @@ DEFAULT_APP_PERMISSIONS = {
 # (method, OpenAPI path template) -> handler name, documentation URL
 ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/app"): ("get_app", "apps/apps#get-the-authenticated-app"),
+    ("GET", "/app/installations"): (
+        "list_installations",
+        "apps/apps#list-installations-for-the-authenticated-app",
+    ),
     ("POST", "/app/installations/{installation_id}/access_tokens"): (
         "create_access_token",
         "apps/apps#create-an-installation-access-token-for-an-app",
@@ -1041,6 +1045,14 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
     def _h_get_app(self, *, auth: str | None, **_: Any) -> tuple[int, Any, dict[str, str]]:
         self._need_jwt(auth)
         return 200, self.objects.integration(len(self._installations)), {}
+
+    def _h_list_installations(
+        self, *, auth: str | None, request: Request, **_: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._need_jwt(auth)
+        found = [self.objects.installation(i) for i in self._installations.values()]
+        chunk, links = self._page(request, found, f"{self.api_url}/app/installations")
+        return 200, chunk, links
 
     def _h_create_access_token(
         self,
