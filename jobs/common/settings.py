@@ -62,7 +62,10 @@ class ConfigError(Exception):
 class CommonSettings(BaseSettings):
     """What every role shares: where Redis and the workspaces are. Nothing secret."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+    # An empty value is an unset one: the env files' examples list every variable as `NAME=`.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=True, env_ignore_empty=True
+    )
     ROLE: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ()
 
@@ -175,6 +178,9 @@ class WebSettings(CommonSettings):
     host: str = Field("0.0.0.0", alias="HOST")
     port: int = Field(8000, alias="PORT", gt=0, lt=65536)
     web_concurrency: int = Field(2, alias="WEB_CONCURRENCY", gt=0)
+    # Where GitHub reaches this web process (a tunnel or a public address); only checked by
+    # `claudecluster doctor`, since the web cannot see itself from outside.
+    public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
 
 
 class GatewaySettings(CommonSettings):
