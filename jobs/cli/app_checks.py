@@ -50,7 +50,8 @@ def authenticated_app(settings: WorkerSettings) -> tuple[dict[str, Any] | None, 
     except ConfigError as exc:
         return None, f"{exc} (in {where})"
     try:
-        app = app_client(settings).rest.apps.get_authenticated().json()
+        client = app_client(settings)  # held: `.rest` keeps only a weak reference to it
+        app = client.rest.apps.get_authenticated().json()
     except GitHubException as exc:
         return None, (
             f"{settings.github_api_url} refused the App's JWT ({_refusal(exc)}): check that "
@@ -67,7 +68,8 @@ def authenticated_app(settings: WorkerSettings) -> tuple[dict[str, Any] | None, 
 def installations_check(settings: WorkerSettings, app: dict[str, Any]) -> Check:
     install = f"install the App: {app.get('html_url', '')}/installations/new"
     try:
-        found = app_client(settings).rest.apps.list_installations(per_page=100).json()
+        client = app_client(settings)
+        found = client.rest.apps.list_installations(per_page=100).json()
     except GitHubException as exc:
         return Check("installations", False, f"not listed ({_refusal(exc)})")
     if not found:

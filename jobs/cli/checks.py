@@ -103,7 +103,7 @@ def webhook_secret_check(settings: WebSettings) -> Check:
             "webhook secret",
             False,
             f"GITHUB_WEBHOOK_SECRET is weak (under {WEAK_SECRET_LENGTH} characters, or a "
-            f"guessable value): replace it with a random one, {fix}",
+            f"guessable value): replace it with {fix}",
         )
     return Check("webhook secret", True, f"set in the web's settings ({len(secret)} characters)")
 
