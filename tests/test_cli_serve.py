@@ -1,0 +1,177 @@
+"""`claudecluster serve` as an operator starts it: the real console script, the Procfile's real
+processes, dockerd and an embedded redis-server; SIGTERM must leave none of them behind."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.cli_support import CLI, cli_env, write_env_files
+from tests.support import ROOT, free_port, wait_for
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (children in sessions of their own included)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, pending = set(), [pid]
+    while pending:
+        for child in parents.get(pending.pop(), []):
+            found.add(child)
+            pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def healthz(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_serve_runs_every_process_and_sigterm_stops_them_all(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "app.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    write_env_files(
+        tmp_path / "env",
+        web={"GITHUB_WEBHOOK_SECRET": secrets.token_hex(24)},
+        worker={"GITHUB_APP_ID": "1", "GITHUB_PRIVATE_KEY_PATH": str(tmp_path / "app.pem")},
+        gateway={"ANTHROPIC_API_KEY": "test-model-key-" + secrets.token_hex(16)},
+    )
+    port, redis_port = free_port(), free_port()
+    env = cli_env(tmp_path, HOST="127.0.0.1")
+    args = ["serve", "--port", str(port), "--redis-port", str(redis_port)]
+    args += ["--redis-dir", str(tmp_path / "redis")]
+    with (tmp_path / "serve.log").open("w") as log:
+        serve = subprocess.Popen([str(CLI), *args], env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: healthz(port), 180, 0.5, "GET /healthz through serve")
+        # Every Procfile process is up (gunicorn answered; the others run beside it).
+        wanted = ("gunicorn", "jobs.worker", "jobs.gateway.service", "jobs.egress.service")
+
+        def all_up() -> set[int]:
+            below = descendants(serve.pid)
+            commands = " ".join(command_of(pid) for pid in below)
+            return below if all(name in commands for name in wanted) else set()
+
+        children = wait_for(all_up, 60, 0.5, "every Procfile process")
+        redis_pid = next(pid for pid in children if "redis-server" in command_of(pid))
+        assert listening(redis_port)
+        worker = next(
+            pid for pid in children if command_of(pid).startswith("python -m jobs.worker")
+        )
+        seen = environ_of(worker)
+        assert seen["CLAUDECLUSTER_WAIT_FOR_CONFIG"] == "1"
+        assert seen["REDIS_URL"] == f"redis://localhost:{redis_port}/0"
+        assert "ANTHROPIC_API_KEY" not in seen and "GITHUB_WEBHOOK_SECRET" not in seen
+
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) != 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+    output = (tmp_path / "serve.log").read_text()
+
+    def left() -> list[tuple[int, str]]:
+        return [(pid, command_of(pid)) for pid in children | {redis_pid} if alive(pid)]
+
+    # A moment for the last exits to be reaped; a process still there after it was left behind.
+    try:
+        wait_for(lambda: not left(), 15, 0.2, "every child of serve to exit")
+    except AssertionError:
+        raise AssertionError(f"left running: {left()}\n{output[-3000:]}") from None
+    assert not listening(redis_port) and not listening(port)
+    assert f"embedded Redis on redis://localhost:{redis_port}/0" in output
+    assert "embedded Redis stopped" in output
+    assert "setup mode" not in output  # everything was configured
+
+
+def test_without_docker_serve_creates_the_env_files_then_names_the_fix(tmp_path):
+    env = cli_env(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/dead.sock")
+    port = free_port()
+    done = subprocess.run(
+        [str(CLI), "serve", "--port", str(port), "--redis-port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"Docker engine is not reachable at unix://{tmp_path}/dead.sock" in output
+    assert "dockerd" in output
+    for role in ("web", "worker", "gateway"):
+        path = tmp_path / "env" / f"{role}.env"
+        assert path.stat().st_mode & 0o777 == 0o600
+        example = ROOT / "deploy" / "env" / f"{role}.env.example"
+        assert path.read_text() == example.read_text()
+        assert f"created {path} (mode 0600)" in output
+    # Missing credentials do not stop it: setup mode will ask for them.
+    assert "GITHUB_APP_ID is not set" in output and "ANTHROPIC_API_KEY is not set" in output
+    assert f"open http://localhost:{port}/setup" in output
+    assert not (tmp_path / "redis").exists()  # nothing was started
+
+
+def test_a_secret_in_the_wrong_roles_file_stops_serve(tmp_path):
+    secret = secrets.token_hex(24)
+    write_env_files(tmp_path / "env", worker={"GITHUB_WEBHOOK_SECRET": secret})
+    done = subprocess.run(
+        [str(CLI), "serve", "--port", str(free_port()), "--redis-port", str(free_port())],
+        env=cli_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "GITHUB_WEBHOOK_SECRET is set in" in output and "only the web may hold it" in output
+    assert secret not in output
