@@ -3,12 +3,14 @@ processes, dockerd and an embedded redis-server; SIGTERM must leave none of them
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
+import docker
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -85,7 +87,10 @@ def test_serve_runs_every_process_and_sigterm_stops_them_all(tmp_path):
         gateway={"ANTHROPIC_API_KEY": "test-model-key-" + secrets.token_hex(16)},
     )
     port, redis_port = free_port(), free_port()
-    env = cli_env(tmp_path, HOST="127.0.0.1")
+    # A tag of the tests' own, missing: serve builds it (from the build cache the agent image
+    # left, so in seconds) before it starts anything.
+    image = f"claudecluster/agent:serve-test-{secrets.token_hex(4)}"
+    env = cli_env(tmp_path, HOST="127.0.0.1", AGENT_IMAGE=image)
     args = ["serve", "--port", str(port), "--redis-port", str(redis_port)]
     args += ["--redis-dir", str(tmp_path / "redis")]
     with (tmp_path / "serve.log").open("w") as log:
@@ -117,6 +122,8 @@ def test_serve_runs_every_process_and_sigterm_stops_them_all(tmp_path):
         if serve.poll() is None:
             serve.kill()
             serve.wait(10)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker.from_env().images.remove(image)  # the tag only: the image is the agent's
     output = (tmp_path / "serve.log").read_text()
 
     def left() -> list[tuple[int, str]]:
@@ -128,6 +135,7 @@ def test_serve_runs_every_process_and_sigterm_stops_them_all(tmp_path):
     except AssertionError:
         raise AssertionError(f"left running: {left()}\n{output[-3000:]}") from None
     assert not listening(redis_port) and not listening(port)
+    assert f"build-images: agent: built {image}" in output
     assert f"embedded Redis on redis://localhost:{redis_port}/0" in output
     assert "embedded Redis stopped" in output
     assert "setup mode" not in output  # everything was configured

@@ -28,20 +28,20 @@ def model_check(settings: GatewaySettings, timeout: float = 10) -> Check:
         backend = backends.selected(settings)
     except ConfigError as exc:
         return Check("model backend", False, f"{exc} (in {env_file('gateway')})")
-    ok, answer = backends.probe(settings, timeout=timeout)
-    name = f"{backend.name}: {backend.describe()}"
+    ok, answer = backends.probe(settings, timeout=timeout)  # its answer describes the backend
+    name = f"{backend.name}: {answer}"
     if not ok:
-        return Check("model backend", False, f"{name}: {answer}")
+        return Check("model backend", False, name)
     several = backends.configured(settings)
     if len(several) > 1:
         return Check(
             "model backend",
             True,
-            f"{name}: {answer}; several are configured ({', '.join(several)}): "
+            f"{name}; several are configured ({', '.join(several)}): "
             f"{backend.name} is used, remove the others from {env_file('gateway')}",
             warning=True,
         )
-    return Check("model backend", True, f"{name}: {answer}")
+    return Check("model backend", True, name)
 
 
 def _api_key_check(settings: GatewaySettings, timeout: float) -> Check:
