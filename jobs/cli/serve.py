@@ -18,9 +18,15 @@ import signal
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
+from typing import TypeVar
 
 import click
+import docker
+from docker.errors import DockerException, ImageNotFound
 from honcho.environ import expand_processes, parse_procfile
 from honcho.manager import Manager
 from honcho.printer import Printer
@@ -45,6 +51,7 @@ from jobs.common.settings import (
 WAIT_FOR_CONFIG = "CLAUDECLUSTER_WAIT_FOR_CONFIG"
 ROLE_FILES = ("web", "worker", "gateway")  # the egress holds nothing and has no file
 console = Console(stderr=True, soft_wrap=True, highlight=False)
+T = TypeVar("T")
 
 
 class Stop(Exception):
@@ -91,7 +98,7 @@ def check_configuration(port: int) -> None:
         say(f"starting in setup mode, which will guide you: open http://localhost:{port}/setup")
 
 
-def setting(read, fallback):
+def setting(read: Callable[[], T], fallback: T) -> T:
     try:
         return read()
     except ConfigError:
@@ -99,9 +106,6 @@ def setting(read, fallback):
 
 
 def ensure_image(root: Path, image: str) -> None:
-    import docker
-    from docker.errors import DockerException, ImageNotFound
-
     try:
         docker.from_env(timeout=15).images.get(image)
         return
@@ -120,34 +124,45 @@ def build_image(root: Path, image: str) -> None:
         proc = subprocess.Popen(
             command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            if line.startswith("build-images:"):
-                console.print(escape(line))  # the script's own steps stay on screen
-            elif line:
-                status.update(f"building the agent image {image}: {escape(line[:100])}")
-        code = proc.wait()
+        try:
+            for line in proc.stdout or ():
+                line = line.rstrip()
+                tail.append(line)
+                if line.startswith("build-images:"):
+                    console.print(escape(line))  # the script's own steps stay on screen
+                elif line:
+                    status.update(f"building the agent image {image}: {escape(line[:100])}")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # serve was stopped mid-build: so is the build
+                proc.terminate()
+                proc.wait(30)
     if code != 0:
         console.print(escape("\n".join(tail)))
         raise Stop(f"building {image} failed (exit {code}): see above, then run again")
 
 
-def start_redis(port: int, data: Path) -> EmbeddedRedis | None:
-    """An embedded Redis when none is configured and nothing listens where it would."""
+def start_redis(port: int, data: Path, stack: ExitStack) -> EmbeddedRedis | None:
+    """An embedded Redis when none is configured and nothing listens where it would; `stack`
+    stops it, however serve ends (even while it is still starting)."""
     if configured(dict(os.environ)) or listening(port):
         return None
     redis = EmbeddedRedis(port, data)
+    stack.callback(stop_redis, redis)
     try:
         redis.start()
         with console.status(f"waiting for the embedded Redis on port {port}"):
             redis.wait()
     except RedisUnavailable as exc:
-        redis.stop()
         raise Stop(str(exc)) from None
     say(f"embedded Redis on {redis.url} (data in {data})")
     return redis
+
+
+def stop_redis(redis: EmbeddedRedis) -> None:
+    if redis.proc is not None:
+        redis.stop()
+        say("embedded Redis stopped")
 
 
 def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
@@ -165,7 +180,7 @@ def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
     return manager.returncode or 0
 
 
-def _terminated(signum, frame) -> None:
+def _terminated(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
@@ -186,27 +201,26 @@ def serve(port: int | None, redis_port: int, redis_dir: Path) -> None:
     root = project.enter()
     # Until honcho's Manager takes the signals over, SIGTERM unwinds like Ctrl-C does.
     signal.signal(signal.SIGTERM, _terminated)
-    redis = None
     try:
-        create_env_files(root)
-        port = port or setting(lambda: WebSettings.parse().port, 8000)
-        check_configuration(port)
-        problem = docker_problem()
-        if problem:
-            raise Stop(problem)
-        ensure_image(
-            root, setting(lambda: WorkerSettings.parse().agent_image, "claudecluster/agent:latest")
-        )
-        redis = start_redis(redis_port, redis_dir)
-        extra = {WAIT_FOR_CONFIG: "1"}
-        if redis is not None:
-            extra["REDIS_URL"] = redis.url
-        code = run_procfile(root, port, extra)
+        with ExitStack() as stack:
+            code = start(root, port, redis_port, redis_dir, stack)
     except Stop as exc:
         console.print(f"[bold red]serve:[/bold red] {escape(str(exc))}")
         code = exc.code
-    finally:
-        if redis is not None:
-            redis.stop()
-            say("embedded Redis stopped")
     sys.exit(code)
+
+
+def start(root: Path, port: int | None, redis_port: int, redis_dir: Path, stack: ExitStack) -> int:
+    create_env_files(root)
+    port = port or setting(lambda: WebSettings.parse().port, 8000)
+    check_configuration(port)
+    problem = docker_problem()
+    if problem:
+        raise Stop(problem)
+    image = setting(lambda: WorkerSettings.parse().agent_image, "claudecluster/agent:latest")
+    ensure_image(root, image)
+    redis = start_redis(redis_port, redis_dir, stack)
+    extra = {WAIT_FOR_CONFIG: "1"}
+    if redis is not None:
+        extra["REDIS_URL"] = redis.url
+    return run_procfile(root, port, extra)
