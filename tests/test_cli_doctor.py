@@ -184,9 +184,10 @@ def test_nothing_configured_names_each_fix(tmp_path):
     for role in ("web", "worker", "gateway"):
         example = ROOT / "deploy" / "env" / f"{role}.env.example"
         (tmp_path / "env" / f"{role}.env").write_text(example.read_text())
+    redis_password = secrets.token_hex(12)
     env = cli_env(
         tmp_path,
-        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        REDIS_URL=f"redis://:{redis_password}@127.0.0.1:{free_port()}/0",
         AGENT_IMAGE="claudecluster/no-such-image:doctor-test",
         SANDBOX_RUNTIME="no-such-runtime",
     )
@@ -200,6 +201,7 @@ def test_nothing_configured_names_each_fix(tmp_path):
     assert image.startswith("FAIL") and "no-such-image:doctor-test is missing" in image
     assert "scripts/build-images.sh" in image
     assert lines["redis"].startswith("FAIL") and "does not answer" in lines["redis"]
+    assert "redis://:***@127.0.0.1:" in lines["redis"] and redis_password not in output
     assert lines["GitHub App"].startswith("FAIL") and "GITHUB_APP_ID is not set" in output
     assert lines["installations"].startswith("skip")
     assert lines["webhook secret"].startswith("FAIL") and "openssl rand" in output
