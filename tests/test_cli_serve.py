@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.cli_support import CLI, cli_env, write_env_files
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, RedisServer, free_port, wait_for
 
 
 def descendants(pid: int) -> set[int]:
@@ -72,8 +72,8 @@ def healthz(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop):
+def configure_every_role(tmp_path: Path) -> None:
+    """Each role's file with its credential, so that every process stays up."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (tmp_path / "app.pem").write_bytes(
         key.private_bytes(
@@ -88,6 +88,29 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
         worker={"GITHUB_APP_ID": "1", "GITHUB_PRIVATE_KEY_PATH": str(tmp_path / "app.pem")},
         gateway={"ANTHROPIC_API_KEY": "test-model-key-" + secrets.token_hex(16)},
     )
+
+
+def procfile_up(serve: subprocess.Popen, port: int) -> set[int]:
+    """Once GET /healthz answers through serve and every Procfile process runs: its processes."""
+    wait_for(lambda: healthz(port), 180, 0.5, "GET /healthz through serve")
+    wanted = ("gunicorn", "jobs.worker", "jobs.gateway.service", "jobs.egress.service")
+
+    def all_up() -> set[int]:
+        below = descendants(serve.pid)
+        commands = " ".join(command_of(pid) for pid in below)
+        return below if all(name in commands for name in wanted) else set()
+
+    return wait_for(all_up, 60, 0.5, "every Procfile process")
+
+
+def worker_env(children: set[int]) -> dict[str, str]:
+    worker = next(pid for pid in children if command_of(pid).startswith("python -m jobs.worker"))
+    return environ_of(worker)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop):
+    configure_every_role(tmp_path)
     port, redis_port = free_port(), free_port()
     # A tag of the tests' own, missing: serve builds it (from the build cache the agent image
     # left, so in seconds) before it starts anything.
@@ -98,22 +121,10 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
     with (tmp_path / "serve.log").open("w") as log:
         serve = subprocess.Popen([str(CLI), *args], env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
-        wait_for(lambda: healthz(port), 180, 0.5, "GET /healthz through serve")
-        # Every Procfile process is up (gunicorn answered; the others run beside it).
-        wanted = ("gunicorn", "jobs.worker", "jobs.gateway.service", "jobs.egress.service")
-
-        def all_up() -> set[int]:
-            below = descendants(serve.pid)
-            commands = " ".join(command_of(pid) for pid in below)
-            return below if all(name in commands for name in wanted) else set()
-
-        children = wait_for(all_up, 60, 0.5, "every Procfile process")
+        children = procfile_up(serve, port)
         redis_pid = next(pid for pid in children if "redis-server" in command_of(pid))
         assert listening(redis_port)
-        worker = next(
-            pid for pid in children if command_of(pid).startswith("python -m jobs.worker")
-        )
-        seen = environ_of(worker)
+        seen = worker_env(children)
         assert seen["CLAUDECLUSTER_WAIT_FOR_CONFIG"] == "1"
         assert seen["REDIS_URL"] == f"redis://localhost:{redis_port}/0"
         assert "ANTHROPIC_API_KEY" not in seen and "GITHUB_WEBHOOK_SECRET" not in seen
@@ -141,6 +152,34 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
     assert f"embedded Redis on redis://localhost:{redis_port}/0" in output
     assert "embedded Redis stopped" in output
     assert "setup mode" not in output  # everything was configured
+
+
+def test_a_redis_already_listening_is_used_and_left_running(tmp_path):
+    configure_every_role(tmp_path)
+    (tmp_path / "theirs").mkdir()
+    theirs = RedisServer(tmp_path / "theirs")
+    theirs.start()
+    port = free_port()
+    args = ["serve", "--port", str(port), "--redis-port", str(theirs.port)]
+    env = cli_env(tmp_path, HOST="127.0.0.1")
+    try:
+        with (tmp_path / "serve.log").open("w") as log:
+            serve = subprocess.Popen([str(CLI), *args], env=env, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            children = procfile_up(serve, port)
+            assert not any("redis-server" in command_of(pid) for pid in children)
+            assert worker_env(children)["REDIS_URL"] == f"redis://localhost:{theirs.port}/0"
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(60)
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait(10)
+        assert theirs.proc.poll() is None and listening(theirs.port)  # not serve's to stop
+        output = (tmp_path / "serve.log").read_text()
+        assert f"using the Redis already on redis://localhost:{theirs.port}/0" in output
+    finally:
+        theirs.stop()
 
 
 def test_without_docker_serve_creates_the_env_files_then_names_the_fix(tmp_path):

@@ -142,11 +142,15 @@ def build_image(root: Path, image: str) -> None:
         raise Stop(f"building {image} failed (exit {code}): see above, then run again")
 
 
-def start_redis(port: int, data: Path, stack: ExitStack) -> EmbeddedRedis | None:
-    """An embedded Redis when none is configured and nothing listens where it would; `stack`
-    stops it, however serve ends (even while it is still starting)."""
-    if configured(dict(os.environ)) or listening(port):
+def local_redis(port: int, data: Path, stack: ExitStack) -> str | None:
+    """The Redis on `port` when none is configured, started here when nothing listens there;
+    `stack` stops it, however serve ends (even while it is still starting)."""
+    if configured(dict(os.environ)):
         return None
+    url = f"redis://localhost:{port}/0"
+    if listening(port):
+        say(f"REDIS_URL is not set: using the Redis already on {url}")
+        return url
     redis = EmbeddedRedis(port, data)
     stack.callback(stop_redis, redis)
     try:
@@ -155,8 +159,8 @@ def start_redis(port: int, data: Path, stack: ExitStack) -> EmbeddedRedis | None
             redis.wait()
     except RedisUnavailable as exc:
         raise Stop(str(exc)) from None
-    say(f"embedded Redis on {redis.url} (data in {data})")
-    return redis
+    say(f"embedded Redis on {url} (data in {data})")
+    return url
 
 
 def stop_redis(redis: EmbeddedRedis) -> None:
@@ -219,8 +223,8 @@ def start(root: Path, port: int | None, redis_port: int, redis_dir: Path, stack:
         raise Stop(problem)
     image = setting(lambda: WorkerSettings.parse().agent_image, "claudecluster/agent:latest")
     ensure_image(root, image)
-    redis = start_redis(redis_port, redis_dir, stack)
+    redis_url = local_redis(redis_port, redis_dir, stack)
     extra = {WAIT_FOR_CONFIG: "1"}
-    if redis is not None:
-        extra["REDIS_URL"] = redis.url
+    if redis_url is not None:
+        extra["REDIS_URL"] = redis_url
     return run_procfile(root, port, extra)
