@@ -5,6 +5,7 @@ each fails, with its fix, when its part is broken; no secret ever appears in the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -87,14 +88,12 @@ def anthropic():
         yield api
 
 
-@pytest.fixture(scope="module")
-def public_web(redis_server, tmp_path_factory):
-    """The real web app served over https on a loopback port; yields its URL and CA file."""
-    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    settings = WebSettings.parse(GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET, REDIS_URL=redis_server)
+@contextlib.contextmanager
+def over_tls(app, cert: Path, key: Path):
+    """An ASGI app served over https on a loopback port; yields its URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_service(settings),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -104,10 +103,33 @@ def public_web(redis_server, tmp_path_factory):
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 20, 0.05, "the https web app to listen")
-    yield f"https://127.0.0.1:{port}", cert
-    server.should_exit = True
-    thread.join(10)
+    wait_for(lambda: server.started, 20, 0.05, "the https server to listen")
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def public_web(redis_server, tls):
+    """The real web app served over https; yields its URL and the CA file that trusts it."""
+    settings = WebSettings.parse(GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET, REDIS_URL=redis_server)
+    with over_tls(create_service(settings), *tls) as url:
+        yield url, tls[0]
+
+
+async def another_service(scope, receive, send) -> None:
+    """Some other server behind the address: it answers /healthz, but not as ours does."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"OK"})
 
 
 @pytest.fixture
@@ -299,3 +321,12 @@ def test_a_secret_in_another_roles_file_fails(healthy, tmp_path, github):
     assert line.startswith("FAIL") and "ANTHROPIC_API_KEY" in line and "gateway.env" in line
     assert lines["gateway secrets"].startswith("ok ")
     no_secret_in(output, MODEL_KEY)
+
+
+def test_a_public_url_reaching_another_service(healthy, tls):
+    with over_tls(another_service, *tls) as url:
+        healthy["PUBLIC_URL"] = url
+        code, lines, _ = doctor(healthy)
+    assert code == 1
+    public = lines["public URL"]
+    assert public.startswith("FAIL") and "not as this service does" in public
