@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import sys
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, ClassVar, Self, TypeVar
@@ -32,6 +33,7 @@ ROLES = ("web", "worker", "gateway", "egress")
 # Each secret and the one role that may hold it.
 SECRET_OWNERS = {
     "GITHUB_WEBHOOK_SECRET": "web",
+    "GITHUB_CLIENT_SECRET": "web",
     "GITHUB_PRIVATE_KEY": "worker",
     "GITHUB_PRIVATE_KEY_PATH": "worker",
     "ANTHROPIC_API_KEY": "gateway",
@@ -57,6 +59,20 @@ def env_file(role: str) -> Path:
 
 class ConfigError(Exception):
     """A required setting is missing or malformed; the message names the variable."""
+
+
+class MissingSetting(ConfigError):
+    """Only required settings are missing (none is malformed): what setup mode waits for."""
+
+
+# `claudecluster serve` sets this for its processes: a role whose required settings are merely
+# missing waits for them (the web serves /setup meanwhile) instead of exiting. Deployments that
+# hand each process its secrets leave it unset and fail fast.
+WAIT_FOR_CONFIG = "CLAUDECLUSTER_WAIT_FOR_CONFIG"
+
+
+def waiting_for_config() -> bool:
+    return os.environ.get(WAIT_FOR_CONFIG, "") == "1"
 
 
 class CommonSettings(BaseSettings):
@@ -140,13 +156,14 @@ class CommonSettings(BaseSettings):
         return found
 
     def require(self, names: tuple[str, ...]) -> Self:
-        missing = []
+        missing, malformed = [], False
         for name in names:
             if name == "GITHUB_PRIVATE_KEY":
                 try:
                     self.private_key  # noqa: B018 - loads and checks the key
                 except ConfigError as exc:
                     missing.append(str(exc))
+                    malformed = malformed or not str(exc).endswith("is not set")
                 continue
             field = next(
                 (f for f, info in type(self).model_fields.items() if info.alias == name), None
@@ -157,7 +174,7 @@ class CommonSettings(BaseSettings):
             if value in (None, ""):
                 missing.append(f"{name} is not set")
         if missing:
-            raise ConfigError("; ".join(missing))
+            raise (ConfigError if malformed else MissingSetting)("; ".join(missing))
         return self
 
 
@@ -171,6 +188,17 @@ class WebSettings(CommonSettings):
     REQUIRED: ClassVar[tuple[str, ...]] = WEB_REQUIRED
 
     github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
+    # Where GitHub reaches this service (a tunnel or public address): the webhook URL setup
+    # registers. Unset, setup takes the address the browser used, and leaves the hook out when
+    # that is not reachable from the internet.
+    public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
+    # The App's home, for setup: github.com or a GitHub Enterprise Server's base URL.
+    github_url: HttpUrl = Field("https://github.com", alias="GITHUB_URL")
+    github_api_url: HttpUrl | None = Field(None, alias="GITHUB_API_URL")
+    # Written by setup: the App's page (its install link) and its OAuth client (sign-in).
+    github_app_url: HttpUrl | None = Field(None, alias="GITHUB_APP_URL")
+    github_client_id: str | None = Field(None, alias="GITHUB_CLIENT_ID")
+    github_client_secret: SecretStr | None = Field(None, alias="GITHUB_CLIENT_SECRET")
     # gunicorn.conf.py reads these, so the env files can set them too.
     host: str = Field("0.0.0.0", alias="HOST")
     port: int = Field(8000, alias="PORT", gt=0, lt=65536)
@@ -287,14 +315,36 @@ class WorkerSettings(CommonSettings):
         return found
 
 
-def settings_at_start(settings_class: type[S]) -> S | None:
+def settings_at_start(settings_class: type[S], poll: float = 2.0) -> S | None:
     """A process's settings as it starts, or None after one line naming what is wrong (the
-    caller exits CONFIG_ERROR_EXIT: an operator wants the variable to set, not a traceback)."""
-    try:
-        return settings_class.load()
-    except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr, flush=True)
-        return None
+    caller exits CONFIG_ERROR_EXIT: an operator wants the variable to set, not a traceback).
+
+    In setup mode (WAIT_FOR_CONFIG) settings that are merely missing are waited for, re-read
+    from the env files every `poll` seconds: setup writes them while the service runs."""
+    said = ""
+    while True:
+        try:
+            settings = settings_class.load()
+        except MissingSetting as exc:
+            if not waiting_for_config():
+                print(f"configuration: {exc}", file=sys.stderr, flush=True)
+                return None
+            if str(exc) != said:
+                said = str(exc)
+                print(
+                    f"configuration: waiting for setup ({exc}); open the web's /setup, "
+                    "or run `claudecluster setup`",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(poll)
+            continue
+        except ConfigError as exc:
+            print(f"configuration: {exc}", file=sys.stderr, flush=True)
+            return None
+        if said:
+            print("configuration: found, starting", file=sys.stderr, flush=True)
+        return settings
 
 
 SETTINGS = {

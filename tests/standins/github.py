@@ -62,6 +62,7 @@ from . import github_git as gitops
 from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
 from .github_issues import ISSUE_ROUTES, IssuesMixin
+from .github_manifest import MANIFEST_ROUTES, ManifestMixin
 from .github_objects import (
     PERMISSION_LEVELS,
     ROLE_ORDER,
@@ -135,7 +136,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
 }
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
-ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES}
+ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES, **MANIFEST_ROUTES}
 
 _INT_PARAMS = {
     "installation_id",
@@ -243,7 +244,7 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
+class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
     Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
@@ -295,6 +296,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
         self.pushes: list[Push] = []
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered with 500)
         self._init_hooks()
+        self._init_manifest()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -717,6 +719,10 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
             return self._fault_response(request, fault, template=None, api=False)
         if git_match:
             return self._git(request, git_match)
+        page = self._manifest_page(request)
+        if page is not None:
+            self._record_request(request, page.status_code, None, None)
+            return page
         self._record_request(request, 404, None, None)
         return Response("Not Found\n", status=404, content_type="text/plain; charset=utf-8")
 
