@@ -10,7 +10,6 @@ overwrites them.
 from __future__ import annotations
 
 import json
-import re
 import stat
 import threading
 from pathlib import Path
@@ -39,6 +38,7 @@ from jobs.common.registration import (
     write_env_file,
 )
 from jobs.common.settings import WebSettings, WorkerSettings
+from tests.setup_pages import form_key, github_form, register_on_github
 from tests.standins import openapi
 from tests.standins.github import GitHubStandIn
 from tests.support import ROOT
@@ -75,31 +75,6 @@ def opened(client, store: CredentialStore) -> str:
     answer = client.get(f"/setup?token={token}")
     assert answer.status_code == 303 and answer.headers["Location"] == "/setup"
     return token
-
-
-def form_key(page: str) -> str:
-    return re.search(r'name="form_key" value="([0-9a-f]+)"', page).group(1)
-
-
-def github_form(page: str) -> tuple[str, dict]:
-    action = re.search(r'<form method="post" action="([^"]+)" id="to-github">', page).group(1)
-    value = re.search(r'name="manifest" value="([^"]*)"', page).group(1)
-    return action.replace("&amp;", "&"), json.loads(
-        value.replace("&#34;", '"').replace("&quot;", '"')
-    )
-
-
-def register_on_github(gh: GitHubStandIn, action: str, built: dict) -> str:
-    """The person's clicks on GitHub: post the manifest, confirm; returns the redirect."""
-    state = parse_qs(urlsplit(action).query)["state"][0]
-    form = httpx.post(action, data={"manifest": json.dumps(built)})
-    assert form.status_code == 200 and "create-app" in form.text, form.text
-    done = httpx.post(
-        f"{gh.url}/settings/apps/new/confirm",
-        data={"manifest": json.dumps(built), "state": state, "name": built["name"]},
-    )
-    assert done.status_code == 302, done.text
-    return done.headers["Location"]
 
 
 # ---------------------------------------------------------------------- who may open setup

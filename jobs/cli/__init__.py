@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import click
 
+from jobs.cli.setup import setup
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="claudecluster", prog_name="claudecluster")
 def main() -> None:
     """Run ClaudeCluster, set up its GitHub App, check it, or try it on a local repository."""
+
+
+main.add_command(setup)

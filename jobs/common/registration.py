@@ -351,10 +351,16 @@ class CredentialStore:
         """The token that opens the setup pages: made once, kept 0600 beside the env files."""
         path = self.env_dir / TOKEN_FILE
         self.env_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if not path.exists():
+            # Written aside, then linked into place: a reader never sees it half made, and of
+            # two processes starting at once, one token wins.
+            aside = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(24))
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            aside.unlink()
         return path.read_text().strip()
 
     def token_matches(self, presented: str | None) -> bool:
