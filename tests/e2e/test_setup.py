@@ -26,7 +26,7 @@ from tests.browser import chromium
 from tests.e2e.conftest import FINAL, procfile, role_env, service_env
 from tests.standins.anthropic import Text, ToolUse
 from tests.standins.github import GitHubStandIn
-from tests.support import ROOT, free_port, issue_comment_payload, wait_for
+from tests.support import ROOT, free_port, wait_for
 
 REPO = "octocat/hello-setup"
 APP_NAME = "ClaudeCluster Setup Test"
@@ -163,30 +163,31 @@ def test_setup_in_a_browser_then_a_comment_gets_a_pull_request(fresh_github, sta
 
         # The worker found its credentials without a restart; a comment gets a pull request.
         wait_for(lambda: "Listening on" in read(logs["worker"]), 60, what="the worker starting")
-        installation = gh.installed[-1]
-        gh.add_issue(REPO, 1, "Add notes", "Please add NOTES.md.", "octocat", 583231)
-        comment = gh.add_comment(REPO, 1, "/claude add NOTES.md", "octocat")
-        api.script(
-            [
-                ToolUse("Write", {"file_path": "/workspace/NOTES.md", "content": NOTES}),
-                Text("Done."),
-            ]
-        )
-        payload = issue_comment_payload(
-            REPO, 1, comment.body, installation.id, user_id=comment.user.id
-        )
-        payload["comment"]["id"] = comment.id
-        delivery = gh.deliver("issue_comment", payload)
+        write_notes = ToolUse("Write", {"file_path": "/workspace/NOTES.md", "content": NOTES})
+        api.script([write_notes, Text("Done.")])
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(f"{gh.url}/{REPO}/issues/new")
+            page.fill("#title", "Add notes")
+            page.click("#open-issue")
+            page.wait_for_selector("#comment")
+            page.fill("#comment", "/claude add NOTES.md")
+            page.click("#send")
+            page.wait_for_selector(".comment")
+
+            def final():
+                done = [c for c in gh.comments if c.issue_number == 1 and FINAL.search(c.body)]
+                return done[0] if done else None
+
+            try:
+                ended = wait_for(final, 240, what="the session's final comment")
+            except AssertionError:
+                raise AssertionError(read(logs["worker"])[-4000:]) from None
+            page.reload()
+            page.click("#pulls a")
+            assert "+Written by the session that followed setup." in page.inner_text("#diff")
+        (delivery,) = [d for d in gh.hook_deliveries if d.event == "issue_comment"]
         assert delivery.status_code == 202, delivery.response_body
-
-        def final():
-            done = [c for c in gh.comments if c.issue_number == 1 and FINAL.search(c.body)]
-            return done[0] if done else None
-
-        try:
-            ended = wait_for(final, 240, what="the session's final comment")
-        except AssertionError:
-            raise AssertionError(read(logs["worker"])[-4000:]) from None
         assert "state=done" in ended.body, ended.body
         pulls = [p for p in gh.pulls if p.full_name == REPO]
         assert len(pulls) == 1 and pulls[0].user.login == f"{gh.app_slug}[bot]"

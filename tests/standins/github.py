@@ -81,6 +81,7 @@ from .github_objects import (
     User,
     now,
 )
+from .github_pages import PagesMixin
 from .github_pulls import PULL_ROUTES, PullRequestsMixin, RawBody
 
 __all__ = [
@@ -244,7 +245,7 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin):
+class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, PagesMixin):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
     Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
@@ -344,14 +345,14 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin):
         assert self._tmp is not None
         return gitops.git_env(self._tmp / "home")
 
-    def start(self) -> GitHubStandIn:
+    def start(self, port: int = 0) -> GitHubStandIn:
         if self._server is not None:
             return self
         self._tmp = Path(tempfile.mkdtemp(prefix="github-standin-"))
         (self._tmp / "home").mkdir()
         self.git_root.mkdir()
         self._server = make_server(
-            "127.0.0.1", 0, self, threaded=True, request_handler=_QuietHandler
+            "127.0.0.1", port, self, threaded=True, request_handler=_QuietHandler
         )
         self._server.daemon_threads = True
         port = self._server.server_port
@@ -719,7 +720,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin):
             return self._fault_response(request, fault, template=None, api=False)
         if git_match:
             return self._git(request, git_match)
-        page = self._manifest_page(request)
+        page = self._manifest_page(request) or self._browse_page(request)
         if page is not None:
             self._record_request(request, page.status_code, None, None)
             return page
