@@ -174,7 +174,9 @@ class Bedrock(Backend):
         self._credentials = credentials  # botocore's, refreshed by botocore when they expire
 
     def describe(self) -> str:
-        return f"Amazon Bedrock in {self.region} at {self.upstream}"
+        default = f"https://bedrock-runtime.{self.region}.amazonaws.com"
+        where = "" if self.upstream == default else f" via {self.upstream}"
+        return f"Amazon Bedrock in {self.region}{where}"
 
     def route(self, path: str, query: str) -> Route | None:
         match = self._PATH.fullmatch(path)
@@ -245,7 +247,8 @@ class Vertex(Backend):
         )
 
     def describe(self) -> str:
-        return f"Google Vertex AI in {self.region} for project {self.project}"
+        where = "" if "aiplatform.googleapis.com" in self.upstream else f" via {self.upstream}"
+        return f"Google Vertex AI in {self.region} for project {self.project}{where}"
 
     def route(self, path: str, query: str) -> Route | None:
         match = self._path.fullmatch(path)
