@@ -22,13 +22,8 @@ from jobs.gateway import pricing
 from jobs.gateway.backends import OAUTH_BETA, configured, probe, selected
 from jobs.gateway.proxy import Allowance, ModelGateway
 from tests.standins.anthropic import Text
-from tests.standins.model_backends import KINDS, Kit, backend_kit
+from tests.standins.model_backends import KINDS, MESSAGE, Kit, backend_kit, request_for
 
-MESSAGE = {
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-    "tools": [{"name": "Write", "input_schema": {"type": "object"}}],
-}
 BEDROCK_MODEL = "eu.anthropic.claude-sonnet-5-5"
 
 
@@ -58,20 +53,6 @@ def gateway_log(caplog):
 
 def open_gateway(kit: Kit, path: Path, settings: GatewaySettings | None = None, **allowance):
     return ModelGateway(path, selected(settings or kit.settings()), Allowance(**allowance))
-
-
-def request_for(kit: Kit, model: str = "claude-sonnet-5-5", stream: bool = True):
-    """The path and body the CLI sends for one message in this backend's mode."""
-    if kit.name == "bedrock":
-        model = "eu.anthropic." + model
-        verb = "invoke-with-response-stream" if stream else "invoke"
-        body = dict(MESSAGE, anthropic_version="bedrock-2023-05-31", anthropic_beta=[])
-        return f"/model/{model}/{verb}", body
-    if kit.name == "vertex":
-        verb = "streamRawPredict" if stream else "rawPredict"
-        where = "/projects/cc-test-project/locations/europe-west1/publishers/anthropic/models"
-        return f"{where}/{model}:{verb}", dict(MESSAGE, anthropic_version="vertex-2023-10-16")
-    return "/v1/messages?beta=true", dict(MESSAGE, model=model, stream=stream)
 
 
 def send(gw: ModelGateway, path: str, body: dict, key: str | None = None, method: str = "POST"):

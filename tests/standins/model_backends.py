@@ -22,6 +22,11 @@ from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.bedrock import BedrockStandIn
 from tests.standins.vertex import VertexStandIn
 
+MESSAGE = {
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"name": "Write", "input_schema": {"type": "object"}}],
+}
 KINDS = ("anthropic-api-key", "claude-subscription", "llm-gateway", "bedrock", "vertex")
 
 
@@ -129,3 +134,17 @@ def _vertex(directory: Path) -> Iterator[Kit]:
             issued=lambda: sorted(cloud.issued),
             refused=lambda: len(cloud.refused()),
         )
+
+
+def request_for(kit: Kit, model: str = "claude-sonnet-5-5", stream: bool = True):
+    """The path and body the CLI sends for one message in this backend's mode."""
+    if kit.name == "bedrock":
+        model = "eu.anthropic." + model
+        verb = "invoke-with-response-stream" if stream else "invoke"
+        body = dict(MESSAGE, anthropic_version="bedrock-2023-05-31", anthropic_beta=[])
+        return f"/model/{model}/{verb}", body
+    if kit.name == "vertex":
+        verb = "streamRawPredict" if stream else "rawPredict"
+        where = "/projects/cc-test-project/locations/europe-west1/publishers/anthropic/models"
+        return f"{where}/{model}:{verb}", dict(MESSAGE, anthropic_version="vertex-2023-10-16")
+    return "/v1/messages?beta=true", dict(MESSAGE, model=model, stream=stream)
