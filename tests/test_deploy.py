@@ -98,7 +98,16 @@ def test_the_check_catches_the_old_single_env_file():
         readable = compose_readable(compose)
     finally:
         everything.unlink()
-    assert foreign("worker", readable["worker"]) == {"ANTHROPIC_API_KEY", "GITHUB_WEBHOOK_SECRET"}
+    assert foreign("worker", readable["worker"]) == {
+        "GITHUB_WEBHOOK_SECRET",
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_AUTH_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    }
     assert "GITHUB_PRIVATE_KEY" in foreign("web", readable["web"])
 
 
