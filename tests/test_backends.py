@@ -20,8 +20,9 @@ from botocore.eventstream import EventStreamBuffer
 from jobs.common.settings import SECRET_OWNERS, ConfigError, GatewaySettings
 from jobs.gateway import pricing
 from jobs.gateway.backends import OAUTH_BETA, configured, probe, selected
-from jobs.gateway.proxy import Allowance, ModelGateway
+from jobs.gateway.proxy import Allowance, ModelGateway, _EventStreamUsage, _MessageTally
 from tests.standins.anthropic import Text
+from tests.standins.bedrock import chunk_event
 from tests.standins.model_backends import KINDS, MESSAGE, Kit, backend_kit, request_for
 
 BEDROCK_MODEL = "eu.anthropic.claude-sonnet-5-5"
@@ -397,3 +398,28 @@ def test_a_vertex_token_endpoint_that_refuses_is_a_502_without_secrets(vertex, t
         answer = send(gw, path, body)
     assert answer.status_code == 502
     assert "credential" in answer.json()["error"]["message"]
+
+
+def test_event_stream_usage_takes_any_split_and_survives_a_corrupt_frame(bedrock, tmp_path, caplog):
+    start = {
+        "type": "message_start",
+        "message": {"model": BEDROCK_MODEL, "usage": {"input_tokens": 1200, "output_tokens": 1}},
+    }
+    delta = {"type": "message_delta", "usage": {"output_tokens": 300}}
+    frames = b"".join(chunk_event(json.dumps(e).encode()) for e in (start, delta))
+    with open_gateway(bedrock, tmp_path / "gw.sock") as gw:
+        parser = _EventStreamUsage(_MessageTally(gw, BEDROCK_MODEL))
+        for i in range(len(frames)):
+            parser.feed(frames[i : i + 1])
+        parser.close()
+        assert (gw.usage.input_tokens, gw.usage.output_tokens) == (1200, 300)
+        assert gw.usage.cost_usd == pytest.approx(
+            pricing.cost_usd(BEDROCK_MODEL, {"input_tokens": 1200, "output_tokens": 300})
+        )
+        corrupt = bytearray(chunk_event(json.dumps(delta).encode()))
+        corrupt[-6] ^= 0xFF  # the payload no longer matches its CRC
+        broken = _EventStreamUsage(_MessageTally(gw, BEDROCK_MODEL))
+        broken.feed(bytes(corrupt))
+        broken.feed(chunk_event(json.dumps(delta).encode()))  # not read after the break
+        assert gw.usage.output_tokens == 300
+    assert "unreadable event stream" in caplog.text

@@ -193,12 +193,14 @@ class Bedrock(Backend):
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        accept = next((v for k, v in headers if k.lower() == "accept"), "application/json")
+        # Only what Bedrock reads is sent, and all of it is signed.
+        wanted = {"accept": "application/json", "accept-encoding": "identity"}
+        wanted.update((k.lower(), v) for k, v in headers if k.lower() in wanted)
         request = AWSRequest(
             method="POST",
             url=url,
             data=body,
-            headers={"content-type": "application/json", "accept": accept},
+            headers={"content-type": "application/json", **wanted},
         )
         SigV4Auth(self._credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(
             request

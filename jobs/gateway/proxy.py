@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from botocore.eventstream import EventStreamBuffer, EventStreamError
+from botocore.eventstream import EventStreamBuffer, ParserError
 
 from jobs.common.redact import Redactor
 from jobs.gateway import pricing
@@ -324,7 +324,7 @@ class _EventStreamUsage:
         try:
             for message in self._frames:
                 self._count(message.payload)
-        except EventStreamError as exc:  # the CLI gets the same bytes and fails on them too
+        except ParserError as exc:  # the CLI gets the same bytes and fails on them too
             log.warning("gateway: unreadable event stream (%s); usage no longer read", exc)
             self._broken = True
 
