@@ -14,6 +14,7 @@ the service wants to know which variable to set, not to read a validation traceb
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -28,7 +29,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
 WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY")
-GATEWAY_REQUIRED = ("ANTHROPIC_API_KEY",)
+# The gateway needs one model backend, of any kind (jobs/gateway/backends.py): checked by
+# GatewaySettings.require, since no one variable is required.
+GATEWAY_REQUIRED = ("a model backend",)
 ROLES = ("web", "worker", "gateway", "egress")
 # Each secret and the one role that may hold it.
 SECRET_OWNERS = {
@@ -37,7 +40,19 @@ SECRET_OWNERS = {
     "GITHUB_PRIVATE_KEY": "worker",
     "GITHUB_PRIVATE_KEY_PATH": "worker",
     "ANTHROPIC_API_KEY": "gateway",
+    "CLAUDE_CODE_OAUTH_TOKEN": "gateway",
+    "ANTHROPIC_AUTH_TOKEN": "gateway",
+    "AWS_ACCESS_KEY_ID": "gateway",
+    "AWS_SECRET_ACCESS_KEY": "gateway",
+    "AWS_SESSION_TOKEN": "gateway",
+    "GOOGLE_APPLICATION_CREDENTIALS": "gateway",  # the path of a service-account key
 }
+# What the gateway needs set for each model backend, in the CLI's precedence.
+MODEL_BACKEND_CHOICES = (
+    "ANTHROPIC_API_KEY; CLAUDE_CODE_OAUTH_TOKEN (claude setup-token); ANTHROPIC_AUTH_TOKEN with "
+    "ANTHROPIC_BASE_URL; CLAUDE_CODE_USE_BEDROCK=1 with AWS_REGION; or CLAUDE_CODE_USE_VERTEX=1 "
+    "with CLOUD_ML_REGION and ANTHROPIC_VERTEX_PROJECT_ID"
+)
 # A process that cannot start for its configuration exits with this (after one line naming the
 # variable): the run script and the tests tell it from a crash. gunicorn's web uses its own 3.
 CONFIG_ERROR_EXIT = 2
@@ -206,13 +221,55 @@ class WebSettings(CommonSettings):
 
 
 class GatewaySettings(CommonSettings):
-    """The model gateway process: the only holder of the model key."""
+    """The model gateway process: the only holder of the model credential, of whichever backend
+    (jobs/gateway/backends.py)."""
 
     ROLE: ClassVar[str] = "gateway"
     REQUIRED: ClassVar[tuple[str, ...]] = GATEWAY_REQUIRED
 
     anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: HttpUrl = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
+    claude_code_oauth_token: SecretStr | None = Field(None, alias="CLAUDE_CODE_OAUTH_TOKEN")
+    anthropic_auth_token: SecretStr | None = Field(None, alias="ANTHROPIC_AUTH_TOKEN")
+    # Amazon Bedrock: credentials from these or botocore's own chain (AWS_PROFILE, roles).
+    claude_code_use_bedrock: bool = Field(False, alias="CLAUDE_CODE_USE_BEDROCK")
+    aws_region: str | None = Field(None, alias="AWS_REGION")
+    aws_access_key_id: SecretStr | None = Field(None, alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(None, alias="AWS_SESSION_TOKEN")
+    aws_profile: str | None = Field(None, alias="AWS_PROFILE")
+    anthropic_bedrock_base_url: HttpUrl | None = Field(None, alias="ANTHROPIC_BEDROCK_BASE_URL")
+    # Google Vertex AI: a service-account key file, or google-auth's application default.
+    claude_code_use_vertex: bool = Field(False, alias="CLAUDE_CODE_USE_VERTEX")
+    cloud_ml_region: str | None = Field(None, alias="CLOUD_ML_REGION")
+    anthropic_vertex_project_id: str | None = Field(None, alias="ANTHROPIC_VERTEX_PROJECT_ID")
+    google_application_credentials: Path | None = Field(
+        None, alias="GOOGLE_APPLICATION_CREDENTIALS"
+    )
+    anthropic_vertex_base_url: HttpUrl | None = Field(None, alias="ANTHROPIC_VERTEX_BASE_URL")
+
+    def require(self, names: tuple[str, ...]) -> Self:
+        if "a model backend" not in names:
+            return super().require(names)
+        chosen = (
+            self.claude_code_use_bedrock,
+            self.claude_code_use_vertex,
+            *(s and s.get_secret_value() for s in self._model_tokens()),
+        )
+        if not any(chosen):
+            raise MissingSetting(f"no model backend is configured: set {MODEL_BACKEND_CHOICES}")
+        return super().require(tuple(n for n in names if n != "a model backend"))
+
+    def _model_tokens(self) -> tuple[SecretStr | None, ...]:
+        return (self.anthropic_auth_token, self.anthropic_api_key, self.claude_code_oauth_token)
+
+    def secrets(self) -> list[str]:
+        found = super().secrets()
+        path = self.google_application_credentials
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            key = json.loads(path.read_text()) if path else {}
+            found += [key["private_key"], key["private_key_id"]]
+        return [s for s in found if isinstance(s, str) and s]
 
 
 class EgressSettings(CommonSettings):
