@@ -4,6 +4,7 @@ processes, dockerd and an embedded redis-server; SIGTERM must leave none of them
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import signal
 import socket
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.cli_support import CLI, cli_env, write_env_files
 from tests.support import ROOT, RedisServer, free_port, wait_for
+
+SETUP_LINK = re.compile(r"setup: +(http://\S+/setup\?token=\S+)")
 
 
 def descendants(pid: int) -> set[int]:
@@ -154,6 +157,35 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
     assert "setup mode" not in output  # everything was configured
 
 
+def test_with_no_credentials_serve_starts_in_setup_mode(tmp_path):
+    """Fresh env files, nothing in them: every process still comes up, the web with /setup."""
+    port = free_port()
+    args = ["serve", "--port", str(port), "--redis-port", str(free_port())]
+    args += ["--redis-dir", str(tmp_path / "redis")]
+    env = cli_env(tmp_path, HOST="127.0.0.1")
+    with (tmp_path / "serve.log").open("w") as log:
+        serve = subprocess.Popen([str(CLI), *args], env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        children = procfile_up(serve, port)
+        # The link with the setup token opens setup; without the token it stays shut.
+        link = wait_for(lambda: SETUP_LINK.search((tmp_path / "serve.log").read_text()), 30)
+        assert link[1].startswith(f"http://localhost:{port}/setup?token=")
+        with httpx.Client(follow_redirects=True, timeout=10) as browser:  # keeps the cookie
+            assert browser.get(link[1]).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/setup", timeout=10).status_code == 403
+        for role in ("web", "worker", "gateway"):
+            assert (tmp_path / "env" / f"{role}.env").stat().st_mode & 0o777 == 0o600
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+    output = (tmp_path / "serve.log").read_text()
+    assert f"(http://localhost:{port}/setup?token=...), or run `claudecluster setup`" in output
+    wait_for(lambda: not any(alive(pid) for pid in children), 15, 0.2, "serve's children to exit")
+
+
 def test_a_redis_already_listening_is_used_and_left_running(tmp_path):
     configure_every_role(tmp_path)
     (tmp_path / "theirs").mkdir()
@@ -206,7 +238,7 @@ def test_without_docker_serve_creates_the_env_files_then_names_the_fix(tmp_path)
     # Missing credentials do not stop it: setup mode will ask for them.
     assert "not configured yet, the worker: GITHUB_APP_ID is not set" in output
     assert "not configured yet, the gateway:" in output and "ANTHROPIC_API_KEY" in output
-    assert f"open http://localhost:{port}/setup" in output
+    assert f"open the link the web prints (http://localhost:{port}/setup?token=...)" in output
     assert not (tmp_path / "redis").exists()  # nothing was started
 
 

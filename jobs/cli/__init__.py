@@ -6,9 +6,11 @@ Each subcommand is its own module and registers itself on `main` when imported b
 
 from __future__ import annotations
 
-from importlib import import_module
-
 import click
+
+from jobs.cli.doctor import doctor
+from jobs.cli.serve import serve
+from jobs.cli.setup import setup
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +19,6 @@ def main() -> None:
     """Run ClaudeCluster, set up its GitHub App, check it, or try it on a local repository."""
 
 
-# The subcommands register themselves on `main`, which they import from here: loaded last, one
-# line each (import_module, since a plain import below code is what E402 forbids).
-import_module("jobs.cli.doctor")
-import_module("jobs.cli.serve")
+main.add_command(setup)
+main.add_command(serve)
+main.add_command(doctor)

@@ -14,7 +14,7 @@ from docker.errors import DockerException
 from rich.console import Console
 from rich.markup import escape
 
-from jobs.cli import main, project
+from jobs.cli import project
 from jobs.cli.app_checks import app_checks
 from jobs.cli.checks import (
     DOCKER_FIX,
@@ -98,7 +98,7 @@ def show(checks: list[Check]) -> None:
     console.print(f"{failed} of {len(checks)} checks failed" if failed else "all checks passed")
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check, as a list.")
 def doctor(as_json: bool) -> None:
     """Check every part the service needs, and say how to fix what is wrong."""

@@ -33,22 +33,20 @@ from honcho.printer import Printer
 from rich.console import Console
 from rich.markup import escape
 
-from jobs.cli import main, project
+from jobs.cli import project
 from jobs.cli.checks import docker_problem
 from jobs.cli.embedded_redis import EmbeddedRedis, RedisUnavailable, configured, listening
 from jobs.common.settings import (
     CONFIG_ERROR_EXIT,
     ROLES,
     SETTINGS,
+    WAIT_FOR_CONFIG,
     ConfigError,
     WebSettings,
     WorkerSettings,
     env_file,
 )
 
-# The processes' switch for setup mode (their side reads it): wait for configuration instead of
-# exiting without it.
-WAIT_FOR_CONFIG = "CLAUDECLUSTER_WAIT_FOR_CONFIG"
 ROLE_FILES = ("web", "worker", "gateway")  # the egress holds nothing and has no file
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
@@ -95,7 +93,10 @@ def check_configuration(port: int) -> None:
     if missing:
         for line in missing:
             say(f"not configured yet, {line}")
-        say(f"starting in setup mode, which will guide you: open http://localhost:{port}/setup")
+        say(
+            "starting in setup mode, which will guide you: open the link the web prints "
+            f"(http://localhost:{port}/setup?token=...), or run `claudecluster setup`"
+        )
 
 
 def setting(read: Callable[[], T], fallback: T) -> T:
@@ -188,7 +189,7 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-@main.command()
+@click.command()
 @click.option("--port", type=int, help="The web's port (default: PORT from the web's settings).")
 @click.option(
     "--redis-port", default=6379, show_default=True, help="Where the embedded Redis listens."
