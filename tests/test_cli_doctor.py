@@ -330,3 +330,16 @@ def test_a_public_url_reaching_another_service(healthy, tls):
     assert code == 1
     public = lines["public URL"]
     assert public.startswith("FAIL") and "not as this service does" in public
+
+
+def test_several_model_backends_warn_which_one_is_used(healthy, tmp_path):
+    token = "test-oauth-token-" + secrets.token_hex(16)
+    write_env_files(
+        tmp_path / "env", gateway={"ANTHROPIC_API_KEY": MODEL_KEY, "CLAUDE_CODE_OAUTH_TOKEN": token}
+    )
+    code, lines, output = doctor(healthy)
+    assert code == 0, output  # a warning, not a failure
+    model = lines["model backend"]
+    assert model.startswith("warn anthropic-api-key:")
+    assert "several are configured (anthropic-api-key, claude-subscription)" in model
+    no_secret_in(output, MODEL_KEY, token)
