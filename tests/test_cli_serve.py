@@ -106,6 +106,18 @@ def procfile_up(serve: subprocess.Popen, port: int) -> set[int]:
     return wait_for(all_up, 60, 0.5, "every Procfile process")
 
 
+def ended(serve: subprocess.Popen) -> None:
+    """After a failed test too: SIGTERM, so that serve stops its children (a SIGKILL would
+    leave them running), and SIGKILL only when it does not end."""
+    if serve.poll() is None:
+        serve.terminate()
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait(10)
+
+
 def worker_env(children: set[int]) -> dict[str, str]:
     worker = next(pid for pid in children if command_of(pid).startswith("python -m jobs.worker"))
     return environ_of(worker)
@@ -135,9 +147,7 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
         serve.send_signal(stop)
         assert serve.wait(60) == 128 + stop  # as honcho reports a stop by signal
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
+        ended(serve)
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker.from_env().images.remove(image)  # the tag only: the image is the agent's
     output = (tmp_path / "serve.log").read_text()
@@ -178,9 +188,7 @@ def test_with_no_credentials_serve_starts_in_setup_mode(tmp_path):
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
+        ended(serve)
     output = (tmp_path / "serve.log").read_text()
     assert f"(http://localhost:{port}/setup?token=...), or run `claudecluster setup`" in output
     wait_for(lambda: not any(alive(pid) for pid in children), 15, 0.2, "serve's children to exit")
@@ -204,9 +212,7 @@ def test_a_redis_already_listening_is_used_and_left_running(tmp_path):
             serve.send_signal(signal.SIGTERM)
             serve.wait(60)
         finally:
-            if serve.poll() is None:
-                serve.kill()
-                serve.wait(10)
+            ended(serve)
         assert theirs.proc.poll() is None and listening(theirs.port)  # not serve's to stop
         output = (tmp_path / "serve.log").read_text()
         assert f"using the Redis already on redis://localhost:{theirs.port}/0" in output
