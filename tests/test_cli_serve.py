@@ -103,7 +103,7 @@ def procfile_up(serve: subprocess.Popen, port: int) -> set[int]:
         commands = " ".join(command_of(pid) for pid in below)
         return below if all(name in commands for name in wanted) else set()
 
-    return wait_for(all_up, 60, 0.5, "every Procfile process")
+    return wait_for(all_up, 180, 0.5, "every Procfile process")
 
 
 def ended(serve: subprocess.Popen) -> None:
@@ -157,7 +157,7 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
 
     # A moment for the last exits to be reaped; a process still there after it was left behind.
     try:
-        wait_for(lambda: not left(), 15, 0.2, "every child of serve to exit")
+        wait_for(lambda: not left(), 60, 0.2, "every child of serve to exit")
     except AssertionError:
         raise AssertionError(f"left running: {left()}\n{output[-3000:]}") from None
     assert not listening(redis_port) and not listening(port)
@@ -178,7 +178,7 @@ def test_with_no_credentials_serve_starts_in_setup_mode(tmp_path):
     try:
         children = procfile_up(serve, port)
         # The link with the setup token opens setup; without the token it stays shut.
-        link = wait_for(lambda: SETUP_LINK.search((tmp_path / "serve.log").read_text()), 30)
+        link = wait_for(lambda: SETUP_LINK.search((tmp_path / "serve.log").read_text()), 120)
         assert link[1].startswith(f"http://localhost:{port}/setup?token=")
         with httpx.Client(follow_redirects=True, timeout=10) as browser:  # keeps the cookie
             assert browser.get(link[1]).status_code == 200
@@ -191,7 +191,7 @@ def test_with_no_credentials_serve_starts_in_setup_mode(tmp_path):
         ended(serve)
     output = (tmp_path / "serve.log").read_text()
     assert f"(http://localhost:{port}/setup?token=...), or run `claudecluster setup`" in output
-    wait_for(lambda: not any(alive(pid) for pid in children), 15, 0.2, "serve's children to exit")
+    wait_for(lambda: not any(alive(pid) for pid in children), 60, 0.2, "serve's children to exit")
 
 
 def test_a_redis_already_listening_is_used_and_left_running(tmp_path):

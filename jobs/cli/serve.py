@@ -107,9 +107,10 @@ def setting(read: Callable[[], T], fallback: T) -> T:
 
 
 def ensure_image(root: Path, image: str) -> None:
+    """Build the agent image when it is missing or its inputs changed (an upgrade): the script
+    reuses an image whose inputs are unchanged in about a second, so this runs every start."""
     try:
         docker.from_env(timeout=15).images.get(image)
-        return
     except ImageNotFound:
         pass
     except DockerException as exc:
