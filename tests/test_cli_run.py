@@ -138,10 +138,22 @@ def test_run_commits_claudes_change_on_a_new_branch_and_leaves_the_checkout_alon
     git(repo, "branch", "claude/local-add-a-greeting")
     taken = git(repo, "rev-parse", "claude/local-add-a-greeting")
     before = snapshot(repo)
+    # The sandbox plants git state for the host to run when it commits: a hook, an fsmonitor
+    # and a clean filter, each of which would create `marker` on the host.
+    marker = tmp_path / "planted-git-state-ran"
+    plant = (
+        "mkdir -p .git/hooks && "
+        f"printf '#!/bin/sh\\ntouch {marker}\\n' > .git/hooks/pre-commit && "
+        "chmod +x .git/hooks/pre-commit && "
+        f"printf '[core]\\n\\thooksPath = .git/hooks\\n\\tfsmonitor = touch {marker}\\n"
+        f'[filter "evil"]\\n\\tclean = touch {marker}\\n\' > .git/config && '
+        "echo '* filter=evil' > .gitattributes"
+    )
     api.script(
         [
             ToolUse("Write", {"file_path": "/workspace/greeting.txt", "content": "hello\n"}),
             ToolUse("Bash", {"command": "env | sort > /workspace/seen-env.txt"}),
+            ToolUse("Bash", {"command": plant}),
             Text("Added greeting.txt, which says hello."),
         ]
     )
@@ -157,7 +169,8 @@ def test_run_commits_claudes_change_on_a_new_branch_and_leaves_the_checkout_alon
     # The new branch: one commit on the checkout's HEAD, with Claude's files only.
     assert git(repo, "rev-parse", f"{branch}~1") == before["head"]
     changed = git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", branch).split()
-    assert sorted(changed) == ["greeting.txt", "seen-env.txt"]
+    assert sorted(changed) == [".gitattributes", "greeting.txt", "seen-env.txt"]
+    assert not marker.exists()  # nothing planted ran, and no `.git` entry was committed
     assert git(repo, "show", f"{branch}:greeting.txt") == "hello\n"
     assert git(repo, "show", f"{branch}:README.md") == README  # the uncommitted edit left out
     author = git(repo, "log", "-1", "--format=%an <%ae>|%cn", branch)

@@ -26,7 +26,13 @@ from typing import Protocol
 
 from jobs.common.control import ControlError
 from jobs.common.redact import redactor
-from jobs.common.settings import ConfigError, GatewaySettings, WorkerSettings, env_file
+from jobs.common.settings import (
+    SECRET_OWNERS,
+    ConfigError,
+    GatewaySettings,
+    WorkerSettings,
+    env_file,
+)
 from jobs.gateway.service import SOCKET_NAME as GATEWAY_SOCKET
 from jobs.gateway.service import embedded, listening, session_gateway
 from jobs.github.tracking import DONE, PREPARING, PUBLISHING, RUNNING, took
@@ -85,12 +91,13 @@ class Checkout:
 
 def _read_git(top: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # The person's own repository and config, read only: no optional locks, so that not even
-    # `git status` refreshes their index.
+    # `git status` refreshes their index; and no secret of ours for their hooks to see.
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_OWNERS}
     return subprocess.run(
         ["git", "-C", str(top), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"},
+        env={**env, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"},
         timeout=120,
     )
 
@@ -100,7 +107,8 @@ def inspect_checkout(path: Path) -> Checkout:
         raise LocalRunError(f"{path} is not a directory", BAD_INPUT)
     found = _read_git(path, "rev-parse", "--show-toplevel")
     if found.returncode != 0:
-        raise LocalRunError(f"{path} is not a git repository (or not its work tree)", BAD_INPUT)
+        said = (found.stderr.strip().splitlines() or ["no work tree"])[0]
+        raise LocalRunError(f"{path} is not a git repository ({redactor(said)})", BAD_INPUT)
     top = Path(found.stdout.strip())
     head = _read_git(top, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if head.returncode != 0:
