@@ -65,7 +65,7 @@ def sessions() -> None:
 @sessions.command("ls")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def list_sessions(limit: int) -> None:
-    """The newest sessions: state, repository, thread, requester, mode and times (UTC)."""
+    """The newest sessions: state, repository, thread, requester, mode, times (UTC), outcome."""
     try:
         found = _store().all(limit)
     except RedisUnreachable as exc:
@@ -75,7 +75,7 @@ def list_sessions(limit: int) -> None:
         console.print("No sessions are known.")
         return
     table = Table("Session", "State", "Repository", "Thread", "Requester", "Mode")
-    for column in ("Enqueued", "Started", "Duration"):
+    for column in ("Enqueued", "Started", "Duration", "Outcome"):
         table.add_column(column)
     for session in found:
         request = session.request
@@ -89,6 +89,7 @@ def list_sessions(limit: int) -> None:
             _when(session.job.enqueued_at),
             _when(session.job.started_at),
             _took(session),
+            escape(str(session.outcome().get("status", ""))),
         )
     console.print(table)
 

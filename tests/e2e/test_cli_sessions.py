@@ -39,6 +39,11 @@ def row(listing: str, session_id: str) -> str:
     return found[0] if found else ""
 
 
+def cells(line: str) -> list[str]:
+    """A table row's cells, as rich draws them between its `│` rules."""
+    return [cell.strip() for cell in line.split("│")[1:-1]]
+
+
 def test_a_running_session_is_listed_stopped_from_the_command_and_shown_ended(service, tmp_path):
     api = service.anthropic
     number = service.new_issue("Stop me from the command line")
@@ -57,9 +62,10 @@ def test_a_running_session_is_listed_stopped_from_the_command_and_shown_ended(se
         wait_for(lambda: api.main_requests(), 120, what="claude to start")
         listed = sessions(service, tmp_path, "ls")
         assert listed.returncode == 0, listed.stderr
-        line = row(listed.stdout, session_id)
-        assert "running" in line and f"issue #{number}" in line, listed.stdout
-        assert "octo-org/hello-world" in line and "octocat" in line and "implement" in line
+        running = cells(row(listed.stdout, session_id))
+        assert running[1:6] == ["running", REPO, f"issue #{number}", "octocat", "implement"], (
+            listed.stdout
+        )
 
         stopped = sessions(service, tmp_path, "stop", session_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -76,6 +82,9 @@ def test_a_running_session_is_listed_stopped_from_the_command_and_shown_ended(se
         return shown if "finished" in shown.stdout else None
 
     shown = wait_for(ended, 60, what="the job to be finished")
+    listed = sessions(service, tmp_path, "ls")
+    ended_row = cells(row(listed.stdout, session_id))
+    assert ended_row[1] == "finished" and ended_row[-1] == "stopped", listed.stdout
     assert "Outcome: status" in shown.stdout and "stopped" in shown.stdout, shown.stdout
     again = sessions(service, tmp_path, "stop", session_id)
     assert again.returncode == 1 and "is not running (finished)" in again.stdout
