@@ -208,8 +208,18 @@ def test_a_listening_gateway_service_is_used_and_no_change_creates_no_branch(
     api.script([Text("The README already greets; nothing to change.")])
     branches = git(repo, "branch", "--list")
     with embedded(served):
-        done = cli(tmp_path, cli_env(tmp_path, workspaces), "run", "--repo", str(repo), TASK)
+        done = cli(
+            tmp_path,
+            cli_env(tmp_path, workspaces),
+            "run",
+            "--repo",
+            str(repo),
+            "--model",
+            "claude-sonnet-4-5",
+            TASK,
+        )
     assert done.returncode == 4, done.stdout + done.stderr
+    assert {r.body["model"] for r in api.main_requests()} == {"claude-sonnet-4-5"}
     assert "Claude changed nothing, so no branch was created." in done.stdout
     assert "The README already greets; nothing to change." in done.stdout
     assert git(repo, "branch", "--list") == branches
@@ -226,6 +236,22 @@ def test_a_failing_session_says_why_and_creates_no_branch(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "❌ The session failed:" in done.stdout and "No branch was created." in done.stdout
     assert git(repo, "branch", "--list") == branches
+
+
+def test_a_session_past_its_timeout_is_ended_and_creates_no_branch(
+    tmp_path, repo, api, key, workspaces, agent_image
+):
+    release = threading.Event()
+    api.script([ToolUse("Bash", {"command": "echo late > late.txt"}, hold=release)])
+    env = cli_env(tmp_path, workspaces, ANTHROPIC_API_KEY=key, ANTHROPIC_BASE_URL=api.url)
+    try:
+        done = cli(tmp_path, env, "run", "--repo", str(repo), "--timeout", "5", TASK)
+    finally:
+        release.set()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "❌ The session failed: timed out after 5s" in done.stdout
+    assert git(repo, "branch", "--list") == "* main\n"
+    assert not list(workspaces.rglob("s-*"))
 
 
 def test_ctrl_c_stops_the_sandbox_and_removes_it(tmp_path, repo, api, key, workspaces, agent_image):
