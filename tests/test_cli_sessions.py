@@ -100,3 +100,9 @@ def test_a_dead_redis_is_one_line_naming_redis_url_without_its_password(tmp_path
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Redis is not reachable at REDIS_URL=redis://:***@" in lines[0]
         assert password not in done.stdout + done.stderr
+
+
+def test_stop_refuses_a_login_that_github_could_not_have(tmp_path, redis_url):
+    done = sessions(tmp_path, redis_url, "stop", "session-x", "--as", "no such; login")
+    assert done.returncode == 2
+    assert "Invalid value for '--as': 'no such; login' is not a GitHub login" in done.stderr

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from redis import Redis
 from redis.backoff import NoBackoff
@@ -32,11 +34,19 @@ from jobs.common.request import SessionRequest
 from jobs.common.settings import WorkerSettings
 
 STOP_REQUEST_TTL = 3600  # as app/enqueue.py's request_stop keeps a stop request
+T = TypeVar("T")
 _LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?")
 
 
 class RedisUnreachable(RuntimeError):
     """Redis did not answer; the message names REDIS_URL (without its password)."""
+
+
+def github_login(login: str) -> str:
+    """`login` if it has a GitHub login's shape, else ValueError."""
+    if not _LOGIN.fullmatch(login):
+        raise ValueError(f"{login!r} is not a GitHub login")
+    return login
 
 
 def shown_url(url: str) -> str:
@@ -112,7 +122,7 @@ class SessionStore:
         )
         self.queue = session_queue(self.redis, settings.queue_name)
 
-    def _guarded(self, what):
+    def _guarded(self, what: Callable[[], T]) -> T:
         try:
             return what()
         except RedisError as exc:
@@ -156,7 +166,7 @@ class SessionStore:
             try:
                 job = Job.fetch(candidate, connection=self.redis, serializer=JSONSerializer)
             except RedisError:
-                raise
+                raise  # Redis away: said as such, not as an unknown session
             except Exception:  # no such job, or a hash that is not one
                 continue
             if (found := self._described(job)) is not None:
@@ -192,8 +202,6 @@ class SessionStore:
         """What `/claude stop` does (app/enqueue.py `request_stop`): the login joins the
         session's stop requests, which its sandbox's stop check reads; it stops the session if
         that login may trigger there (whoever started it may), and says who stopped it."""
-        if not _LOGIN.fullmatch(login):
-            raise ValueError(f"{login!r} is not a GitHub login")
         key = stop_requests_key(session.id)
 
         def push() -> None:

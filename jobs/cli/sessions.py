@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jobs.cli import main
-from jobs.cli.known import KnownSession, RedisUnreachable, SessionStore
+from jobs.cli.known import KnownSession, RedisUnreachable, SessionStore, github_login
 from jobs.common.settings import ConfigError, WorkerSettings
 from jobs.github.tracking import took
 
@@ -50,6 +50,13 @@ def _when(moment: datetime | None) -> str:
 def _took(session: KnownSession) -> str:
     seconds = session.seconds
     return "—" if seconds is None else took(seconds)
+
+
+def _login(value: str | None) -> str | None:
+    try:
+        return github_login(value) if value is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _unreachable(exc: RedisUnreachable) -> NoReturn:
@@ -140,6 +147,7 @@ def show_session(session_id: str) -> None:
 @click.option(
     "--as",
     "login",
+    callback=lambda _ctx, _param, value: _login(value),
     help="Stop as this GitHub login (default: whoever started the session, who may always "
     "stop it); another login's permission is checked as for a `/claude stop` comment.",
 )
@@ -157,10 +165,7 @@ def stop_session(session_id: str, login: str | None) -> None:
         if session.request is None:
             raise click.ClickException(f"session {session.id} has no request to stop it by")
         who = login or session.request.requester
-        try:
-            store.request_stop(session, who)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--as") from None
+        store.request_stop(session, who)
     except RedisUnreachable as exc:
         _unreachable(exc)
     click.echo(
