@@ -339,3 +339,9 @@ def test_a_missing_agent_image_says_how_to_build_it(tmp_path, repo, key, workspa
     assert done.returncode == 3, done.stdout + done.stderr
     assert f"the agent image {missing} is not built" in done.stderr
     assert "scripts/build-images.sh" in done.stderr
+
+
+def test_an_empty_task_is_refused(tmp_path, repo, workspaces):
+    done = cli(tmp_path, cli_env(tmp_path, workspaces), "run", "--repo", str(repo), "  ")
+    assert done.returncode == 2
+    assert "the task is empty" in done.stderr
