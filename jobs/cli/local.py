@@ -12,10 +12,8 @@ already listening on its control socket, or one embedded in this process for the
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,25 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from jobs.cli.checkout import BadCheckout, Checkout, inspect_checkout, wanted_branch
 from jobs.common.control import ControlError
 from jobs.common.redact import redactor
-from jobs.common.settings import (
-    SECRET_OWNERS,
-    ConfigError,
-    GatewaySettings,
-    WorkerSettings,
-    env_file,
-)
+from jobs.common.settings import ConfigError, GatewaySettings, WorkerSettings, env_file
 from jobs.gateway.service import SOCKET_NAME as GATEWAY_SOCKET
 from jobs.gateway.service import embedded, listening, session_gateway
 from jobs.github.tracking import DONE, PREPARING, PUBLISHING, RUNNING, took
 from jobs.sandbox.container import Limits, Sandbox, SandboxError, SandboxJob, SandboxRun
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, GitError, Workspace
-from jobs.session.commits import LOCAL_AUTHOR, local_commit_message, slug
+from jobs.session.commits import LOCAL_AUTHOR, local_commit_message
 from jobs.session.prompt import local_prompt
 
-LOCAL_PREFIX = "claude/local-"
 # Under WORKSPACE_ROOT but not beside the service's own workspaces: a worker's reaper sharing
 # the root judges only those, and would take a local run's for an orphan.
 LOCAL_DIR = "local"
@@ -71,72 +63,6 @@ class LocalTask:
     budget_usd: float | None = None
     timeout: int | None = None
     keep_workspace: bool = False
-
-
-@dataclass(frozen=True)
-class Checkout:
-    """The person's checkout as the run found it; only read."""
-
-    top: Path
-    head: str  # the commit the session works on
-    branch: str  # the current branch, "" when HEAD is detached
-    uncommitted: list[str]  # `git status --porcelain` lines, left out of the session
-    co_author: str  # "Name <email>" from the checkout's git identity, "" when it has none
-
-    @property
-    def where(self) -> str:
-        at = f"branch {self.branch}" if self.branch else "a detached HEAD"
-        return f"{at}, commit {self.head[:12]}"
-
-
-def _read_git(top: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # The person's own repository and config, read only: no optional locks, so that not even
-    # `git status` refreshes their index; and no secret of ours for their hooks to see.
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_OWNERS}
-    return subprocess.run(
-        ["git", "-C", str(top), *args],
-        capture_output=True,
-        text=True,
-        env={**env, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"},
-        timeout=120,
-    )
-
-
-def inspect_checkout(path: Path) -> Checkout:
-    if not path.is_dir():
-        raise LocalRunError(f"{path} is not a directory", BAD_INPUT)
-    found = _read_git(path, "rev-parse", "--show-toplevel")
-    if found.returncode != 0:
-        said = (found.stderr.strip().splitlines() or ["no work tree"])[0]
-        raise LocalRunError(f"{path} is not a git repository ({redactor(said)})", BAD_INPUT)
-    top = Path(found.stdout.strip())
-    head = _read_git(top, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    if head.returncode != 0:
-        raise LocalRunError(
-            f"the repository at {top} has no commits yet: commit something for Claude to start "
-            "from",
-            BAD_INPUT,
-        )
-    branch = _read_git(top, "symbolic-ref", "--quiet", "--short", "HEAD").stdout.strip()
-    status = _read_git(top, "status", "--porcelain", "--untracked-files=normal").stdout
-    name = _read_git(top, "config", "user.name").stdout.strip()
-    email = _read_git(top, "config", "user.email").stdout.strip()
-    return Checkout(
-        top,
-        head.stdout.strip(),
-        branch,
-        [line for line in status.splitlines() if line.strip()],
-        f"{name} <{email}>" if name and email else "",
-    )
-
-
-def wanted_branch(task: LocalTask, top: Path) -> str:
-    """The branch the person named, or `claude/local-<slug>`; checked to be a valid name."""
-    wanted = task.branch or f"{LOCAL_PREFIX}{slug(task.instruction)}"
-    checked = _read_git(top, "check-ref-format", "--branch", wanted)
-    if checked.returncode != 0 or checked.stdout.strip() != wanted:
-        raise LocalRunError(f"{wanted!r} is not a valid branch name", BAD_INPUT)
-    return wanted
 
 
 @dataclass
@@ -234,8 +160,12 @@ class LocalRun:
     branch: str = ""  # the branch wanted, known once `start` has checked it
 
     def start(self) -> Checkout:
-        checkout = inspect_checkout(self.task.repository)
-        self.branch = wanted_branch(self.task, checkout.top)
+        task = self.task
+        try:
+            checkout = inspect_checkout(task.repository)
+            self.branch = wanted_branch(checkout.top, task.branch, task.instruction)
+        except BadCheckout as exc:
+            raise LocalRunError(str(exc), BAD_INPUT) from None
         check_model_credential(self.settings)
         try:
             Sandbox(self.settings.worker).check_image()
