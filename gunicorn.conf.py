@@ -34,5 +34,6 @@ timeout = 30
 def on_starting(server) -> None:
     """Refuse to start, in one line naming the variable, before any worker is forked."""
     from app import web_settings
+    from app.setup import announce
 
-    web_settings()
+    announce(web_settings())

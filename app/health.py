@@ -10,8 +10,10 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
+    # In setup mode the process is healthy and says what it waits for.
+    setup = {"setup": "required: open /setup"} if current_app.extensions["setup"].open else {}
     try:
         current_app.extensions["redis"].ping()
     except RedisError:
-        return jsonify(status="degraded", redis="unreachable"), 503
-    return jsonify(status="ok", redis="ok"), 200
+        return jsonify(status="degraded", redis="unreachable", **setup), 503
+    return jsonify(status="ok", redis="ok", **setup), 200

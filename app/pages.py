@@ -11,18 +11,25 @@ import sys
 from flask import Flask
 from redis import Redis
 
-from app import health
+from app import health, setup
 from jobs.common.logs import configure_logging
 from jobs.common.redact import redactor
-from jobs.common.settings import ConfigError, WebSettings
+from jobs.common.settings import ConfigError, MissingSetting, WebSettings, waiting_for_config
 
 # GitHub caps webhook payloads at 25 MB; anything larger is not from GitHub.
 MAX_PAYLOAD = 25 * 1024 * 1024
 
 
 def web_settings() -> WebSettings:
+    """The web's settings; in setup mode (see jobs.common.settings.WAIT_FOR_CONFIG) also
+    without a webhook secret: then it serves /setup and refuses deliveries until setup ends."""
     try:
         return WebSettings.load()
+    except MissingSetting as exc:
+        if waiting_for_config():
+            return WebSettings.parse()
+        print(f"configuration: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
     except ConfigError as exc:
         # One line naming the variable, instead of a traceback from deep inside gunicorn.
         print(f"configuration: {exc}", file=sys.stderr, flush=True)
@@ -39,5 +46,7 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     app.extensions["redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
+    app.extensions["setup"] = setup.SetupMode.of(settings)
     app.register_blueprint(health.bp)
+    app.register_blueprint(setup.bp)
     return app

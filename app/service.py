@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from app.pages import MAX_PAYLOAD, create_app, web_settings
 from app.webhooks import Answer, Webhooks
 from jobs.common.queue import session_queue
+from jobs.common.redact import redactor
 from jobs.common.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,30 @@ async def answer(send, reply: Answer, extra: tuple = ()) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Door:
+    """The webhooks' front door, which in setup mode opens once setup has written the secret:
+    until then each delivery re-reads the web's settings (its env file), so the running
+    service takes the App's credentials without a restart."""
+
+    def __init__(self, settings: WebSettings, redis: Redis, queue) -> None:
+        self.settings, self.redis, self.queue = settings, redis, queue
+        self.webhooks: Webhooks | None = None
+
+    def open(self) -> Webhooks | None:
+        if self.webhooks is None:
+            settings = self.settings
+            if settings.github_webhook_secret is None:
+                settings = WebSettings.parse()
+            if settings.github_webhook_secret is not None:
+                secret = settings.github_webhook_secret.get_secret_value()
+                self.webhooks = Webhooks(secret, self.redis, self.queue, settings.session_timeout)
+                redactor.learn(settings)
+        return self.webhooks
+
+
 class Service:
-    def __init__(self, webhooks: Webhooks, pages) -> None:
-        self.webhooks = webhooks
+    def __init__(self, door: Door, pages) -> None:
+        self.door = door
         self.pages = WSGIMiddleware(pages, workers=4)
 
     async def __call__(self, scope: dict, receive, send) -> None:
@@ -110,7 +132,12 @@ class Service:
             return
         except ConnectionError:
             return  # nobody is left to answer; GitHub records the delivery as failed
-        await answer(send, await self.webhooks.receive(headers_of(scope), body))
+        webhooks = self.door.open()
+        if webhooks is None:
+            reply = Answer(503, {"error": "setup is not finished: no webhook secret yet"})
+            await answer(send, reply)
+            return
+        await answer(send, await webhooks.receive(headers_of(scope), body))
 
     async def lifespan(self, receive, send) -> None:
         while True:
@@ -118,7 +145,7 @@ class Service:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.webhooks.redis.aclose()
+                await self.door.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -130,6 +157,6 @@ def create_service(settings: WebSettings | None = None) -> Service:
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     # The queue only builds jobs (no I/O); the async client writes them.
     queue = session_queue(pages.extensions["redis"], settings.queue_name)
-    secret = settings.github_webhook_secret.get_secret_value()
-    webhooks = Webhooks(secret, redis, queue, settings.session_timeout)
-    return Service(webhooks, pages)
+    door = Door(settings, redis, queue)
+    door.open()
+    return Service(door, pages)

@@ -318,7 +318,9 @@ def test_a_bad_branch_name_is_refused(tmp_path, repo, workspaces):
 def test_without_a_model_credential_it_says_which_to_set(tmp_path, repo, workspaces):
     done = cli(tmp_path, cli_env(tmp_path, workspaces), "run", "--repo", str(repo), TASK)
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "no model credential: set ANTHROPIC_API_KEY" in done.stderr
+    assert "no model credential: no model backend is configured: set ANTHROPIC_API_KEY" in (
+        done.stderr
+    )
     assert git(repo, "branch", "--list") == "* main\n"
 
 

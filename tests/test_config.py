@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from jobs.common.settings import ConfigError, GatewaySettings, WebSettings, WorkerSettings
+from jobs.common.settings import (
+    MODEL_BACKEND_CHOICES,
+    ConfigError,
+    GatewaySettings,
+    WebSettings,
+    WorkerSettings,
+)
 from tests.support import ROOT, free_port
 
 
@@ -16,7 +22,9 @@ def clean_env(**values: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("GITHUB_", "ANTHROPIC_", "REDIS_", "AGENT_"))
+        if not k.startswith(
+            ("GITHUB_", "ANTHROPIC_", "REDIS_", "AGENT_", "AWS_", "CLAUDE_CODE_", "GOOGLE_")
+        )
     }
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
     env.update(values)
@@ -172,5 +180,6 @@ def test_run_script_check_names_everything_missing(tmp_path):
         "configuration of the web: GITHUB_WEBHOOK_SECRET is not set",
         "configuration of the worker: GITHUB_APP_ID is not set; "
         "GITHUB_PRIVATE_KEY (or GITHUB_PRIVATE_KEY_PATH) is not set",
-        "configuration of the gateway: ANTHROPIC_API_KEY is not set",
+        "configuration of the gateway: no model backend is configured: set "
+        + MODEL_BACKEND_CHOICES,
     ]

@@ -24,6 +24,7 @@ import pytest
 
 import jobs.gateway.proxy
 from jobs.gateway import pricing
+from jobs.gateway.backends import AnthropicApiKey
 from jobs.gateway.proxy import Allowance, ModelGateway, _MessageTally, _SSEUsage
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.support import NPM, free_port, wait_for
@@ -39,7 +40,7 @@ def api():
 
 @pytest.fixture
 def gateway(tmp_path, api):
-    with ModelGateway(tmp_path / "gw.sock", api.url, REAL_KEY) as gw:
+    with ModelGateway(tmp_path / "gw.sock", AnthropicApiKey(api.url, REAL_KEY)) as gw:
         yield gw
 
 
@@ -50,7 +51,8 @@ def make_gateway(tmp_path, api):
 
     def make(upstream: str | None = None, **options) -> ModelGateway:
         path = tmp_path / f"gw{len(made)}.sock"
-        gw = ModelGateway(path, upstream or api.url, REAL_KEY, Allowance(**options)).__enter__()
+        backend = AnthropicApiKey(upstream or api.url, REAL_KEY)
+        gw = ModelGateway(path, backend, Allowance(**options)).__enter__()
         made.append(gw)
         return gw
 
@@ -159,14 +161,14 @@ def test_refuses_everything_but_the_messages_api(api, gateway, method, path):
 
 def test_unreachable_upstream_is_a_502_not_a_hang(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    with ModelGateway(tmp_path / "gw.sock", dead, REAL_KEY) as gw, client(gw) as c:
+    with ModelGateway(tmp_path / "gw.sock", AnthropicApiKey(dead, REAL_KEY)) as gw, client(gw) as c:
         resp = c.post("/v1/messages", json=MESSAGE, headers={"x-api-key": gw.session_key})
     assert resp.status_code == 502
     assert REAL_KEY not in resp.text
 
 
 def test_socket_is_gone_after_close(tmp_path, api):
-    gw = ModelGateway(tmp_path / "gw.sock", api.url, REAL_KEY)
+    gw = ModelGateway(tmp_path / "gw.sock", AnthropicApiKey(api.url, REAL_KEY))
     with gw:
         assert gw.socket_path.exists()
     assert not gw.socket_path.exists()
@@ -217,7 +219,7 @@ def test_usage_of_a_json_answer(api, make_gateway):
 
 
 def test_sse_usage_parser_takes_any_split_and_crlf(tmp_path, api):
-    gw = ModelGateway(tmp_path / "gw.sock", api.url, REAL_KEY)
+    gw = ModelGateway(tmp_path / "gw.sock", AnthropicApiKey(api.url, REAL_KEY))
     try:
         start = {
             "type": "message_start",
@@ -915,7 +917,7 @@ def test_no_secret_in_any_answer_log_line_or_error(api, make_gateway, gateway_lo
 
     # A key the HTTP library refuses to send (a stray newline) must not show up in its error.
     broken = make_gateway()
-    broken.upstream_key = REAL_KEY + "\n"
+    broken.backend = AnthropicApiKey(broken.upstream, REAL_KEY + "\n")
     with client(broken) as c:
         resp = c.post("/v1/messages", json=MESSAGE, headers=key(broken))
         assert resp.status_code == 502

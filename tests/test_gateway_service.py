@@ -9,9 +9,11 @@ import sys
 import httpx
 import pytest
 
-from jobs.common.settings import WorkerSettings
+from jobs.common.settings import MODEL_BACKEND_CHOICES, WorkerSettings
+from jobs.gateway.backends import selected
 from jobs.gateway.service import GatewayError, _call, session_gateway
 from tests.standins.anthropic import AnthropicStandIn, Text
+from tests.standins.model_backends import backend_kit, request_for
 from tests.support import ROOT, wait_for
 
 REAL_KEY = "sk-ant-api03-test-key-of-the-gateway-process"
@@ -141,3 +143,64 @@ def test_a_repositorys_model_narrows_what_the_service_allows():
     assert allowed_models(service, RepoConfig(model="sonnet")) == ["haiku", "sonnet"]
     assert not model_allowed(service, RepoConfig(model="opus"))
     assert model_allowed(service, RepoConfig(model="claude-sonnet-5-5"))
+
+
+def start_service(tmp_path, variables: dict[str, str]) -> subprocess.Popen:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "AWS_", "CLAUDE_CODE_", "GOOGLE_", "CLOUD_ML_"))
+    }
+    env.update(variables, WORKSPACE_ROOT=str(tmp_path / "ws"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.gateway.service"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.parametrize("name", ["bedrock", "vertex", "claude-subscription"])
+def test_the_open_answer_carries_the_clis_env_for_the_backend_and_no_secret(tmp_path, name):
+    with backend_kit(name, tmp_path) as kit:
+        kit.api.script([Text("hi")])
+        proc = start_service(tmp_path, kit.env)
+        try:
+            settings = WorkerSettings.parse(WORKSPACE_ROOT=str(tmp_path / "ws"))
+            wait_for(lambda: settings.gateway_socket.exists(), 20, what="the gateway service")
+            sock = control_dir(settings) / "gateway.sock"
+            relay = "http://127.0.0.1:8787"
+            with session_gateway(settings, "s-env", sock, 1.0, 60, relay=relay) as lease:
+                expected = selected(kit.settings()).cli_env(relay, lease.key)
+                assert lease.cli_env == expected
+                path, body = request_for(kit)
+                transport = httpx.HTTPTransport(uds=str(sock))
+                with httpx.Client(transport=transport, base_url="http://sandbox") as client:
+                    answer = client.post(path, json=body, headers={"x-api-key": lease.key})
+                assert answer.status_code == 200, answer.text
+            assert lease.usage["requests"] == 1
+        finally:
+            proc.terminate()
+            output = proc.communicate(timeout=20)[0].decode()
+        secrets = kit.secrets
+    shown = repr(lease.cli_env) + output
+    assert secrets and not [s for s in secrets if s in shown]
+
+
+def test_a_service_with_no_backend_says_so_in_one_line(tmp_path):
+    proc = start_service(tmp_path, {})
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 2
+    assert output.strip().splitlines() == [
+        "configuration: no model backend is configured: set " + MODEL_BACKEND_CHOICES
+    ]
+
+
+def test_a_backend_missing_a_variable_stops_the_service_in_one_line(tmp_path):
+    proc = start_service(tmp_path, {"CLAUDE_CODE_USE_BEDROCK": "1"})
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 2
+    assert output.strip().splitlines() == [
+        "configuration: CLAUDE_CODE_USE_BEDROCK is set but AWS_REGION is not"
+    ]

@@ -14,12 +14,14 @@ import pytest
 from docker.errors import DockerException, ImageNotFound
 
 from jobs.common.settings import ConfigError, WorkerSettings
+from jobs.gateway.backends import AnthropicApiKey
 from jobs.gateway.proxy import ModelGateway
 from jobs.sandbox.container import (
     CONFIG_DIR,
     CONTROL_DIR,
     LABEL,
     MAX_OUTPUT,
+    RELAY_URL,
     WORKSPACE,
     Limits,
     OutputReader,
@@ -126,13 +128,14 @@ def test_container_is_created_locked_down(client, session_dirs):
 def run_script(client, tree: Path, control: Path, turns, **values: str):
     with AnthropicStandIn(expected_api_key=MODEL_KEY) as api:
         api.script(turns)
-        with ModelGateway(control / "gateway.sock", api.url, MODEL_KEY) as gw:
+        gateway = ModelGateway(control / "gateway.sock", AnthropicApiKey(api.url, MODEL_KEY))
+        with gateway as gw:
             sandbox = Sandbox(settings(CLAUDE_MAX_RETRIES="0", **values), client)
             job = SandboxJob(
                 session_id="unit-" + tree.parent.name[-12:],
                 tree=tree,
                 control=control,
-                session_key=gw.session_key,
+                model_env=gw.backend.cli_env(RELAY_URL, gw.session_key),
                 prompt="Follow the script.",
                 limits=Limits(timeout=120, max_turns=8),
             )

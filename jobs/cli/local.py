@@ -5,7 +5,7 @@ The checkout is read, never written: its commit is fetched into a workspace of t
 runs in the usual sandbox behind the usual model gateway, and the worker's own commit and push
 (`Workspace.commit`, `free_branch`, `push`) put the result on a new branch of the checkout. So
 its current branch, index and work tree stay as they were, and nothing the sandbox wrote (hooks,
-config, filters, links) is ever run. The model key stays in the gateway: a gateway service
+config, filters, links) is ever run. The model credential stays in the gateway: a gateway service
 already listening on its control socket, or one embedded in this process for the run.
 """
 
@@ -26,10 +26,18 @@ from jobs.cli.checkout import BadCheckout, Checkout, inspect_checkout, wanted_br
 from jobs.common.control import ControlError
 from jobs.common.redact import redactor
 from jobs.common.settings import ConfigError, GatewaySettings, WorkerSettings, env_file
+from jobs.gateway.backends import selected
 from jobs.gateway.service import SOCKET_NAME as GATEWAY_SOCKET
 from jobs.gateway.service import embedded, listening, session_gateway
 from jobs.github.tracking import DONE, PREPARING, PUBLISHING, RUNNING, took
-from jobs.sandbox.container import Limits, Sandbox, SandboxError, SandboxJob, SandboxRun
+from jobs.sandbox.container import (
+    RELAY_URL,
+    Limits,
+    Sandbox,
+    SandboxError,
+    SandboxJob,
+    SandboxRun,
+)
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, GitError, Workspace
 from jobs.session.commits import LOCAL_AUTHOR, local_commit_message
@@ -98,13 +106,14 @@ def check_model_credential(settings: Settings) -> bool:
     """Whether a gateway service answers (else this process embeds one, which needs the key)."""
     if listening(settings.worker):
         return True
-    key = settings.gateway.anthropic_api_key
-    if key is None or not key.get_secret_value():
+    try:
+        selected(settings.gateway)
+    except ConfigError as exc:
         raise LocalRunError(
-            "no model credential: set ANTHROPIC_API_KEY in the environment or in "
-            f"{env_file('gateway')} (or start the gateway service)",
+            f"no model credential: {exc}, in the environment or in {env_file('gateway')} "
+            "(or start the gateway service)",
             NOT_SET_UP,
-        )
+        ) from None
     return False
 
 
@@ -204,12 +213,13 @@ class LocalRun:
             limits.max_budget_usd,
             limits.timeout + 60,
             worker.allowed_models,
+            relay=RELAY_URL,
         ) as lease:
             job = SandboxJob(
                 session_id=self.session_id,
                 tree=workspace.tree,
                 control=workspace.control,
-                session_key=lease.key,
+                model_env=lease.cli_env,
                 prompt=local_prompt(self.task.instruction, checkout.where),
                 limits=limits,
             )

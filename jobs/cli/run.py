@@ -15,7 +15,6 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from jobs.cli import main
 from jobs.cli.local import (
     LocalResult,
     LocalRun,
@@ -36,7 +35,7 @@ EXIT_NO_CHANGES = 4
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 
-@main.command("run")
+@click.command("run")
 @click.argument("instruction")
 @click.option(
     "--repo",

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jobs.cli import main
 from jobs.cli.known import KnownSession, RedisUnreachable, SessionStore, github_login
 from jobs.common.settings import ConfigError, WorkerSettings
 from jobs.github.tracking import took
@@ -64,7 +63,7 @@ def _unreachable(exc: RedisUnreachable) -> NoReturn:
     raise SystemExit(EXIT_UNREACHABLE)
 
 
-@main.group("sessions")
+@click.group("sessions")
 def sessions() -> None:
     """The sessions the service knows (REDIS_URL): list them, show one, stop one."""
 

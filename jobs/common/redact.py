@@ -1,7 +1,8 @@
 """Scrubbing secrets from anything that leaves a process: comments, logs, job results, errors.
 
-Known values (the App key, the webhook secret, the model key, tokens minted at run time) are
-replaced exactly; well-known token shapes are caught too, for secrets we never held ourselves.
+Known values (the App key, the webhook secret, the model credential of any backend, tokens
+minted at run time) are replaced exactly; well-known token shapes are caught too, for secrets
+we never held ourselves.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ _PATTERNS = re.compile(
     r"|github_pat_[A-Za-z0-9_]{20,}"
     r"|sk-ant-[A-Za-z0-9_-]{10,}"
     r"|ccgw-[A-Za-z0-9_-]{16,}"
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"  # AWS access key ids
+    r"|\bya29\.[A-Za-z0-9_-]{16,}"  # Google OAuth access tokens
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----"
     r"|(?<=x-access-token:)[^@\s]+",
     re.DOTALL,

@@ -14,9 +14,11 @@ the service wants to know which variable to set, not to read a validation traceb
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, ClassVar, Self, TypeVar
@@ -27,15 +29,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
 WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY")
-GATEWAY_REQUIRED = ("ANTHROPIC_API_KEY",)
+# The gateway needs one model backend, of any kind (jobs/gateway/backends.py): checked by
+# GatewaySettings.require, since no one variable is required.
+GATEWAY_REQUIRED = ("a model backend",)
 ROLES = ("web", "worker", "gateway", "egress")
 # Each secret and the one role that may hold it.
 SECRET_OWNERS = {
     "GITHUB_WEBHOOK_SECRET": "web",
+    "GITHUB_CLIENT_SECRET": "web",
     "GITHUB_PRIVATE_KEY": "worker",
     "GITHUB_PRIVATE_KEY_PATH": "worker",
     "ANTHROPIC_API_KEY": "gateway",
+    "CLAUDE_CODE_OAUTH_TOKEN": "gateway",
+    "ANTHROPIC_AUTH_TOKEN": "gateway",
+    "AWS_ACCESS_KEY_ID": "gateway",
+    "AWS_SECRET_ACCESS_KEY": "gateway",
+    "AWS_SESSION_TOKEN": "gateway",
+    "GOOGLE_APPLICATION_CREDENTIALS": "gateway",  # the path of a service-account key
 }
+# What the gateway needs set for each model backend, in the CLI's precedence.
+MODEL_BACKEND_CHOICES = (
+    "ANTHROPIC_API_KEY; CLAUDE_CODE_OAUTH_TOKEN (claude setup-token); ANTHROPIC_AUTH_TOKEN with "
+    "ANTHROPIC_BASE_URL; CLAUDE_CODE_USE_BEDROCK=1 with AWS_REGION; or CLAUDE_CODE_USE_VERTEX=1 "
+    "with CLOUD_ML_REGION and ANTHROPIC_VERTEX_PROJECT_ID"
+)
 # A process that cannot start for its configuration exits with this (after one line naming the
 # variable): the run script and the tests tell it from a crash. gunicorn's web uses its own 3.
 CONFIG_ERROR_EXIT = 2
@@ -57,6 +74,20 @@ def env_file(role: str) -> Path:
 
 class ConfigError(Exception):
     """A required setting is missing or malformed; the message names the variable."""
+
+
+class MissingSetting(ConfigError):
+    """Only required settings are missing (none is malformed): what setup mode waits for."""
+
+
+# `claudecluster serve` sets this for its processes: a role whose required settings are merely
+# missing waits for them (the web serves /setup meanwhile) instead of exiting. Deployments that
+# hand each process its secrets leave it unset and fail fast.
+WAIT_FOR_CONFIG = "CLAUDECLUSTER_WAIT_FOR_CONFIG"
+
+
+def waiting_for_config() -> bool:
+    return os.environ.get(WAIT_FOR_CONFIG, "") == "1"
 
 
 class CommonSettings(BaseSettings):
@@ -140,13 +171,14 @@ class CommonSettings(BaseSettings):
         return found
 
     def require(self, names: tuple[str, ...]) -> Self:
-        missing = []
+        missing, malformed = [], False
         for name in names:
             if name == "GITHUB_PRIVATE_KEY":
                 try:
                     self.private_key  # noqa: B018 - loads and checks the key
                 except ConfigError as exc:
                     missing.append(str(exc))
+                    malformed = malformed or not str(exc).endswith("is not set")
                 continue
             field = next(
                 (f for f, info in type(self).model_fields.items() if info.alias == name), None
@@ -157,7 +189,7 @@ class CommonSettings(BaseSettings):
             if value in (None, ""):
                 missing.append(f"{name} is not set")
         if missing:
-            raise ConfigError("; ".join(missing))
+            raise (ConfigError if malformed else MissingSetting)("; ".join(missing))
         return self
 
 
@@ -171,6 +203,17 @@ class WebSettings(CommonSettings):
     REQUIRED: ClassVar[tuple[str, ...]] = WEB_REQUIRED
 
     github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
+    # Where GitHub reaches this service (a tunnel or public address): the webhook URL setup
+    # registers. Unset, setup takes the address the browser used, and leaves the hook out when
+    # that is not reachable from the internet.
+    public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
+    # The App's home, for setup: github.com or a GitHub Enterprise Server's base URL.
+    github_url: HttpUrl = Field("https://github.com", alias="GITHUB_URL")
+    github_api_url: HttpUrl | None = Field(None, alias="GITHUB_API_URL")
+    # Written by setup: the App's page (its install link) and its OAuth client (sign-in).
+    github_app_url: HttpUrl | None = Field(None, alias="GITHUB_APP_URL")
+    github_client_id: str | None = Field(None, alias="GITHUB_CLIENT_ID")
+    github_client_secret: SecretStr | None = Field(None, alias="GITHUB_CLIENT_SECRET")
     # gunicorn.conf.py reads these, so the env files can set them too.
     host: str = Field("0.0.0.0", alias="HOST")
     port: int = Field(8000, alias="PORT", gt=0, lt=65536)
@@ -178,13 +221,55 @@ class WebSettings(CommonSettings):
 
 
 class GatewaySettings(CommonSettings):
-    """The model gateway process: the only holder of the model key."""
+    """The model gateway process: the only holder of the model credential, of whichever backend
+    (jobs/gateway/backends.py)."""
 
     ROLE: ClassVar[str] = "gateway"
     REQUIRED: ClassVar[tuple[str, ...]] = GATEWAY_REQUIRED
 
     anthropic_api_key: SecretStr | None = Field(None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: HttpUrl = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
+    claude_code_oauth_token: SecretStr | None = Field(None, alias="CLAUDE_CODE_OAUTH_TOKEN")
+    anthropic_auth_token: SecretStr | None = Field(None, alias="ANTHROPIC_AUTH_TOKEN")
+    # Amazon Bedrock: credentials from these or botocore's own chain (AWS_PROFILE, roles).
+    claude_code_use_bedrock: bool = Field(False, alias="CLAUDE_CODE_USE_BEDROCK")
+    aws_region: str | None = Field(None, alias="AWS_REGION")
+    aws_access_key_id: SecretStr | None = Field(None, alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(None, alias="AWS_SESSION_TOKEN")
+    aws_profile: str | None = Field(None, alias="AWS_PROFILE")
+    anthropic_bedrock_base_url: HttpUrl | None = Field(None, alias="ANTHROPIC_BEDROCK_BASE_URL")
+    # Google Vertex AI: a service-account key file, or google-auth's application default.
+    claude_code_use_vertex: bool = Field(False, alias="CLAUDE_CODE_USE_VERTEX")
+    cloud_ml_region: str | None = Field(None, alias="CLOUD_ML_REGION")
+    anthropic_vertex_project_id: str | None = Field(None, alias="ANTHROPIC_VERTEX_PROJECT_ID")
+    google_application_credentials: Path | None = Field(
+        None, alias="GOOGLE_APPLICATION_CREDENTIALS"
+    )
+    anthropic_vertex_base_url: HttpUrl | None = Field(None, alias="ANTHROPIC_VERTEX_BASE_URL")
+
+    def require(self, names: tuple[str, ...]) -> Self:
+        if "a model backend" not in names:
+            return super().require(names)
+        chosen = (
+            self.claude_code_use_bedrock,
+            self.claude_code_use_vertex,
+            *(s and s.get_secret_value() for s in self._model_tokens()),
+        )
+        if not any(chosen):
+            raise MissingSetting(f"no model backend is configured: set {MODEL_BACKEND_CHOICES}")
+        return super().require(tuple(n for n in names if n != "a model backend"))
+
+    def _model_tokens(self) -> tuple[SecretStr | None, ...]:
+        return (self.anthropic_auth_token, self.anthropic_api_key, self.claude_code_oauth_token)
+
+    def secrets(self) -> list[str]:
+        found = super().secrets()
+        path = self.google_application_credentials
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            key = json.loads(path.read_text()) if path else {}
+            found += [key["private_key"], key["private_key_id"]]
+        return [s for s in found if isinstance(s, str) and s]
 
 
 class EgressSettings(CommonSettings):
@@ -287,14 +372,36 @@ class WorkerSettings(CommonSettings):
         return found
 
 
-def settings_at_start(settings_class: type[S]) -> S | None:
+def settings_at_start(settings_class: type[S], poll: float = 2.0) -> S | None:
     """A process's settings as it starts, or None after one line naming what is wrong (the
-    caller exits CONFIG_ERROR_EXIT: an operator wants the variable to set, not a traceback)."""
-    try:
-        return settings_class.load()
-    except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr, flush=True)
-        return None
+    caller exits CONFIG_ERROR_EXIT: an operator wants the variable to set, not a traceback).
+
+    In setup mode (WAIT_FOR_CONFIG) settings that are merely missing are waited for, re-read
+    from the env files every `poll` seconds: setup writes them while the service runs."""
+    said = ""
+    while True:
+        try:
+            settings = settings_class.load()
+        except MissingSetting as exc:
+            if not waiting_for_config():
+                print(f"configuration: {exc}", file=sys.stderr, flush=True)
+                return None
+            if str(exc) != said:
+                said = str(exc)
+                print(
+                    f"configuration: waiting for setup ({exc}); open the web's /setup, "
+                    "or run `claudecluster setup`",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(poll)
+            continue
+        except ConfigError as exc:
+            print(f"configuration: {exc}", file=sys.stderr, flush=True)
+            return None
+        if said:
+            print("configuration: found, starting", file=sys.stderr, flush=True)
+        return settings
 
 
 SETTINGS = {

@@ -1,13 +1,16 @@
-"""The model gateway: the sandbox's only way out, and the only holder of the real model key.
+"""The model gateway: the sandbox's only way out, and the only holder of the model credential.
 
 Each session gets its own gateway on a Unix socket inside the session's control directory. The
 container has no network at all; a relay in the image exposes the socket on its 127.0.0.1, and
 the CLI is pointed there with a per-session key that is worthless once the session ends. The
-gateway checks that key, lets through only the Messages endpoints the CLI needs, swaps in the real
-key and streams the answer back unbuffered (server-sent events must arrive as they are made).
+gateway checks that key, lets through only the model endpoints the CLI needs (which ones is the
+backend's to say: the Messages API, Bedrock's invoke or Vertex's rawPredict, `jobs.gateway.
+backends`), has the backend add the real credential, and streams the answer back unbuffered
+(server-sent events and AWS event streams must arrive as they are made).
 
 On the way through it reads the usage the API reports (`message_start` and `message_delta`
-events of a stream, parsed as they pass; the `usage` of a JSON answer), keeps a running total of
+events of a stream, parsed as they pass, Bedrock's wrapped in its event-stream encoding; the
+`usage` of a JSON answer), keeps a running total of
 tokens and estimated cost (`jobs.gateway.pricing`), and refuses further requests once the session's
 budget is spent. Its refusals are meant to end the CLI's run, not to be retried: each carries
 `x-should-retry: false`, without which Claude Code (2.1.332) retries a 401 or 429 with backoff up
@@ -25,6 +28,7 @@ after `close()` is refused.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hmac
 import json
@@ -37,7 +41,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -45,13 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from botocore.eventstream import EventStreamBuffer, ParserError
 
 from jobs.common.redact import Redactor
 from jobs.gateway import pricing
+from jobs.gateway.backends import Backend, Route
 
 log = logging.getLogger(__name__)
 
-ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 MAX_BODY_BYTES = 20 * 1024 * 1024
 _DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) at most this much of a refused body
 _MAX_EVENT_BYTES = 4 * 1024 * 1024  # an SSE line or event the usage parser will hold
@@ -287,14 +292,52 @@ class _SSEUsage:
             payload = json.loads(b"\n".join(data))
         except ValueError:
             return
-        if not isinstance(payload, dict):
+        _count_event(self.tally, payload, event)
+
+
+def _count_event(tally: _MessageTally, payload: object, event: str = "") -> None:
+    """Count the usage of one streamed event (the same events over SSE and AWS event streams)."""
+    if not isinstance(payload, dict):
+        return
+    kind = payload.get("type") or event
+    if kind == "message_start" and isinstance(payload.get("message"), dict):
+        message = payload["message"]
+        tally.update(message.get("model"), message.get("usage"))
+    elif kind == "message_delta":
+        tally.update(None, payload.get("usage"))
+
+
+class _EventStreamUsage:
+    """Reads usage out of Bedrock's AWS event stream as it passes: each message's payload is
+    `{"bytes": base64(event JSON)}`, the event as the Messages API streams it. botocore decodes
+    the frames (checking their CRCs) and holds at most one unfinished frame."""
+
+    def __init__(self, tally: _MessageTally) -> None:
+        self.tally = tally
+        self._frames = EventStreamBuffer()
+        self._broken = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._broken:
             return
-        kind = payload.get("type") or event
-        if kind == "message_start" and isinstance(payload.get("message"), dict):
-            message = payload["message"]
-            self.tally.update(message.get("model"), message.get("usage"))
-        elif kind == "message_delta":
-            self.tally.update(None, payload.get("usage"))
+        self._frames.add_data(chunk)
+        try:
+            for message in self._frames:
+                self._count(message.payload)
+        except ParserError as exc:  # the CLI gets the same bytes and fails on them too
+            log.warning("gateway: unreadable event stream (%s); usage no longer read", exc)
+            self._broken = True
+
+    def _count(self, payload: bytes) -> None:
+        try:
+            wrapped = json.loads(payload)
+            event = json.loads(base64.b64decode(wrapped["bytes"], validate=True))
+        except (ValueError, TypeError, KeyError):
+            return  # not a chunk (an exception message, metrics): nothing to count
+        _count_event(self.tally, event)
+
+    def close(self) -> None:
+        pass
 
 
 class _JSONUsage:
@@ -393,15 +436,29 @@ class _Body:
         return b"".join(self.parts)
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object with none but the fields Claude Code sends."""
+def _check_betas(betas: object, backend: Backend) -> None:
+    """Refuse a beta outside the allowlist, whether asked for in a header or (Bedrock) the body."""
+    if not isinstance(betas, list):
+        raise _Refused(400, "invalid_request_error", "anthropic_beta must be a list")
+    for beta in betas:
+        if not isinstance(beta, str):
+            raise _Refused(400, "invalid_request_error", "a beta must be a string")
+        if beta and beta not in ALLOWED_BETAS and beta not in backend.extra_betas:
+            raise _Refused(
+                400, "invalid_request_error", f"the gateway does not pass the beta {beta[:80]!r}"
+            )
+
+
+def _json_object(body: bytes, extra_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The body as a JSON object with none but the fields Claude Code sends (and those of the
+    backend's own envelope, such as Bedrock's `anthropic_version`)."""
     try:
         request = json.loads(body)
     except ValueError:
         request = None
     if not isinstance(request, dict):
         raise _Refused(400, "invalid_request_error", "the body is not a JSON object")
-    if extra := sorted(set(request) - _REQUEST_FIELDS):
+    if extra := sorted(set(request) - _REQUEST_FIELDS - extra_fields):
         raise _Refused(
             400,
             "invalid_request_error",
@@ -442,6 +499,13 @@ def _check_messages(messages: Any) -> None:
             _check_blocks(content)
         elif not isinstance(content, str):
             raise _Refused(400, "invalid_request_error", "content must be text or blocks")
+
+
+_Meter = _SSEUsage | _EventStreamUsage | _JSONUsage | None
+
+
+class _CredentialFailed(Exception):
+    """The backend could not produce its credential (a token refresh failed): a 502."""
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -522,25 +586,31 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         gateway = self.server.gateway
         try:
-            body, request = self._admit(gateway)
+            body, request, route = self._admit(gateway)
             asked = request.get("max_tokens")
-            reserved = gateway._enter(request, self._path(), len(body))
+            model = (route.model or request["model"]) if route.metered else None
+            reserved = gateway._enter(request, model, len(body))
         except _Refused as refusal:
             return self._refuse(refusal.status, refusal.kind, refusal.message)
         try:
             if request.get("max_tokens") != asked:  # lowered to what the budget left can pay
                 body = json.dumps(request).encode()
-            headers = [(k, v) for k, v in self.headers.items() if _forwardable(k)]
-            headers += [("x-api-key", gateway.upstream_key), ("accept-encoding", "identity")]
-            self._forward(gateway, body, headers)
+            headers = []
+            if gateway.backend.forwards_client_headers:
+                headers = [(k, v) for k, v in self.headers.items() if _forwardable(k)]
+            headers.append(("accept-encoding", "identity"))
+            self._forward(gateway, body, headers, route)
         finally:
             gateway._leave(reserved)
 
-    def _admit(self, gateway: ModelGateway) -> tuple[bytes, dict[str, Any]]:
-        """The request's body and its parsed form, once every check has passed; else `_Refused`."""
+    def _admit(self, gateway: ModelGateway) -> tuple[bytes, dict[str, Any], Route]:
+        """The request's body, its parsed form and its route, once every check has passed;
+        else `_Refused`."""
         if gateway.closed:
             raise _Refused(401, "authentication_error", "session closed")
-        if self._path() not in ALLOWED_PATHS:
+        query = (getattr(self, "path", None) or "").partition("?")[2]
+        route = gateway.backend.route(self._path(), query)
+        if route is None:
             raise _Refused(403, "permission_error", "the gateway serves only the Messages API")
         presented = self.headers.get("x-api-key") or self.headers.get(
             "authorization", ""
@@ -552,21 +622,23 @@ class _Handler(BaseHTTPRequestHandler):
         if spent := gateway.spent():
             raise _Refused(402, "billing_error", spent)
         body = self._read_body(limit=gateway.max_body_bytes)
-        request = self._check_request(gateway, body)
+        request = self._check_request(gateway, body, route)
         if gateway.closed:  # closed while the body arrived
             raise _Refused(401, "authentication_error", "session closed")
-        return body, request
+        return body, request, route
 
-    def _check_request(self, gateway: ModelGateway, body: bytes) -> dict[str, Any]:
+    def _check_request(self, gateway: ModelGateway, body: bytes, route: Route) -> dict[str, Any]:
         """The parsed body, if it asks only for what Claude Code needs; else `_Refused` (400)."""
-        self._check_framing()
-        request = _json_object(body)
-        model = request.get("model")
+        backend = gateway.backend
+        self._check_framing(backend)
+        request = _json_object(body, backend.body_fields)
+        model = route.model or request.get("model")
         if not isinstance(model, str):
             raise _Refused(400, "invalid_request_error", "the body names no model")
         if gateway.allowed_models is not None:
             self._check_model(gateway, model)
-        if self._path() == "/v1/messages":
+        _check_betas(request.get("anthropic_beta", []), backend)
+        if route.metered:
             tokens = request.get("max_tokens")
             if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
                 raise _Refused(
@@ -577,23 +649,13 @@ class _Handler(BaseHTTPRequestHandler):
         _check_messages(request.get("messages", []))
         return request
 
-    def _check_framing(self) -> None:
-        """What comes around the body: its encoding, the query and the betas asked for."""
+    def _check_framing(self, backend: Backend) -> None:
+        """What comes around the body: its encoding and the betas asked for (the query is the
+        backend's route to check)."""
         if self.headers.get("content-encoding", "identity").lower() != "identity":
             raise _Refused(415, "invalid_request_error", "compressed bodies are not accepted")
-        query = (getattr(self, "path", None) or "").partition("?")[2]
-        if query not in ("", "beta=true"):
-            raise _Refused(
-                400, "invalid_request_error", "the gateway passes no query but beta=true"
-            )
         for value in self.headers.get_all("anthropic-beta") or ():
-            for beta in filter(None, (b.strip() for b in value.split(","))):
-                if beta not in ALLOWED_BETAS:
-                    raise _Refused(
-                        400,
-                        "invalid_request_error",
-                        f"the gateway does not pass the beta {beta[:80]!r}",
-                    )
+            _check_betas([b.strip() for b in value.split(",")], backend)
 
     def _check_model(self, gateway: ModelGateway, model: str) -> None:
         assert gateway.allowed_models is not None
@@ -634,13 +696,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(400, "invalid_request_error", "bad content-length")
         return encoding == "chunked", int(length) if length is not None else 0
 
-    def _forward(self, gateway: ModelGateway, body: bytes, headers: list[tuple[str, str]]) -> None:
+    def _forward(
+        self, gateway: ModelGateway, body: bytes, headers: list[tuple[str, str]], route: Route
+    ) -> None:
         answered = False
+        url = gateway.upstream + route.upstream_path
         try:
-            with gateway.client.stream(
-                "POST", gateway.upstream + self.path, content=body, headers=headers
-            ) as upstream:
+            signed = gateway.authorize(url, headers, body)
+            with gateway.client.stream("POST", url, content=body, headers=signed) as upstream:
                 answered = True
+                if upstream.status_code in (401, 403):
+                    log.warning(
+                        "gateway: %s refused the gateway's credential (%d)",
+                        gateway.backend.name,
+                        upstream.status_code,
+                    )
                 listening = True
                 try:
                     self.send_response(upstream.status_code)
@@ -652,23 +722,26 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                 except OSError:
                     listening = False  # the sandbox hung up; the answer is still counted
-                meter = self._meter(gateway, upstream)
+                meter = self._meter(gateway, upstream, route)
                 self._relay(gateway, upstream.iter_bytes(), meter, listening)
         except httpx.HTTPError as exc:
             log.warning("gateway: upstream failed: %s", type(exc).__name__)
             if not answered:
                 self._refuse(502, "api_error", "the model API could not be reached")
+        except _CredentialFailed as exc:
+            log.warning("gateway: %s", exc)
+            self._refuse(502, "api_error", "the gateway could not obtain the model credential")
 
-    def _meter(
-        self, gateway: ModelGateway, upstream: httpx.Response
-    ) -> _SSEUsage | _JSONUsage | None:
-        if self._path() != "/v1/messages" or upstream.status_code != 200:
+    def _meter(self, gateway: ModelGateway, upstream: httpx.Response, route: Route) -> _Meter:
+        if not route.metered or upstream.status_code != 200:
             return None
         gateway._answered()
-        tally = _MessageTally(gateway, "")
+        tally = _MessageTally(gateway, route.model or "")
         kind = upstream.headers.get("content-type", "")
         if kind.startswith("text/event-stream"):
             return _SSEUsage(tally)
+        if kind.startswith("application/vnd.amazon.eventstream"):
+            return _EventStreamUsage(tally)
         if kind.startswith("application/json"):
             return _JSONUsage(tally)
         return None
@@ -677,7 +750,7 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         gateway: ModelGateway,
         chunks: Iterable[bytes],
-        meter: _SSEUsage | _JSONUsage | None,
+        meter: _Meter,
         listening: bool,
     ) -> None:
         """Pass each chunk on as it comes, counting its usage on the way (nothing is held back:
@@ -732,15 +805,11 @@ class ModelGateway:
     """
 
     def __init__(
-        self,
-        socket_path: Path,
-        upstream: str,
-        upstream_key: str,
-        allowance: Allowance = UNLIMITED,
+        self, socket_path: Path, backend: Backend, allowance: Allowance = UNLIMITED
     ) -> None:
         self.socket_path = socket_path
-        self.upstream = str(upstream).rstrip("/")
-        self.upstream_key = upstream_key
+        self.backend = backend
+        self.upstream = backend.upstream
         self.session_key = "ccgw-" + secrets.token_urlsafe(32)
         self.budget_usd = allowance.budget_usd
         self.max_tokens = allowance.max_tokens
@@ -751,7 +820,7 @@ class ModelGateway:
             else frozenset(pricing.family(m) for m in allowance.allowed_models)
         )
         self.max_body_bytes = allowance.max_body_bytes
-        self._scrub: Callable[[object], str] = Redactor(upstream_key, self.session_key)
+        self._scrub = Redactor(*backend.secrets(), self.session_key)
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)  # a request in flight has finished
         self._in_flight = 0
@@ -782,6 +851,19 @@ class ModelGateway:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def authorize(self, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple]:
+        """The headers with the backend's credential added; a fresh credential (a refreshed
+        token) is learnt by the redactor before it can show up anywhere."""
+        try:
+            signed = self.backend.authorize(url, headers, body)
+        except Exception as exc:  # the backend's library failed (a token endpoint down)
+            raise _CredentialFailed(
+                self._scrub(f"{self.backend.name}: no credential ({type(exc).__name__}: {exc})")
+            ) from None
+        for secret in self.backend.secrets():
+            self._scrub.add(secret)
+        return signed
+
     # -- state ---------------------------------------------------------------------------
 
     @property
@@ -811,7 +893,7 @@ class ModelGateway:
             )
         return None
 
-    def _enter(self, request: dict[str, Any], path: str, size: int) -> float:
+    def _enter(self, request: dict[str, Any], model: str | None, size: int) -> float:
         """Wait for the request's turn and admit it; what it may cost, held until `_leave`.
 
         The budget is checked again once the request's turn has come, with what the requests
@@ -827,7 +909,7 @@ class ModelGateway:
                 if spent := self.spent():
                     raise _Refused(402, "billing_error", spent)
                 if self._in_flight < MAX_IN_FLIGHT:
-                    reserved = self._reserve(request, path, size)
+                    reserved = self._reserve(request, model, size)
                     if reserved is not None:
                         self._in_flight += 1
                         self._reserved_usd += reserved
@@ -840,11 +922,13 @@ class ModelGateway:
                     )
                 self._turn.wait(left)
 
-    def _reserve(self, request: dict[str, Any], path: str, size: int) -> float | None:
-        """Lower the request's max_tokens to what the budget left pays; None: wait for others."""
-        if path != "/v1/messages" or (self.budget_usd is None and self.max_tokens is None):
+    def _reserve(self, request: dict[str, Any], model: str | None, size: int) -> float | None:
+        """Lower the request's max_tokens to what the budget left pays; None: wait for others.
+
+        `model`: the model the request is for, None for one that costs nothing (counting)."""
+        if model is None or (self.budget_usd is None and self.max_tokens is None):
             return 0.0
-        rates = pricing.price(request["model"])
+        rates = pricing.price(model)
         # Dearest case: every prompt token a 1-hour cache write past the long-prompt price.
         per_output = rates.output * rates.long_output_factor / pricing.MTOK
         per_byte = rates.input * rates.long_input_factor * pricing.CACHE_WRITE_1H / pricing.MTOK
@@ -865,7 +949,7 @@ class ModelGateway:
                 402,
                 "billing_error",
                 f"the session's budget left cannot pay for an answer of "
-                f"{MIN_OUTPUT_TOKENS} tokens from {request['model'][:100]!r}",
+                f"{MIN_OUTPUT_TOKENS} tokens from {model[:100]!r}",
             )
         if affordable < request["max_tokens"]:
             request["max_tokens"] = affordable

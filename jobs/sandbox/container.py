@@ -39,6 +39,7 @@ CONTROL_DIR = "/run/claudecluster"
 WORKSPACE = "/workspace"
 CONFIG_DIR = "/home/node/.claude"  # the image's CLAUDE_CONFIG_DIR
 RELAY_PORT = 8787
+RELAY_URL = f"http://127.0.0.1:{RELAY_PORT}"  # where the CLI reaches the gateway from inside
 SETUP_FAILED = 3  # the entrypoint's exit status when the repository's setup commands fail
 ENTRY_COST = 4096  # what an entry of the work tree costs at least (an inode, a block)
 # What the worker holds of the sandbox's output: the CLI prints one stream-json event per line,
@@ -79,8 +80,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class SandboxJob:
-    """What one run of the CLI is given: the session's directories, key and prompt, its limits.
+    """What one run of the CLI is given: the session's directories, how it reaches the model
+    and its prompt, its limits.
 
+    `model_env` is what the gateway service answered the session's opening with (`cli_env`):
+    the backend's mode, pointed at RELAY_URL, and the session's key; never a credential.
     `extra_args` replace the permission bypass when given (a review is read-only); `setup` are
     the repository's setup commands, run by the image's entrypoint before the CLI.
     """
@@ -88,7 +92,7 @@ class SandboxJob:
     session_id: str
     tree: Path
     control: Path
-    session_key: str
+    model_env: dict[str, str]
     prompt: str
     limits: Limits
     extra_args: tuple[str, ...] = ()
@@ -290,7 +294,7 @@ class Sandbox:
                 job.tree,
                 job.control,
                 self.command(job.limits, list(job.extra_args)),
-                self._environment(job.session_key),
+                self._environment(job.model_env),
             )
         except DockerException as exc:
             raise SandboxError(f"the sandbox container could not be created ({exc})") from None
@@ -331,10 +335,9 @@ class Sandbox:
                 f"({self.settings.sandbox_workspace_size}, SANDBOX_WORKSPACE_SIZE)"
             )
 
-    def _environment(self, session_key: str) -> dict[str, str]:
+    def _environment(self, model_env: dict[str, str]) -> dict[str, str]:
         return {
-            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{RELAY_PORT}",
-            "ANTHROPIC_API_KEY": session_key,
+            **model_env,
             "CLAUDECLUSTER_RELAY_PORT": str(RELAY_PORT),
             "CLAUDE_CODE_MAX_RETRIES": str(self.settings.model_retries),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

@@ -18,7 +18,7 @@ from jobs.egress.service import session_egress
 from jobs.gateway.service import SOCKET_NAME as GATEWAY_SOCKET
 from jobs.gateway.service import session_gateway
 from jobs.github.tracking import PUBLISHING, RUNNING, took
-from jobs.sandbox.container import Sandbox, SandboxJob, SandboxRun
+from jobs.sandbox.container import RELAY_URL, Sandbox, SandboxJob, SandboxRun
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, Workspace
 from jobs.session.commits import branch_name, commit_message, withheld_note, withheld_paths
@@ -47,7 +47,8 @@ def run_agent(
         if config.network.registries
         else None
     )
-    # The gateway process holds the model key; this worker only learns the session's key.
+    # The gateway process holds the model credential; this worker only learns the session's
+    # key and the CLI's environment for the backend.
     # The CLI's own --max-budget-usd is advisory inside a hostile sandbox; the gateway's is not.
     gateway = session_gateway(
         settings,
@@ -56,13 +57,14 @@ def run_agent(
         config.max_budget_usd,
         limits.timeout + 60,
         allowed_models(settings, config),
+        relay=RELAY_URL,
     )
     with egress or contextlib.nullcontext(), gateway as lease:
         job = SandboxJob(
             session_id=session.id,
             tree=workspace.tree,
             control=control,
-            session_key=lease.key,
+            model_env=lease.cli_env,
             prompt=prompt,
             limits=limits,
             extra_args=tuple(extra_args or ()),

@@ -448,10 +448,18 @@ class AnthropicStandIn:
         expected_api_key: str | None = None,
         side_text: str = "OK",
         model: str | None = None,
+        bearer: bool = False,
+        required_beta: str | None = None,
     ) -> None:
+        """`bearer`: the key must come as `Authorization: Bearer` (a subscription token, an
+        LLM gateway's), and a request that also carries an x-api-key is refused, as the API
+        refuses two credentials; `required_beta`: a beta every request must ask for (the
+        `oauth-2025-04-20` a subscription token needs)."""
         self.host = host
         self._port = port
         self.expected_api_key = expected_api_key
+        self.bearer = bearer
+        self.required_beta = required_beta
         self.side_text = side_text
         self.model = model  # overrides the model echoed back (default: the request's)
         self._lock = threading.Lock()
@@ -599,9 +607,9 @@ class AnthropicStandIn:
             h.send_json(404, _error_body("not_found_error", f"Not found: {h.command} {path}"))
             return
 
-        if self.expected_api_key is not None and _presented_key(headers) != self.expected_api_key:
+        if refusal := self._credential_refusal(headers):
             rec.kind, rec.status = "rejected", 401
-            h.send_json(401, _error_body("authentication_error", "invalid x-api-key"))
+            h.send_json(401, _error_body("authentication_error", refusal))
             return
 
         if not isinstance(body, dict):
@@ -654,6 +662,22 @@ class AnthropicStandIn:
                 h.send_json(200, message)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+    def _credential_refusal(self, headers: dict[str, str]) -> str:
+        """Why the credential presented is refused, or "" if it is the expected one."""
+        if self.expected_api_key is None:
+            return ""
+        if not self.bearer:
+            ok = _presented_key(headers) == self.expected_api_key
+            return "" if ok else "invalid x-api-key"
+        if "x-api-key" in headers:
+            return "an x-api-key where a bearer token was expected"
+        if headers.get("authorization", "") != f"Bearer {self.expected_api_key}":
+            return "invalid bearer token"
+        betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",")]
+        if self.required_beta and self.required_beta not in betas:
+            return f"OAuth authentication requires the {self.required_beta} beta"
+        return ""
 
     def script_each_conversation(self, turns: Sequence[Turn]) -> None:
         """Give every CLI conversation its own copy of ``turns`` (for concurrent sessions).

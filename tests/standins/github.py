@@ -62,6 +62,7 @@ from . import github_git as gitops
 from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
 from .github_issues import ISSUE_ROUTES, IssuesMixin
+from .github_manifest import MANIFEST_ROUTES, ManifestMixin
 from .github_objects import (
     PERMISSION_LEVELS,
     ROLE_ORDER,
@@ -80,6 +81,7 @@ from .github_objects import (
     User,
     now,
 )
+from .github_pages import PagesMixin
 from .github_pulls import PULL_ROUTES, PullRequestsMixin, RawBody
 
 __all__ = [
@@ -135,7 +137,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
 }
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
-ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES}
+ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES, **MANIFEST_ROUTES}
 
 _INT_PARAMS = {
     "installation_id",
@@ -243,7 +245,7 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
+class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, PagesMixin):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
     Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
@@ -295,6 +297,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
         self.pushes: list[Push] = []
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered with 500)
         self._init_hooks()
+        self._init_manifest()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -342,14 +345,14 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
         assert self._tmp is not None
         return gitops.git_env(self._tmp / "home")
 
-    def start(self) -> GitHubStandIn:
+    def start(self, port: int = 0) -> GitHubStandIn:
         if self._server is not None:
             return self
         self._tmp = Path(tempfile.mkdtemp(prefix="github-standin-"))
         (self._tmp / "home").mkdir()
         self.git_root.mkdir()
         self._server = make_server(
-            "127.0.0.1", 0, self, threaded=True, request_handler=_QuietHandler
+            "127.0.0.1", port, self, threaded=True, request_handler=_QuietHandler
         )
         self._server.daemon_threads = True
         port = self._server.server_port
@@ -717,6 +720,10 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin):
             return self._fault_response(request, fault, template=None, api=False)
         if git_match:
             return self._git(request, git_match)
+        page = self._manifest_page(request) or self._browse_page(request)
+        if page is not None:
+            self._record_request(request, page.status_code, None, None)
+            return page
         self._record_request(request, 404, None, None)
         return Response("Not Found\n", status=404, content_type="text/plain; charset=utf-8")
 
