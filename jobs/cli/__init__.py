@@ -1,7 +1,7 @@
 """The `claudecluster` command: one entry for running, setting up, checking and trying the service.
 
-Each subcommand is its own module and registers itself on `main` when imported below; click
-(commands, options, help) and rich (progress on long steps) do the terminal work.
+Each subcommand is its own module; `main` adds them below. click (commands, options, help) and
+rich (progress on long steps) do the terminal work.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import click
 
 from jobs.cli.doctor import doctor
+from jobs.cli.run import run_command
 from jobs.cli.serve import serve
+from jobs.cli.sessions import sessions
 from jobs.cli.setup import setup
 
 
@@ -22,3 +24,5 @@ def main() -> None:
 main.add_command(setup)
 main.add_command(serve)
 main.add_command(doctor)
+main.add_command(run_command)
+main.add_command(sessions)

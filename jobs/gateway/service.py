@@ -30,6 +30,7 @@ from pathlib import Path
 
 from jobs.common.control import (
     ControlError,
+    ControlServer,
     Leases,
     call,
     serve_leases,
@@ -112,6 +113,32 @@ def serve(settings: GatewaySettings, stop: threading.Event | None = None) -> Non
     serve_leases(
         settings.gateway_socket, service.handle, service.gateways, stop or threading.Event()
     )
+
+
+@contextlib.contextmanager
+def embedded(settings: GatewaySettings) -> Iterator[None]:
+    """This service inside the calling process, on `settings.gateway_socket`, for the block:
+    `claudecluster run` on a machine with no gateway process. The credential stays in this
+    process; the sandbox still learns only a session's key. ConfigError for a backend that
+    lacks a variable."""
+    service = GatewayService(settings)
+    for secret in service.backend.secrets():  # also credentials botocore found by itself
+        redactor.add(secret)
+    control = ControlServer(settings.gateway_socket, service.handle)
+    try:
+        yield
+    finally:
+        control.close()
+        service.gateways.close_all()
+
+
+def listening(settings: CommonSettings) -> bool:
+    """Whether a gateway service answers on the control socket (a probe that opens nothing)."""
+    try:
+        call(settings.gateway_socket, {"op": "close", "session": "probe"}, "gateway service", 0)
+    except (ControlError, OSError):  # not there, refused, or another user's socket
+        return False
+    return True
 
 
 def _call(settings: CommonSettings, request: dict, wait: float = 10.0) -> dict:

@@ -315,7 +315,8 @@ class Sandbox:
             (job.control / "setup.sh").write_text("\n".join(job.setup) + "\n")
             os.chmod(job.control / "setup.sh", 0o644)
 
-    def _check_ready(self, tree: Path) -> None:
+    def check_image(self) -> None:
+        """SandboxError naming what to do when the engine or the agent image is not there."""
         try:
             self.client.images.get(self.settings.agent_image)
         except ImageNotFound:
@@ -325,6 +326,9 @@ class Sandbox:
             ) from None
         except DockerException as exc:
             raise SandboxError(f"the Docker engine is not reachable ({exc})") from None
+
+    def _check_ready(self, tree: Path) -> None:
+        self.check_image()
         if self._workspace_over(tree):
             raise SandboxError(
                 "the checkout alone is larger than the workspace may grow "

@@ -32,6 +32,13 @@ class Outcome:
 
     setup_failed: str = ""  # the sandbox's report when the repository's setup commands failed
 
+    def count_from(self, usage: dict) -> None:
+        """Take the cost and turns from the gateway's count (its `Usage.as_dict()`), not from
+        what the sandbox printed: a steered agent can print any result line it likes."""
+        if usage:
+            self.cost_usd = float(usage.get("cost_usd") or 0.0)
+            self.num_turns = int(usage.get("requests") or 0)
+
     @property
     def failure(self) -> str:
         """A short reason, for the tracking comment."""

@@ -33,6 +33,10 @@ _PASSTHROUGH_ENV = (
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 )
+# The transports git may use: GitHub's, over HTTPS (http for a test's stand-in); a local run
+# reads its checkout over the file transport and may use nothing else.
+REMOTE_TRANSPORTS = ("http", "https")
+LOCAL_TRANSPORTS = ("file",)
 _TOKEN_VAR = "CLAUDECLUSTER_GIT_TOKEN"
 _CREDENTIAL_HELPER = (
     '!f() { test "$1" = get || exit 0; '
@@ -52,7 +56,9 @@ class Change:
 
 
 class Workspace:
-    def __init__(self, root: Path, token: str) -> None:
+    def __init__(
+        self, root: Path, token: str, transports: tuple[str, ...] = REMOTE_TRANSPORTS
+    ) -> None:
         self.root = root
         self.gitdir = root / "git"
         self.tree = root / "tree"
@@ -60,6 +66,7 @@ class Workspace:
         # review's diff): mounted read-only, so nothing in it can be a link the agent planted.
         self.control = root / "control"
         self._token = token
+        self._transports = transports
         self._home = root / "home"
         self._home.mkdir()
         self.base_sha = ""
@@ -72,12 +79,31 @@ class Workspace:
 
         Shallow: the sandbox gets no history, and a push needs only the new commits.
         """
+        full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+        return cls._cloned(parent, url, full_ref, token, session_id, REMOTE_TRANSPORTS)
+
+    @classmethod
+    def clone_local(cls, parent: Path, repository: Path, commit: str, session_id: str) -> Workspace:
+        """`commit` of a repository on this machine, for `claudecluster run`: read over git's
+        file transport (and nothing else), with no token. The repository stays `origin`, so
+        `free_branch` and `push` work on it as they do on GitHub."""
+        return cls._cloned(parent, str(repository), commit, "", session_id, LOCAL_TRANSPORTS)
+
+    @classmethod
+    def _cloned(
+        cls,
+        parent: Path,
+        url: str,
+        ref: str,
+        token: str,
+        session_id: str,
+        transports: tuple[str, ...],
+    ) -> Workspace:
         parent.mkdir(parents=True, exist_ok=True)
         # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
         # owner file lets a reaper tell whose leftovers it finds.
-        ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token)
+        ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token, transports)
         (ws.root / OWNER_FILE).write_text(session_id)
-        full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
         try:
             ws._git(
                 "init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree), repo=False
@@ -85,7 +111,7 @@ class Workspace:
             # The gitfile would point the sandbox at a host path; the sandbox gets no git state.
             (ws.tree / ".git").unlink()
             ws._git("remote", "add", "origin", url)
-            ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", full_ref)
+            ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", ref)
             ws._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
             ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
             ws.control.mkdir(mode=0o755)
@@ -218,8 +244,7 @@ class Workspace:
             "core.untrackedCache": "false",
             "safe.directory": "*",
             "protocol.allow": "never",
-            "protocol.http.allow": "always",
-            "protocol.https.allow": "always",
+            **{f"protocol.{name}.allow": "always" for name in self._transports},
             "credential.helper": _CREDENTIAL_HELPER,
         }
         full_env = {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}

@@ -73,11 +73,8 @@ def run_agent(
         run = Sandbox(settings).run(
             job, on_action=session.tracking.action, should_stop=StopCheck(session)
         )
-    # What the comments report is the gateway's count, not what the sandbox printed: a steered
-    # agent can print any result line it likes.
-    if lease.usage:
-        run.outcome.cost_usd = float(lease.usage.get("cost_usd") or 0.0)
-        run.outcome.num_turns = int(lease.usage.get("requests") or 0)
+    # What the comments report is the gateway's count, not what the sandbox printed.
+    run.outcome.count_from(lease.usage)
     return run
 
 

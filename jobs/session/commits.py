@@ -46,15 +46,32 @@ def title_line(text: str) -> str:
     return line if len(line) <= 72 else line[:71].rstrip() + "…"
 
 
+# Who commits a local run (`claudecluster run`): the agent, as the App's bot does on GitHub;
+# the person who asked is the co-author, as the requester is there.
+LOCAL_AUTHOR = ("Claude", "noreply@anthropic.com")
+
+
+def _message(instruction: str, summary: str, requested: str, co_author: str) -> str:
+    body = summary.strip()[:4000]
+    trailer = f"\n\nCo-authored-by: {co_author}\n" if co_author else "\n"
+    return f"{title_line(instruction)}\n\n{body}\n\n{requested}{trailer}"
+
+
 def commit_message(request: SessionRequest, summary: str) -> str:
     thread = "pull request" if request.pull else "issue"
-    body = summary.strip()[:4000]
-    return (
-        f"{title_line(request.instruction or f'Resolve {thread} #{request.number}')}\n\n"
-        f"{body}\n\nRequested by @{request.requester} in #{request.number}.\n\n"
-        f"Co-authored-by: {request.requester} "
-        f"<{request.requester_id}+{request.requester}@users.noreply.github.com>\n"
+    return _message(
+        request.instruction or f"Resolve {thread} #{request.number}",
+        summary,
+        f"Requested by @{request.requester} in #{request.number}.",
+        f"{request.requester} "
+        f"<{request.requester_id}+{request.requester}@users.noreply.github.com>",
     )
+
+
+def local_commit_message(instruction: str, summary: str, co_author: str = "") -> str:
+    """A local run's message: the task, Claude's summary, and the asker (`Name <email>` from
+    their git identity, if they have one) as co-author."""
+    return _message(instruction, summary, "Requested locally with `claudecluster run`.", co_author)
 
 
 def pull_body(request: SessionRequest, summary: str, lead: str) -> str:

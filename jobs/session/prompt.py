@@ -51,6 +51,25 @@ def implement_prompt(
     return _frame(request, where, task, material)
 
 
+LOCAL_TASK = (
+    "Make the change by editing files under /workspace. Do not run `git commit`: when you "
+    "finish, your changes are committed for you on a new branch. End with a short summary of "
+    "what you changed, written for the commit message; if no change is needed, say so and "
+    "answer the request instead."
+)
+
+
+def local_prompt(instruction: str, where: str) -> str:
+    """`claudecluster run`: the owner of a local checkout asks; there is no thread to quote."""
+    parts = [
+        f"You are working on a local git repository, checked out at /workspace ({where}).",
+        "Its owner asked you to do this:",
+        f"<instruction>\n{quote(instruction)}\n</instruction>",
+        LOCAL_TASK,
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
 def pull_request_prompt(session: Session) -> str:
     """The implementing prompt on a pull request: its thread and diff, and for inline and review
     triggers where in the code the request points."""
