@@ -1,7 +1,8 @@
 """From no credentials to a first pull request, as a newcomer does it: in a real browser.
 
-The Procfile's processes start in setup mode with empty env files (as `claudecluster serve`
-starts them): the web serves /setup and prints its link, the worker waits. Headless Chromium
+`bash scripts/run` starts the service in setup mode (`claudecluster serve`, with only the model
+credential in the gateway's env file): the web serves /setup and prints its link, the worker
+waits. Headless Chromium
 opens the link, registers the App through the GitHub stand-in's manifest form, installs it, and
 comes back; the credentials are then on disk (0600, each in its role's file) and the running
 service, never restarted, answers a `/claude` comment that GitHub delivers to the webhook the
@@ -21,9 +22,9 @@ import httpx
 import pytest
 from dotenv import dotenv_values
 
-from jobs.common.settings import WAIT_FOR_CONFIG
+from jobs.common.settings import SECRET_OWNERS
 from tests.browser import chromium
-from tests.e2e.conftest import FINAL, procfile, role_env, service_env
+from tests.e2e.conftest import FINAL, MODEL_KEY, service_env
 from tests.standins.anthropic import Text, ToolUse
 from tests.standins.github import GitHubStandIn
 from tests.support import ROOT, free_port, wait_for
@@ -45,11 +46,14 @@ def fresh_github(tmp_path):
 
 @contextlib.contextmanager
 def service_in_setup_mode(github, stand_ins, tmp_path: Path):
+    """The service as the README starts it, `bash scripts/run`, with nothing configured but
+    where GitHub is, the public address, and the model credential in the gateway's file."""
     port = free_port()
     env_dir = tmp_path / "env"
     env_dir.mkdir()
-    for role in ("web", "worker", "gateway"):  # as `claudecluster serve` creates them
-        (env_dir / f"{role}.env").touch(0o600)
+    (env_dir / "gateway.env").write_text(
+        f"ANTHROPIC_API_KEY={MODEL_KEY}\nANTHROPIC_BASE_URL={stand_ins.anthropic.url}\n"
+    )
     workspaces = tmp_path / "workspaces"
     workspaces.mkdir()
     env = service_env(
@@ -60,38 +64,33 @@ def service_in_setup_mode(github, stand_ins, tmp_path: Path):
         workspaces,
         port,
     )
-    for name in ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_WEBHOOK_SECRET", "GITHUB_API_URL"):
-        del env[name]  # what setup must provide
+    for name in [n for n in env if n in SECRET_OWNERS or n.startswith(("GITHUB_", "ANTHROPIC_"))]:
+        del env[name]  # what setup provides, and the model key, which only the gateway's file has
     env.update(
         {
             "CLAUDECLUSTER_ENV_DIR": str(env_dir),
-            WAIT_FOR_CONFIG: "1",
             "GITHUB_URL": github.url,
             "PUBLIC_URL": f"http://127.0.0.1:{port}",
         }
     )
-    logs, procs = {}, {}
-    for role, command in procfile().items():
-        logs[role] = tmp_path / f"{role}.log"
-        procs[role] = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"],
-            cwd=ROOT,
-            env=role_env(env, role),
-            start_new_session=True,
-            stdout=logs[role].open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        ["bash", "scripts/run", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        yield f"http://127.0.0.1:{port}", env_dir, logs, procs
+        yield f"http://127.0.0.1:{port}", env_dir, log, proc
     finally:
-        for proc in procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
-        for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
 
 
 def read(path: Path) -> str:
@@ -105,18 +104,19 @@ def mode_of(path: Path) -> int:
 def test_setup_in_a_browser_then_a_comment_gets_a_pull_request(fresh_github, stand_ins, tmp_path):
     gh, api = fresh_github, stand_ins.anthropic
     api.reset()
-    with service_in_setup_mode(gh, stand_ins, tmp_path) as (url, env_dir, logs, procs):
+    with service_in_setup_mode(gh, stand_ins, tmp_path) as (url, env_dir, log, proc):
 
         def setup_link():
-            for role, proc in procs.items():
-                assert proc.poll() is None, f"{role} exited:\n{read(logs[role])}"
-            found = re.search(r"(http://\S+/setup\?token=\S+)", read(logs["web"]))
+            assert proc.poll() is None, f"scripts/run exited:\n{read(log)}"
+            found = re.search(r"setup: +(http://\S+/setup\?token=[\w-]+)$", read(log), re.M)
             return found and found.group(1)
 
-        link = wait_for(setup_link, 60, what="the setup link on the web's console")
+        link = wait_for(setup_link, 300, what="the setup link on the console")
+        for role in ("web", "worker", "gateway", "egress"):  # honcho's prefixes, all running
+            assert re.search(rf"^\S* ?{role}\.1 +\|", read(log), re.M), read(log)
         health = httpx.get(f"{url}/healthz", timeout=5).json()
         assert health["setup"].startswith("required"), health
-        wait_for(lambda: "waiting for setup" in read(logs["worker"]), 60, what="the worker waiting")
+        wait_for(lambda: "waiting for setup" in read(log), 60, what="the worker waiting")
         # Deliveries are refused, clearly, until setup has run.
         early = httpx.post(f"{url}/webhooks", content=b"{}", timeout=5)
         assert early.status_code == 503 and "setup" in early.json()["error"]
@@ -162,7 +162,7 @@ def test_setup_in_a_browser_then_a_comment_gets_a_pull_request(fresh_github, sta
         assert httpx.get(f"{url}/healthz", timeout=5).json().get("setup") is None
 
         # The worker found its credentials without a restart; a comment gets a pull request.
-        wait_for(lambda: "Listening on" in read(logs["worker"]), 60, what="the worker starting")
+        wait_for(lambda: "Listening on" in read(log), 60, what="the worker starting")
         write_notes = ToolUse("Write", {"file_path": "/workspace/NOTES.md", "content": NOTES})
         api.script([write_notes, Text("Done.")])
         with chromium() as browser:
@@ -182,7 +182,7 @@ def test_setup_in_a_browser_then_a_comment_gets_a_pull_request(fresh_github, sta
             try:
                 ended = wait_for(final, 240, what="the session's final comment")
             except AssertionError:
-                raise AssertionError(read(logs["worker"])[-4000:]) from None
+                raise AssertionError(read(log)[-4000:]) from None
             page.reload()
             page.click("#pulls a")
             assert "+Written by the session that followed setup." in page.inner_text("#diff")
@@ -193,7 +193,7 @@ def test_setup_in_a_browser_then_a_comment_gets_a_pull_request(fresh_github, sta
         assert len(pulls) == 1 and pulls[0].user.login == f"{gh.app_slug}[bot]"
         assert gh.read_file(REPO, pulls[0].head_ref, "NOTES.md") == NOTES
         # Nothing of the App's secrets reached any process's log.
-        text = "".join(read(path) for path in logs.values())
+        text = read(log)
         for secret in (
             gh.private_key_pem.splitlines()[1],
             gh.webhook_secret,
