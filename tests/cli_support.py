@@ -36,7 +36,15 @@ def cli_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 300, stdin: str = ""
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(CLI), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [str(CLI), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )

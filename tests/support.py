@@ -252,19 +252,22 @@ class AsgiClient:
 
 
 @contextmanager
-def serving(app):
-    """An ASGI app on a real loopback port, served by uvicorn in a thread; yields its base URL."""
+def serving(app, tls: tuple[Path, Path] | None = None):
+    """An ASGI app on a real loopback port, served by uvicorn in a thread; yields its base URL.
+    `tls`: a certificate and key file, to serve https."""
     import threading
 
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 10, 0.02, "the ASGI app to listen")
+    wait_for(lambda: server.started, 20, 0.02, "the ASGI app to listen")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
@@ -330,3 +333,13 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def reported_usage(events: list[dict]) -> dict:
+    """What the API reported in a stream: message_start's usage, updated by message_delta's."""
+    (start,) = [e for e in events if e["type"] == "message_start"]
+    usage = dict(start["message"]["usage"])
+    for event in events:
+        if event["type"] == "message_delta":
+            usage.update(event["usage"])
+    return usage

@@ -24,6 +24,7 @@ from jobs.gateway.proxy import Allowance, ModelGateway, _EventStreamUsage, _Mess
 from tests.standins.anthropic import Text
 from tests.standins.bedrock import chunk_event
 from tests.standins.model_backends import KINDS, MESSAGE, Kit, backend_kit, request_for
+from tests.support import reported_usage
 
 BEDROCK_MODEL = "eu.anthropic.claude-sonnet-5-5"
 
@@ -72,12 +73,7 @@ def stream_usage(answer: httpx.Response) -> dict:
     else:
         lines = answer.text.splitlines()
         events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
-    (start,) = [e for e in events if e["type"] == "message_start"]
-    usage = dict(start["message"]["usage"])
-    for event in events:
-        if event["type"] == "message_delta":
-            usage.update(event["usage"])
-    return usage
+    return reported_usage(events)
 
 
 # --------------------------------------------------------------------------- selection

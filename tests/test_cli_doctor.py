@@ -5,17 +5,14 @@ each fails, with its fix, when its part is broken; no secret ever appears in the
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import json
 import re
 import secrets
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -26,7 +23,7 @@ from jobs.common.settings import WebSettings
 from tests.cli_support import cli_env, run_cli, write_env_files
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, free_port, serving
 
 INSTALLATION = 7070
 LINE = re.compile(r"^(?P<mark>ok|FAIL|skip|warn) +(?P<name>\S+(?: \S+)*?) {2,}(?P<text>.*)$")
@@ -88,29 +85,6 @@ def anthropic():
         yield api
 
 
-@contextlib.contextmanager
-def over_tls(app, cert: Path, key: Path):
-    """An ASGI app served over https on a loopback port; yields its URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 20, 0.05, "the https server to listen")
-    try:
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> tuple[Path, Path]:
     return self_signed(tmp_path_factory.mktemp("tls"))
@@ -120,7 +94,7 @@ def tls(tmp_path_factory) -> tuple[Path, Path]:
 def public_web(redis_server, tls):
     """The real web app served over https; yields its URL and the CA file that trusts it."""
     settings = WebSettings.parse(GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET, REDIS_URL=redis_server)
-    with over_tls(create_service(settings), *tls) as url:
+    with serving(create_service(settings), tls) as url:
         yield url, tls[0]
 
 
@@ -324,7 +298,7 @@ def test_a_secret_in_another_roles_file_fails(healthy, tmp_path, github):
 
 
 def test_a_public_url_reaching_another_service(healthy, tls):
-    with over_tls(another_service, *tls) as url:
+    with serving(another_service, tls) as url:
         healthy["PUBLIC_URL"] = url
         code, lines, _ = doctor(healthy)
     assert code == 1

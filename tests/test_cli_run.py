@@ -18,7 +18,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker.errors import DockerException, ImageNotFound
 
 from jobs.common.settings import GatewaySettings
 from jobs.gateway.service import embedded
@@ -37,17 +36,6 @@ DROPPED = ("GITHUB_", "ANTHROPIC_", "CLAUDE_", "SANDBOX_", "REDIS_", "GATEWAY_",
 def model_key() -> str:
     # Made at run time, in the shape of a real key, so that redaction is tested on that shape.
     return "-".join(["sk", "ant", "api03", secrets.token_urlsafe(32)])
-
-
-@pytest.fixture(scope="module")
-def agent_image() -> str:
-    try:
-        docker.from_env().images.get(IMAGE)
-    except ImageNotFound:
-        pytest.fail(f"agent image {IMAGE} is missing: run `bash scripts/build-images.sh`")
-    except DockerException as exc:
-        pytest.fail(f"the Docker engine is not reachable: {exc}")
-    return IMAGE
 
 
 @pytest.fixture

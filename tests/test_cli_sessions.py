@@ -5,35 +5,20 @@ in tests/e2e/test_cli_sessions.py.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 from redis import Redis
 
 from jobs.common.queue import session_id_for, stop_requests_key
 from jobs.common.request import Mode, SessionRequest
-from tests.support import ROOT, enqueue, free_port
-
-CLI = "import sys; from jobs.cli import main; sys.exit(main())"
+from tests.cli_support import cli_env, run_cli
+from tests.support import enqueue, free_port
 
 
 def sessions(tmp_path: Path, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUEUE_"))}
-    (tmp_path / "env").mkdir(exist_ok=True)
-    env.update(
-        PYTHONPATH=str(ROOT), REDIS_URL=redis_url, CLAUDECLUSTER_ENV_DIR=str(tmp_path / "env")
-    )
-    return subprocess.run(
-        [sys.executable, "-c", CLI, "sessions", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(cli_env(tmp_path, REDIS_URL=redis_url), "sessions", *args, timeout=60)
 
 
 def request(delivery: str, number: int, **values) -> SessionRequest:

@@ -7,20 +7,17 @@ GitHub confirms the key; a second run says setup is done and changes nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 from dotenv import dotenv_values
 
+from tests.cli_support import CLI, cli_env, run_cli
 from tests.setup_pages import form_key, github_form, register_on_github
 from tests.standins.github import GitHubStandIn
 from tests.support import ROOT, free_port, wait_for
-
-CLI = str(ROOT / ".venv" / "bin" / "claudecluster")
 
 
 @pytest.fixture
@@ -30,19 +27,14 @@ def gh():
         yield standin
 
 
-def cli_env(env_dir: Path, gh: GitHubStandIn, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "ANTHROPIC_"))}
-    return {**base, "CLAUDECLUSTER_ENV_DIR": str(env_dir), "GITHUB_URL": gh.url, **extra}
-
-
 def test_setup_runs_the_manifest_flow_from_the_terminal(tmp_path, gh):
     env_dir, port = tmp_path / "env", free_port()
     public = f"http://127.0.0.1:{port}"
-    env = cli_env(env_dir, gh, PUBLIC_URL=public, REDIS_URL="redis://127.0.0.1:1/0")
+    env = cli_env(tmp_path, GITHUB_URL=gh.url, PUBLIC_URL=public, REDIS_URL="redis://127.0.0.1:1/0")
     out = tmp_path / "out.txt"
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [CLI, "setup", "--port", str(port), "--no-browser"],
+            [str(CLI), "setup", "--port", str(port), "--no-browser"],
             cwd=ROOT,
             env=env,
             stdout=sink,
@@ -85,43 +77,31 @@ def test_setup_runs_the_manifest_flow_from_the_terminal(tmp_path, gh):
         httpx.get(f"{public}/healthz", timeout=2)
 
 
-def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, "setup", *args],
-        cwd=ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_setup_imports_an_app_after_github_confirms_its_key(tmp_path, gh):
     env_dir = tmp_path / "env"
-    env = cli_env(env_dir, gh)
+    env = cli_env(tmp_path, GITHUB_URL=gh.url)
     wrong, right = tmp_path / "wrong.pem", tmp_path / "right.pem"
     wrong.write_text(GitHubStandIn().private_key_pem)
     right.write_text(gh.private_key_pem)
     secret = "an-imported-webhook-secret"
 
     refused = run_cli(
-        env, "--app-id", str(gh.app_id), "--private-key", str(wrong), stdin=secret + "\n"
+        env, "setup", "--app-id", str(gh.app_id), "--private-key", str(wrong), stdin=secret + "\n"
     )
     assert refused.returncode == 1
     assert "GitHub refused this App ID and key" in refused.stderr
     assert not (env_dir / "worker.env").exists()
-    assert run_cli(env, "--app-id", str(gh.app_id)).returncode == 2  # a usage error
+    assert run_cli(env, "setup", "--app-id", str(gh.app_id)).returncode == 2  # a usage error
 
     imported = run_cli(
-        env, "--app-id", str(gh.app_id), "--private-key", str(right), stdin=secret + "\n"
+        env, "setup", "--app-id", str(gh.app_id), "--private-key", str(right), stdin=secret + "\n"
     )
     assert imported.returncode == 0, imported.stderr
     assert "imported" in imported.stderr and secret not in imported.stdout + imported.stderr
     assert dotenv_values(env_dir / "web.env")["GITHUB_WEBHOOK_SECRET"] == secret
     before = {p.name: p.read_bytes() for p in env_dir.glob("*.env")}
     again = run_cli(
-        env, "--app-id", str(gh.app_id), "--private-key", str(wrong), stdin="x" * 20 + "\n"
+        env, "setup", "--app-id", str(gh.app_id), "--private-key", str(wrong), stdin="x" * 20 + "\n"
     )
     assert again.returncode == 0 and "already done" in again.stderr
     assert {p.name: p.read_bytes() for p in env_dir.glob("*.env")} == before

@@ -27,7 +27,7 @@ from jobs.gateway import pricing
 from jobs.gateway.backends import AnthropicApiKey
 from jobs.gateway.proxy import Allowance, ModelGateway, _MessageTally, _SSEUsage
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
-from tests.support import NPM, free_port, wait_for
+from tests.support import NPM, free_port, reported_usage, wait_for
 
 REAL_KEY = "sk-ant-api03-test-key-held-only-by-the-gateway"
 
@@ -94,16 +94,6 @@ def stream(gw: ModelGateway, body: dict = MESSAGE) -> tuple[httpx.Response, list
     ):
         lines = list(resp.iter_lines())
     return resp, [json.loads(line[5:]) for line in lines if line.startswith("data:")]
-
-
-def reported_usage(events: list[dict]) -> dict:
-    """What the API reported in a stream: message_start's usage, updated by message_delta's."""
-    (start,) = [e for e in events if e["type"] == "message_start"]
-    usage = dict(start["message"]["usage"])
-    for event in events:
-        if event["type"] == "message_delta":
-            usage.update(event["usage"])
-    return usage
 
 
 # --------------------------------------------------------------------------- the basics

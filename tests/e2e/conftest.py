@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import httpx
 import pytest
-from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.errors import NotFound
 
 from jobs.common.settings import SECRET_OWNERS
 from jobs.sandbox.container import LABEL
@@ -39,18 +39,6 @@ SECRET = "e2e-webhook-secret-0123456789"
 MODEL_KEY = "sk-ant-api03-test-model-key-e2e-0123456789"
 FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
 ANY_STATE = re.compile(r"<!-- claudecluster:session (\S+) state=\w+ -->")
-
-
-@pytest.fixture(scope="session")
-def agent_image() -> str:
-    image = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
-    try:
-        docker.from_env().images.get(image)
-    except ImageNotFound:
-        pytest.fail(f"agent image {image} is missing: run `bash scripts/build-images.sh`")
-    except DockerException as exc:
-        pytest.fail(f"the Docker engine is not reachable: {exc}")
-    return image
 
 
 @pytest.fixture(scope="session")

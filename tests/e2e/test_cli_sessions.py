@@ -4,34 +4,17 @@ listed while it runs, stopped from the command as `/claude stop` would, and show
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 
+from tests.cli_support import cli_env, run_cli
 from tests.e2e.conftest import REPO
 from tests.standins.anthropic import Text, ToolUse
-from tests.support import ROOT, wait_for
-
-CLI = "import sys; from jobs.cli import main; sys.exit(main())"
+from tests.support import wait_for
 
 
 def sessions(service, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUEUE_"))}
-    (tmp_path / "env").mkdir(exist_ok=True)
-    env.update(
-        PYTHONPATH=str(ROOT),
-        REDIS_URL=service.redis_url,
-        CLAUDECLUSTER_ENV_DIR=str(tmp_path / "env"),
-    )
-    return subprocess.run(
-        [sys.executable, "-c", CLI, "sessions", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(cli_env(tmp_path, REDIS_URL=service.redis_url), "sessions", *args, timeout=60)
 
 
 def row(listing: str, session_id: str) -> str:
