@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 
+from jobs.common.registration import write_env_file
+from jobs.common.settings import env_file
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.standins.github import GitHubStandIn
 
@@ -25,6 +28,11 @@ def main() -> None:
     parser.add_argument("--github-port", type=int, default=9100)
     parser.add_argument("--model-port", type=int, default=9200)
     parser.add_argument("--service-port", type=int, default=8000, help="where the service runs")
+    parser.add_argument(
+        "--configure",
+        action="store_true",
+        help="write the settings below into .env and deploy/env/gateway.env (0600)",
+    )
     args = parser.parse_args()
 
     github = GitHubStandIn(app_slug="unregistered", app_name="(no App registered yet)")
@@ -40,6 +48,12 @@ def main() -> None:
         ]
     )
     service = f"http://127.0.0.1:{args.service_port}"
+    if args.configure:
+        write_env_file(Path(".env"), {"GITHUB_URL": github.url, "PUBLIC_URL": service})
+        gateway = {"ANTHROPIC_API_KEY": "stand-in-accepts-any", "ANTHROPIC_BASE_URL": model.url}
+        env_file("gateway").parent.mkdir(parents=True, exist_ok=True)
+        write_env_file(env_file("gateway"), gateway)
+        print(f"Wrote GITHUB_URL and PUBLIC_URL to .env, the model to {env_file('gateway')}.\n")
     print(
         f"GitHub stand-in:  {github.url}  (open it in a browser: issues, comments, pulls)\n"
         f"Model stand-in:   {model.url}  (scripted: writes HELLO.md)\n\n"
@@ -47,9 +61,10 @@ def main() -> None:
         f"  GITHUB_URL={github.url}\n"
         f"  PUBLIC_URL={service}\n"
         "and in deploy/env/gateway.env:\n"
-        "  ANTHROPIC_API_KEY=any-value-the-stand-in-accepts-all\n"
+        "  ANTHROPIC_API_KEY=stand-in-accepts-any\n"
         f"  ANTHROPIC_BASE_URL={model.url}\n"
-        "Then `bash scripts/run`, open the setup link it prints, register and install the App,\n"
+        "(--configure writes them.) Then `bash scripts/run`, open the setup link it prints,\n"
+        "register and install the App,\n"
         "and comment `/claude add a greeting` on a new issue at\n"
         f"  {github.url}/octocat/hello/issues/new\n"
         "Ctrl-C stops the stand-ins (their state is not kept).",
