@@ -317,3 +317,12 @@ def test_several_model_backends_warn_which_one_is_used(healthy, tmp_path):
     assert model.startswith("warn anthropic-api-key:")
     assert "several are configured (anthropic-api-key, claude-subscription)" in model
     no_secret_in(output, MODEL_KEY, token)
+
+
+def test_a_github_that_does_not_answer_is_not_called_a_refusal(healthy):
+    healthy["GITHUB_API_URL"] = f"http://127.0.0.1:{free_port()}/api/v3"
+    code, lines, _ = doctor(healthy)
+    assert code == 1
+    app = lines["GitHub App"]
+    assert app.startswith("FAIL") and "does not answer" in app and "refused" not in app
+    assert "GITHUB_API_URL" in app

@@ -52,11 +52,16 @@ def authenticated_app(settings: WorkerSettings) -> tuple[dict[str, Any] | None, 
     try:
         client = app_client(settings)  # held: `.rest` keeps only a weak reference to it
         app = client.rest.apps.get_authenticated().json()
-    except GitHubException as exc:
+    except RequestFailed as exc:
         return None, (
             f"{settings.github_api_url} refused the App's JWT ({_refusal(exc)}): check that "
             f"GITHUB_APP_ID={settings.github_app_id} and the private key are the same App's, "
             "and that the key was not revoked"
+        )
+    except GitHubException as exc:  # no answer at all: the address, not the key
+        return None, (
+            f"{settings.github_api_url} does not answer ({_refusal(exc)}): check GITHUB_API_URL "
+            "and that this machine can reach it"
         )
     except (ValueError, TypeError) as exc:  # a key that loads but cannot sign RS256
         return None, f"no JWT could be signed with the private key ({type(exc).__name__})"
