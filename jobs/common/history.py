@@ -18,6 +18,7 @@ import difflib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -110,8 +111,10 @@ class SessionHistory:
     def page_url(self) -> str | None:
         return page_url(self.settings, self.session_id)
 
-    def open(self, request: SessionRequest, mode: str, comment_url: str) -> None:
-        """The record, once the session has answered on its thread."""
+    def open(
+        self, request: SessionRequest, mode: str, comment_url: str, steps: Sequence[str] = ()
+    ) -> None:
+        """The record, once the session has answered on its thread; `steps` its checklist."""
         self.opened = True
         now = time.time()
         self._write(
@@ -128,6 +131,7 @@ class SessionHistory:
                 "mode": mode,
                 "instruction": bounded(request.instruction, 300),
                 "started": now,
+                "steps": json.dumps(list(steps)),
                 "turns": 0,
                 "cost_usd": 0.0,
             },
@@ -152,11 +156,12 @@ class SessionHistory:
             return
         now = time.time()
         fields: dict = {"state": state, "ended": now, "outcome": bounded(headline, 1_000)}
-        fields["links"] = json.dumps({k: bounded(v, 500) for k, v in links.items() if v})
+        shown = {k: bounded(v, 500) for k, v in links.items() if v}
+        fields["links"] = json.dumps(shown)
         if turns or cost:
             fields.update(turns=turns, cost_usd=cost)
         self._write(fields)
-        self.event("end", state=state, outcome=fields["outcome"])
+        self.event("end", state=state, outcome=fields["outcome"], links=shown)
 
     def event(self, kind: str, **data: object) -> None:
         if not self.opened:
@@ -261,6 +266,7 @@ class SessionRecord:
     ended: float | None
     step: int
     step_name: str
+    steps: list
     turns: int
     cost_usd: float
     outcome: str
@@ -286,6 +292,7 @@ class SessionRecord:
                 ended=float(values["ended"]) if values.get("ended") else None,
                 step=int(values.get("step") or 0),
                 step_name=values.get("step_name", ""),
+                steps=json.loads(values.get("steps") or "[]"),
                 turns=int(values.get("turns") or 0),
                 cost_usd=float(values.get("cost_usd") or 0),
                 outcome=values.get("outcome", ""),

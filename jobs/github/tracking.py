@@ -111,7 +111,8 @@ class TrackingComment:
         self.comment_id = created["id"]
         self._last_edit = time.monotonic()
         if self.history is not None:
-            self.history.open(self.request, str(self.mode), created.get("html_url", ""))
+            steps = STEPS.get(self.mode, STEPS["implement"])
+            self.history.open(self.request, str(self.mode), created.get("html_url", ""), steps)
             self.history.step(self.step, self._step_name(self.step))
 
     def _acknowledge(self) -> None:
