@@ -139,7 +139,10 @@ class SignIn:
             reply = self.github_get(token, "/user")
         except httpx.HTTPError as exc:
             raise SignInFailed(f"GitHub could not be reached ({type(exc).__name__})") from None
-        login = reply.json().get("login") if reply.status_code == 200 else None
+        try:
+            login = reply.json().get("login") if reply.status_code == 200 else None
+        except (ValueError, AttributeError):
+            login = None
         if not isinstance(login, str):
             raise SignInFailed(f"GitHub did not say who signed in ({reply.status_code})")
         return login
@@ -184,9 +187,12 @@ class SignIn:
             except httpx.HTTPError as exc:
                 log.warning("dashboard: access check failed (%s)", type(exc).__name__)
                 return names  # not cached: asked again on the next page view
-            if reply.status_code != 200:
+            try:
+                body = reply.json() if reply.status_code == 200 else {}
+            except ValueError:
+                body = {}
+            if not isinstance(body, dict) or not body:
                 break  # no access to the installation (403/404), or the token expired
-            body = reply.json()
             for repo in body.get("repositories") or []:
                 granted = repo.get("permissions") or {}
                 if any(granted.get(level) for level in WRITE):
@@ -286,7 +292,9 @@ def callback():
         return message("Sign-in failed", "The sign-in's state does not match: start again.", 400)
     code = request.args.get("code", "")
     if not code:
-        return message("Sign-in failed", "GitHub sent no code back: start again.", 400)
+        # A person who clicks Cancel comes back with error=access_denied.
+        said = request.args.get("error", "no code")[:100]
+        return message("Sign-in failed", f"GitHub did not sign you in ({said}).", 400)
     signin = sign_in()
     try:
         token = signin.exchange(code, callback_url())

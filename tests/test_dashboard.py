@@ -99,6 +99,10 @@ def test_the_oauth_round_trip_refuses_a_wrong_state_and_a_replayed_code(board):
         assert forged.status_code == 400 and "state" in forged.text
         # The forged try used up this browser's state: the real one is refused now too.
         assert client.get(f"/login/callback?code={code}&state={form['state']}").status_code == 400
+        # Cancel on GitHub's page: back with an error instead of a code.
+        state = dict(httpx.URL(client.get("/login").headers["location"]).params)["state"]
+        denied = client.get(f"/login/callback?error=access_denied&state={state}")
+        assert denied.status_code == 400 and "access_denied" in denied.text
     with board.client() as client:
         assert sign_in(board, client, "alice").status_code == 302
         used = board.github.token_exchanges[-1]["code"]
