@@ -19,6 +19,7 @@ from jobs.common.history import (
     SessionHistory,
     events_key,
     load_record,
+    mark_interrupted,
     parse_entry,
     recent_records,
     record_key,
@@ -233,3 +234,23 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
     ]
     assert "claude.example.test/sessions/session-t1" in github.comments[-1].body
     repo.revoke()
+
+
+def test_an_interrupted_session_ends_failed_and_a_finished_one_is_left_alone(redis_url):
+    redis = Redis.from_url(redis_url)
+    settings = WorkerSettings.parse()
+    running = SessionHistory(redis, "session-cut", settings)
+    running.open(request(), "implement", "")
+    mark_interrupted(redis, "session-cut", "⚠️ **Interrupted** (the worker stopped)")
+    record = load_record(redis, "session-cut")
+    assert record is not None and record.state == "failed" and "Interrupted" in record.outcome
+    assert events(redis, "session-cut")[-1]["kind"] == "end"
+    assert redis.ttl(record_key("session-cut")) > 0  # still expires
+
+    finished = SessionHistory(redis, "session-fine", settings)
+    finished.open(request(), "implement", "")
+    finished.finish("done", "✅ done", {})
+    mark_interrupted(redis, "session-fine", "late")
+    assert load_record(redis, "session-fine").state == "done"
+    mark_interrupted(redis, "session-unknown", "no record")  # nothing to end: nothing written
+    assert not redis.exists(record_key("session-unknown"))

@@ -95,6 +95,24 @@ def result_text(content: object) -> str:
     return str(content or "")
 
 
+def entry(kind: str, **data: object) -> str:
+    return json.dumps({"kind": kind, "at": time.time(), **data}, ensure_ascii=False)
+
+
+def mark_interrupted(redis: Redis, session_id: str, why: str) -> None:
+    """A session that could not end itself (its worker died, it timed out in RQ): its record
+    ends as failed, like its tracking comment (jobs/upkeep/interrupted.py). The keys keep
+    their expiry."""
+    key = record_key(session_id)
+    state = redis.hget(key, "state")
+    if state is None or state.decode() not in LIVE_STATES:
+        return
+    outcome = bounded(why, 1_000)
+    redis.hset(key, mapping={"state": "failed", "ended": str(time.time()), "outcome": outcome})
+    end = entry("end", state="failed", outcome=outcome, links={})
+    redis.xadd(events_key(session_id), {"data": end}, maxlen=MAX_EVENTS, approximate=True)
+
+
 @dataclass
 class SessionHistory:
     """The worker's writer for one session. A Redis failure is logged, never raised: the
@@ -166,11 +184,10 @@ class SessionHistory:
     def event(self, kind: str, **data: object) -> None:
         if not self.opened:
             return
-        entry = json.dumps({"kind": kind, "at": time.time(), **data}, ensure_ascii=False)
         key, ttl = events_key(self.session_id), retention(self.settings)
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(key, {"data": entry}, maxlen=MAX_EVENTS, approximate=True)
+            pipe.xadd(key, {"data": entry(kind, **data)}, maxlen=MAX_EVENTS, approximate=True)
             pipe.expire(key, ttl)
             pipe.execute()
         except RedisError as exc:
