@@ -93,9 +93,11 @@ def dashboard(redis_url: str, **overrides: str) -> Iterator[Dashboard]:
             yield Dashboard(url, github, Redis.from_url(redis_url), service, worker)
 
 
-def sign_in(board: Dashboard, client: httpx.Client, login: str) -> httpx.Response:
+def sign_in(
+    board: Dashboard, client: httpx.Client, login: str, start_at: str = "/login"
+) -> httpx.Response:
     """The whole round trip over HTTP: our /login, GitHub's authorize page, our callback."""
-    start = client.get("/login")
+    start = client.get(start_at)
     assert start.status_code == 302, start.text
     authorize = httpx.get(start.headers["location"], timeout=10)
     assert authorize.status_code == 200 and "Authorize" in authorize.text, authorize.text

@@ -113,6 +113,19 @@ def test_the_oauth_round_trip_refuses_a_wrong_state_and_a_replayed_code(board):
         assert "error" in board.github.token_exchanges[-1]
 
 
+def test_sign_in_returns_to_the_page_asked_for_and_never_to_another_site(board):
+    record = board.session(MINE)
+    with board.client() as client:
+        asked = client.get(f"/sessions/{record.session_id}").headers["location"]
+        assert sign_in(board, client, "alice", asked).headers["location"] == (
+            f"/sessions/{record.session_id}"
+        )
+    for elsewhere in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        with board.client() as client:
+            back = sign_in(board, client, "alice", f"/login?next={elsewhere}")
+            assert back.headers["location"] == "/sessions", elsewhere
+
+
 def test_no_token_or_key_reaches_a_page_or_the_cookie(board):
     record = board.session(MINE)
     with board.client() as client:
