@@ -10,6 +10,9 @@ import json
 import secrets
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from redis import Redis
 
 from jobs.common.history import (
@@ -254,3 +257,41 @@ def test_an_interrupted_session_ends_failed_and_a_finished_one_is_left_alone(red
     assert load_record(redis, "session-fine").state == "done"
     mark_interrupted(redis, "session-unknown", "no record")  # nothing to end: nothing written
     assert not redis.exists(record_key("session-unknown"))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+BLOCK = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "tool_use", "tool_result", "thinking"])},
+    optional={
+        "text": JSON,
+        "name": st.sampled_from(["Bash", "Edit", "MultiEdit", "Write", "NotebookEdit", "Read"]),
+        "input": JSON,
+        "id": JSON,
+        "tool_use_id": JSON,
+        "content": JSON,
+        "is_error": JSON,
+    },
+)
+EVENT = st.fixed_dictionaries(
+    {"type": st.sampled_from(["assistant", "user", "system", "result"])},
+    optional={
+        "message": JSON
+        | st.fixed_dictionaries(
+            {}, optional={"id": JSON, "content": JSON | st.lists(BLOCK | JSON, max_size=4)}
+        )
+    },
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(EVENT)
+def test_whatever_the_sandbox_prints_the_history_never_raises(redis_server, event):
+    history = SessionHistory(Redis.from_url(redis_server), "session-fuzz", WorkerSettings.parse())
+    history.opened = True
+    history.cli_event(event)
