@@ -146,7 +146,7 @@ def test_cli_events_become_bounded_redacted_dashboard_events(redis_url):
     assert got[1]["command"] == "pytest -q"
     assert got[2]["tool"] == "Bash" and got[2]["text"].startswith("1 passed")
     assert token not in json.dumps(got) and REDACTED in got[2]["text"]
-    assert got[3]["path"] == "/workspace/app.py"
+    assert got[3]["path"] == "app.py"  # as the repository names it
     assert "-x = 1" in got[3]["diff"] and "+x = 2" in got[3]["diff"]
     assert "+++ b/app.py" in got[3]["diff"]
     assert len(got[-1]["text"]) < TEXT_LIMIT + 100 and "characters cut" in got[-1]["text"]

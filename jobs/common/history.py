@@ -235,7 +235,8 @@ class SessionHistory:
             self.event("bash", command=bounded(params.get("command", "")))
         elif name in _EDIT_TOOLS:
             path = str(params.get("file_path") or params.get("notebook_path") or "")
-            self.event("edit", tool=name, path=bounded(path, 300), diff=edit_diff(name, params))
+            shown = bounded(path.removeprefix("/workspace/"), 300)
+            self.event("edit", tool=name, path=shown, diff=edit_diff(name, params))
         else:
             shown = json.dumps(params, ensure_ascii=False, indent=1)
             self.event("tool", tool=name, input=bounded(shown))
