@@ -66,6 +66,15 @@ def when(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+@bp.after_request
+def _not_framed(response):
+    # A page with a Stop button inside another site's frame could be clicked through it.
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.app_template_filter("took")
 def _took(seconds: float) -> str:
     return took(seconds)

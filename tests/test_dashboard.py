@@ -180,7 +180,11 @@ def test_stop_needs_the_csrf_token_and_access_then_writes_the_stop_request(board
         # What `/claude stop` writes: the login joins the session's stop requests.
         assert board.redis.lrange(stop_requests_key(mine.session_id), 0, -1) == [b"alice"]
         assert 0 < board.redis.ttl(stop_requests_key(mine.session_id)) <= 3600
-        assert "Stop requested" in client.get(done.headers["location"]).text
+        shown = client.get(done.headers["location"])
+        assert "Stop requested" in shown.text
+        # Not to be framed by another site, where the button could be clicked through.
+        assert shown.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
         # Signing out needs the token too, and ends the server-side session.
         assert client.post("/logout", data={}).status_code == 403
         assert client.post("/logout", data={"csrf": csrf}).status_code == 302
