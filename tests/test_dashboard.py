@@ -300,3 +300,15 @@ def test_the_authorize_page_refuses_unknown_clients_and_foreign_redirects(board)
     )
     assert wrong_secret.json()["error"] == "incorrect_client_credentials"
     assert not board.github.errors
+
+
+def test_a_persons_access_is_asked_of_github_once_a_minute_not_per_page(board):
+    records = [board.session(MINE) for _ in range(3)]
+    with board.client() as client:
+        sign_in(board, client, "alice")
+        for _ in range(3):
+            assert client.get("/sessions").status_code == 200
+        for record in records:
+            assert client.get(f"/sessions/{record.session_id}").status_code == 200
+    asked = [r for r in board.github.requests if r.path.endswith("/88/repositories")]
+    assert len(asked) == 1 and asked[0].auth == "user"
