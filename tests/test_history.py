@@ -29,7 +29,7 @@ from jobs.common.history import (
 )
 from jobs.common.redact import REDACTED
 from jobs.common.request import SessionRequest
-from jobs.common.settings import WorkerSettings
+from jobs.common.settings import ConfigError, WorkerSettings
 from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.github.tracking import RUNNING, TrackingComment
 from jobs.sandbox.transcript import Outcome, Transcript
@@ -295,3 +295,9 @@ def test_whatever_the_sandbox_prints_the_history_never_raises(redis_server, even
     history = SessionHistory(Redis.from_url(redis_server), "session-fuzz", WorkerSettings.parse())
     history.opened = True
     history.cli_event(event)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two weeks"])
+def test_a_bad_retention_stops_start_up_naming_the_variable(value):
+    with pytest.raises(ConfigError, match="SESSION_HISTORY_DAYS"):
+        WorkerSettings.parse(SESSION_HISTORY_DAYS=value)
