@@ -33,6 +33,8 @@ from jobs.common.settings import ConfigError, WorkerSettings
 from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.github.tracking import RUNNING, TrackingComment
 from jobs.sandbox.transcript import Outcome, Transcript
+from jobs.session.commits import pull_body
+from jobs.session.state import Session
 from tests.standins.github import GitHubStandIn
 
 REPO = "octo-org/history"
@@ -211,6 +213,10 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
     tracking.advance(RUNNING)
     body = github.comments[-1].body
     assert "[Session log](https://claude.example.test/sessions/session-t1)" in body
+    unlinked = Session(
+        "session-t1", asked, settings.model_copy(update={"public_url": None}), redis, repo, tracking
+    )
+    assert "Session log" not in pull_body(unlinked, "Fixed.", "Closes #7")
 
     outcome = Outcome(is_error=False, result="Fixed.", num_turns=4, cost_usd=0.25)
     pull = {"number": 8, "html_url": f"{github.url}/{REPO}/pull/8"}
@@ -236,6 +242,14 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
         ("end", "done"),
     ]
     assert "claude.example.test/sessions/session-t1" in github.comments[-1].body
+    # The pull request's body links to the page too.
+    session = Session("session-t1", asked, settings, redis, repo, tracking)
+    body = pull_body(session, "Fixed.", "Closes #7")
+    assert "[Session log](https://claude.example.test/sessions/session-t1)" in body
+    unlinked = Session(
+        "session-t1", asked, settings.model_copy(update={"public_url": None}), redis, repo, tracking
+    )
+    assert "Session log" not in pull_body(unlinked, "Fixed.", "Closes #7")
     repo.revoke()
 
 
