@@ -15,8 +15,10 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
+from app.pages import create_app
 from jobs.common.history import events_key
 from jobs.common.queue import stop_requests_key
+from jobs.common.settings import WebSettings
 from tests.dashboard_support import ADMIN, MINE, THEIRS, dashboard, sign_in
 from tests.standins import openapi
 
@@ -312,3 +314,12 @@ def test_a_persons_access_is_asked_of_github_once_a_minute_not_per_page(board):
             assert client.get(f"/sessions/{record.session_id}").status_code == 200
     asked = [r for r in board.github.requests if r.path.endswith("/88/repositories")]
     assert len(asked) == 1 and asked[0].auth == "user"
+
+
+def test_before_setup_wrote_the_oauth_client_the_dashboard_says_so(redis_url):
+    settings = WebSettings.parse(REDIS_URL=redis_url, GITHUB_WEBHOOK_SECRET="s" * 20)
+    client = create_app(settings).test_client()
+    for path in ("/sessions", "/login"):
+        page = client.get(path)
+        assert page.status_code == 503 and "GITHUB_CLIENT_ID" in page.text, path
+    assert client.get("/healthz").status_code == 200  # health stays outside the sign-in
