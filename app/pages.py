@@ -1,7 +1,7 @@
-"""The Flask application factory: every page of the web process (health, and what comes).
+"""The Flask application factory: every page of the web process (health, setup, the dashboard).
 
-Webhooks are answered before Flask, on the event loop (app/service.py); the rest of the web
-process's paths go to `create_app()`.
+Webhooks and the dashboard's live streams are answered before Flask, on the event loop
+(app/service.py); the rest of the web process's paths go to `create_app()`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from flask import Flask
 from redis import Redis
 
-from app import health, setup
+from app import dashboard, health, setup, signin
 from jobs.common.logs import configure_logging
 from jobs.common.redact import redactor
 from jobs.common.settings import ConfigError, MissingSetting, WebSettings, waiting_for_config
@@ -47,6 +47,9 @@ def create_app(settings: WebSettings | None = None) -> Flask:
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
     app.extensions["setup"] = setup.SetupMode.of(settings)
+    signin.configure(app, signin.SignIn(settings, app.extensions["redis"]))
     app.register_blueprint(health.bp)
     app.register_blueprint(setup.bp)
+    app.register_blueprint(signin.bp)
+    app.register_blueprint(dashboard.bp)
     return app

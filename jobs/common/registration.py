@@ -115,6 +115,10 @@ def manifest(base_url: str, public_url: str | None, name: str | None = None) -> 
         "redirect_url": f"{base_url}/setup/callback",
         "setup_url": f"{base_url}/setup/installed",
         "setup_on_update": False,
+        # The dashboard's sign-in returns here (app/signin.py); GitHub allows up to ten.
+        "callback_urls": list(
+            dict.fromkeys(f"{u.rstrip('/')}/login/callback" for u in (base_url, public_url) if u)
+        ),
         "default_events": list(app["default_events"]),
         "default_permissions": dict(app["default_permissions"]),
     }

@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar, Self, TypeVar
 
 from dotenv import dotenv_values
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 WEB_REQUIRED = ("GITHUB_WEBHOOK_SECRET",)
 WORKER_REQUIRED = ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY")
@@ -108,6 +108,13 @@ class CommonSettings(BaseSettings):
     egress_socket_path: Path | None = Field(None, alias="EGRESS_SOCKET")
     queue_name: str = Field("sessions", alias="QUEUE_NAME")
     session_timeout: int = Field(1800, alias="SESSION_TIMEOUT", gt=0)
+    # Where people reach this service (a tunnel or public address): setup registers the webhook
+    # under it, and the worker links the tracking comment and the pull request body to
+    # $PUBLIC_URL/sessions/<id>. Unset, setup takes the address the browser used, and the
+    # comments carry no dashboard link.
+    public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
+    # Days a session's record and event stream are kept in Redis for the dashboard.
+    session_history_days: float = Field(14, alias="SESSION_HISTORY_DAYS", gt=0)
 
     @field_validator("redis_url")
     @classmethod
@@ -206,10 +213,6 @@ class WebSettings(CommonSettings):
     REQUIRED: ClassVar[tuple[str, ...]] = WEB_REQUIRED
 
     github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET")
-    # Where GitHub reaches this service (a tunnel or public address): the webhook URL setup
-    # registers. Unset, setup takes the address the browser used, and leaves the hook out when
-    # that is not reachable from the internet.
-    public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
     # The App's home, for setup: github.com or a GitHub Enterprise Server's base URL.
     github_url: HttpUrl = Field("https://github.com", alias="GITHUB_URL")
     github_api_url: HttpUrl | None = Field(None, alias="GITHUB_API_URL")
@@ -217,6 +220,16 @@ class WebSettings(CommonSettings):
     github_app_url: HttpUrl | None = Field(None, alias="GITHUB_APP_URL")
     github_client_id: str | None = Field(None, alias="GITHUB_CLIENT_ID")
     github_client_secret: SecretStr | None = Field(None, alias="GITHUB_CLIENT_SECRET")
+    # GitHub logins that see every session on the dashboard (comma-separated).
+    dashboard_admins: Annotated[list[str], NoDecode] = Field([], alias="DASHBOARD_ADMINS")
+
+    @field_validator("dashboard_admins", mode="before")
+    @classmethod
+    def _logins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     # gunicorn.conf.py reads these, so the env files can set them too.
     host: str = Field("0.0.0.0", alias="HOST")
     port: int = Field(8000, alias="PORT", gt=0, lt=65536)

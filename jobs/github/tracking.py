@@ -4,6 +4,9 @@ While the session runs it shows a checklist of the steps with the current one ma
 last few actions and the elapsed time; at the end it becomes the outcome. A hidden marker names
 the session and its state, so the bot can find its own comment again and never mistakes it (or a
 user quoting it) for a command. Edits are paced per installation (jobs/github/pacing.py).
+
+The dashboard is the other window: each step, each event of the CLI and the end also go to the
+session's history (jobs/common/history.py), and with PUBLIC_URL set the comment links to it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 
 from githubkit.exception import GitHubException
 
+from jobs.common.history import SessionHistory
 from jobs.common.redact import redactor
 from jobs.common.request import MARKER, SessionRequest
 from jobs.github.client import RepoSession
@@ -81,6 +85,7 @@ class TrackingComment:
     request: SessionRequest
     session_id: str
     pacer: Pacer | None = None
+    history: SessionHistory | None = None
     mode: str = "implement"
     comment_id: int = 0
     step: int = QUEUED
@@ -105,6 +110,10 @@ class TrackingComment:
             created = self.github.comment(self.request.number, body)
         self.comment_id = created["id"]
         self._last_edit = time.monotonic()
+        if self.history is not None:
+            steps = STEPS.get(self.mode, STEPS["implement"])
+            self.history.open(self.request, str(self.mode), created.get("html_url", ""), steps)
+            self.history.step(self.step, self._step_name(self.step))
 
     def _acknowledge(self) -> None:
         try:
@@ -118,6 +127,8 @@ class TrackingComment:
 
     def waiting(self) -> None:
         """Another session holds this thread: say so until it is our turn."""
+        if self.history is not None:
+            self.history.state("waiting")
         try:
             self._edit(
                 self._body(
@@ -132,7 +143,16 @@ class TrackingComment:
 
     def advance(self, step: int) -> None:
         self.step = step
+        if self.history is not None:
+            if step == RUNNING:
+                self.history.state("running")  # after a wait for the thread, if any
+            self.history.step(step, self._step_name(step))
         self._progress(force=True)
+
+    def event(self, event: dict) -> None:
+        """One event of the CLI's stream-json, for the dashboard's live stream."""
+        if self.history is not None:
+            self.history.cli_event(event)
 
     def action(self, description: str) -> None:
         self.actions.append(description)
@@ -157,7 +177,8 @@ class TrackingComment:
 
     def pull_request_opened(self, pull: dict, outcome: Outcome, note: str = "") -> None:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
-        self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
+        text = "\n\n".join(filter(None, [note, outcome.result]))
+        self._final(headline, text, outcome, links={"pull request": pull["html_url"]})
 
     def suggested(
         self,
@@ -187,7 +208,8 @@ class TrackingComment:
                 "pull request's branch with `git am`:"
             )
         parts += [patch, note, outcome.result]
-        self._final(headline, "\n\n".join(filter(None, parts)), outcome)
+        text = "\n\n".join(filter(None, parts))
+        self._final(headline, text, outcome, links={"review": review_url})
 
     def head_moved(self, accepted: str, now: str) -> None:
         self._final(
@@ -202,13 +224,14 @@ class TrackingComment:
     ) -> None:
         listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
         headline = f"✅ **Claude pushed a commit to `{branch}`**: {commit_url}"
-        self._final(headline, f"{note}{outcome.result}\n\n**Files:**\n{listing}", outcome)
+        text = f"{note}{outcome.result}\n\n**Files:**\n{listing}"
+        self._final(headline, text, outcome, links={"commit": commit_url})
 
     def review_posted(self, review_url: str, inline: int, outcome: Outcome) -> None:
         headline = (
             f"✅ **Claude reviewed this pull request** ({inline} inline comments): {review_url}"
         )
-        self._final(headline, outcome.result, outcome)
+        self._final(headline, outcome.result, outcome, links={"review": review_url})
 
     def no_changes(self, outcome: Outcome, note: str = "") -> None:
         self._final("💬 **No changes were needed.**", note + outcome.result, outcome)
@@ -217,7 +240,7 @@ class TrackingComment:
         self._final(headline, text, None, state="done")
 
     def stopped(self, by: str, outcome: Outcome | None = None) -> None:
-        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "failed")
+        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "stopped")
 
     def stop_refused(self, login: str, needed: str) -> None:
         """A short reply to a stop from someone who may not trigger here; the session runs on."""
@@ -234,12 +257,21 @@ class TrackingComment:
         self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")
 
     def _final(
-        self, headline: str, text: str, outcome: Outcome | None, state: str = "done"
+        self,
+        headline: str,
+        text: str,
+        outcome: Outcome | None,
+        state: str = "done",
+        links: dict[str, str] | None = None,
     ) -> None:
+        """`state`: done, failed or stopped (a stop is a failure to the comment's marker)."""
         self.step = DONE
         seconds = time.monotonic() - self.started
         footer = stats(outcome, seconds) if outcome else f"<sub>⏱ {took(seconds)}</sub>"
-        body = self._body(headline, text, footer, state)
+        body = self._body(headline, text, footer, "failed" if state == "stopped" else state)
+        if self.history is not None:
+            turns, cost = (outcome.num_turns, outcome.cost_usd) if outcome else (0, 0.0)
+            self.history.finish(state, headline, links or {}, turns, cost)
         self._pace(essential=True)
         if self.comment_id:
             self._edit(body)
@@ -262,6 +294,9 @@ class TrackingComment:
     def _pace(self, essential: bool) -> None:
         if self.pacer is not None and essential:
             self.pacer.essential()
+
+    def _step_name(self, step: int) -> str:
+        return STEPS.get(self.mode, STEPS["implement"])[step]
 
     def _checklist(self) -> str:
         lines = []
@@ -288,5 +323,7 @@ class TrackingComment:
             parts.append(fit(text))
         if footer:
             parts.append(footer)
+        if self.history is not None and (url := self.history.page_url):
+            parts.append(f"<sub>[Session log]({url})</sub>")
         parts.append(marker(self.session_id, state))
         return redactor("\n\n".join(parts))

@@ -283,9 +283,11 @@ class Sandbox:
         job: SandboxJob,
         on_action: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_event: Callable[[dict], None] | None = None,
     ) -> SandboxRun:
-        """Run `job` to its end; `on_action` hears each step the agent takes, `should_stop` is
-        asked every check interval whether `/claude stop` was said."""
+        """Run `job` to its end; `on_action` hears each step the agent takes, `on_event` each
+        event of the CLI's stream-json, `should_stop` is asked every check interval whether
+        `/claude stop` was said."""
         self._write_control(job)
         self._check_ready(job.tree)
         try:
@@ -299,7 +301,7 @@ class Sandbox:
         except DockerException as exc:
             raise SandboxError(f"the sandbox container could not be created ({exc})") from None
         try:
-            watch = _Watch(self, container, job.tree, on_action, should_stop)
+            watch = _Watch(self, container, job.tree, Transcript(on_action, on_event), should_stop)
             return watch.run(job.limits.timeout)
         finally:
             try:
@@ -382,14 +384,14 @@ class _Watch:
         sandbox: Sandbox,
         container,
         tree: Path,
-        on_action: Callable[[str], None] | None,
+        transcript: Transcript,
         should_stop: Callable[[], bool] | None,
     ) -> None:
         self.sandbox = sandbox
         self.container = container
         self.tree = tree
         self.should_stop = should_stop
-        self.transcript = Transcript(on_action)
+        self.transcript = transcript
         self.timed_out = threading.Event()
         self.stopped = threading.Event()
         self.finished = threading.Event()

@@ -54,9 +54,17 @@ class Outcome:
 
 
 class Transcript:
-    def __init__(self, on_action: Callable[[str], None] | None = None) -> None:
+    """`on_action` hears a one-line description of each tool use (the tracking comment's list);
+    `on_event` every parsed event (the dashboard's stream)."""
+
+    def __init__(
+        self,
+        on_action: Callable[[str], None] | None = None,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> None:
         self.outcome = Outcome()
         self._on_action = on_action
+        self._on_event = on_event
 
     def feed(self, line: str) -> None:
         line = line.strip()
@@ -66,6 +74,8 @@ class Transcript:
             event = json.loads(line)
         except ValueError:
             return
+        if self._on_event is not None:
+            self._on_event(event)
         kind = event.get("type")
         if kind == "assistant":
             self._assistant(event)
@@ -74,6 +84,8 @@ class Transcript:
 
     def _assistant(self, event: dict) -> None:
         message = event.get("message") or {}
+        if not isinstance(message, dict):
+            return  # not the CLI's shape: the sandbox prints what it likes
         if event.get("error") or event.get("is_api_error_message"):
             text = " ".join(
                 c.get("text", "") for c in message.get("content") or [] if isinstance(c, dict)

@@ -71,7 +71,10 @@ def run_agent(
             setup=config.setup if run_setup else (),
         )
         run = Sandbox(settings).run(
-            job, on_action=session.tracking.action, should_stop=StopCheck(session)
+            job,
+            on_action=session.tracking.action,
+            should_stop=StopCheck(session),
+            on_event=session.tracking.event,
         )
     # What the comments report is the gateway's count, not what the sandbox printed.
     run.outcome.count_from(lease.usage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from jobs.common.history import page_url
 from jobs.common.redact import redactor
 from jobs.common.request import SessionRequest
 from jobs.sandbox.workspace import Change
@@ -74,8 +75,12 @@ def local_commit_message(instruction: str, summary: str, co_author: str = "") ->
     return _message(instruction, summary, "Requested locally with `claudecluster run`.", co_author)
 
 
-def pull_body(request: SessionRequest, summary: str, lead: str) -> str:
+def pull_body(session: Session, summary: str, lead: str) -> str:
+    """The pull request's description; with PUBLIC_URL set it links to the session's page."""
+    request = session.request
+    page = page_url(session.settings, session.id)
+    log = f" [Session log]({page})." if page else ""
     return redactor(
         f"{lead}\n\n{summary.strip()[:50_000]}\n\n---\n"
-        f"Requested by @{request.requester} in #{request.number}."
+        f"Requested by @{request.requester} in #{request.number}.{log}"
     )

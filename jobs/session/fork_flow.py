@@ -99,7 +99,7 @@ def open_follow_up(session: Session, workspace: Workspace, work: Work) -> dict:
         head=branch,
         base=pull["base"]["ref"],
         body=pull_body(
-            request,
+            session,
             work.outcome.result,
             f"Follow-up to #{request.number}, built on its head from {source}.",
         ),

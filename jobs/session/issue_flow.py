@@ -26,7 +26,7 @@ def implement_issue(session: Session) -> dict:
             title=title_line(request.instruction or title or f"Issue #{request.number}"),
             head=branch,
             base=base,
-            body=pull_body(request, work.outcome.result, f"Closes #{request.number}"),
+            body=pull_body(session, work.outcome.result, f"Closes #{request.number}"),
             draft=session.config.draft_pull_requests,
         )
         session.tracking.pull_request_opened(pull, work.outcome, work.note)

@@ -17,6 +17,7 @@ from redis import Redis
 from rq import get_current_job
 
 from jobs.common.control import ControlError
+from jobs.common.history import SessionHistory
 from jobs.common.queue import session_id_for
 from jobs.common.redact import redactor
 from jobs.common.repo_hints import write_hints
@@ -62,7 +63,8 @@ def run_session(**job: object) -> dict:
         log.error("session %s: no token for %s: %s", session_id, request.repo, reason)
         return {"status": "failed", "reason": reason}
     pacer = Pacer(redis, request.installation_id)
-    tracking = TrackingComment(github, request, session_id, pacer)
+    history = SessionHistory(redis, session_id, settings)
+    tracking = TrackingComment(github, request, session_id, pacer, history)
     try:
         return run(Session(session_id, request, settings, redis, github, tracking))
     finally:

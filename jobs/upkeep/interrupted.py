@@ -34,6 +34,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
+from jobs.common.history import mark_interrupted
 from jobs.common.queue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key, stop_requests_key
 from jobs.common.redact import redactor
 from jobs.common.request import MARKER, SessionRequest
@@ -99,6 +100,7 @@ def interrupt_job(
     if request is None:
         return "not_a_session"
     release_thread(redis, request, job.id)
+    mark_interrupted(redis, job.id, headline(why, request.phrase or "/claude"))
     # A short claim while GitHub is asked; pending until it has answered, so an attempt that
     # is itself killed midway is retried by the next reaper pass once its claim expires.
     if not redis.set(done_key(job.id), "in progress", nx=True, ex=CLAIM_TTL):

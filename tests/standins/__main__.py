@@ -67,6 +67,7 @@ def main() -> None:
         "register and install the App,\n"
         "and comment `/claude add a greeting` on a new issue at\n"
         f"  {github.url}/octocat/hello/issues/new\n"
+        f"Watch it on the dashboard, {service}/sessions: sign in as octocat on the stand-in.\n"
         "Ctrl-C stops the stand-ins (their state is not kept).",
         flush=True,
     )

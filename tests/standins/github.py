@@ -63,6 +63,7 @@ from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
 from .github_issues import ISSUE_ROUTES, IssuesMixin
 from .github_manifest import MANIFEST_ROUTES, ManifestMixin
+from .github_oauth import OAUTH_ROUTES, OAuthMixin
 from .github_objects import (
     PERMISSION_LEVELS,
     ROLE_ORDER,
@@ -141,7 +142,13 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
 }
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
-ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {**ROUTES, **HOOK_ROUTES, **MANIFEST_ROUTES}
+# OAUTH_ROUTES (a user access token's endpoints): tests/test_signin.py exercises them.
+ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {
+    **ROUTES,
+    **HOOK_ROUTES,
+    **MANIFEST_ROUTES,
+    **OAUTH_ROUTES,
+}
 
 _INT_PARAMS = {
     "installation_id",
@@ -249,7 +256,9 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, PagesMixin):
+class GitHubStandIn(
+    IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, OAuthMixin, PagesMixin
+):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
     Issues and comments live in ``IssuesMixin`` (``github_issues.py``); pull requests, reviews
@@ -302,6 +311,7 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, P
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered with 500)
         self._init_hooks()
         self._init_manifest()
+        self._init_oauth()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -724,7 +734,9 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, P
             return self._fault_response(request, fault, template=None, api=False)
         if git_match:
             return self._git(request, git_match)
-        page = self._manifest_page(request) or self._browse_page(request)
+        page = (
+            self._manifest_page(request) or self._oauth_page(request) or self._browse_page(request)
+        )
         if page is not None:
             self._record_request(request, page.status_code, None, None)
             return page
@@ -757,6 +769,8 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, P
             call.auth_kind, credential = self._authenticate(request)
             if isinstance(credential, Token):
                 call.rate_key = f"installation:{credential.installation_id}"
+            elif call.auth_kind == "user":
+                call.rate_key = f"user:{credential.user.login}"
             elif call.auth_kind == "jwt":
                 call.rate_key = "app"
             if template is None:
@@ -806,6 +820,10 @@ class GitHubStandIn(IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, P
             raise ApiError(401, "Bad credentials")
         if value.count(".") == 2:
             return "jwt", self._verify_jwt(value)
+        if value.startswith("ghu_"):
+            if (user_token := self._user_credential(value)) is None:
+                raise ApiError(401, "Bad credentials")
+            return "user", user_token
         token = self._tokens.get(value)
         if token is None or token.revoked or token.expires_at <= now():
             raise ApiError(401, "Bad credentials")

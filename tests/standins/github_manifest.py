@@ -143,6 +143,9 @@ class ManifestMixin:
     _public_key: Any
     bot_user: User
 
+    app_client_secret: str
+    app_callback_urls: list[str]
+
     # the stand-in's helpers (github.py, github_hooks.py)
     add_user: Any
     add_installation: Any
@@ -312,6 +315,8 @@ class ManifestMixin:
             created=time.monotonic(),
         )
         self.registrations[code] = registration
+        self.app_client_secret = registration.client_secret
+        self.app_callback_urls = [str(u) for u in manifest.get("callback_urls") or []][:10]
         return registration
 
     def _install_page(self, request: Request) -> Response:
