@@ -16,6 +16,7 @@ from githubkit.exception import GitHubException
 
 from jobs.common.redact import redactor
 from jobs.common.request import MARKER, SessionRequest
+from jobs.github.checks import CheckRun
 from jobs.github.client import RepoSession
 from jobs.github.pacing import Pacer
 from jobs.sandbox.transcript import Outcome
@@ -81,6 +82,9 @@ class TrackingComment:
     request: SessionRequest
     session_id: str
     pacer: Pacer | None = None
+    # The session's check run, which ends as this comment does (a PR's session, or once an
+    # issue's session opened one).
+    check: CheckRun | None = None
     mode: str = "implement"
     comment_id: int = 0
     step: int = QUEUED
@@ -157,7 +161,8 @@ class TrackingComment:
 
     def pull_request_opened(self, pull: dict, outcome: Outcome, note: str = "") -> None:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
-        self._final(headline, "\n\n".join(filter(None, [note, outcome.result])), outcome)
+        text = "\n\n".join(filter(None, [note, outcome.result]))
+        self._final(headline, text, outcome, opened_head=(pull.get("head") or {}).get("sha", ""))
 
     def suggested(
         self,
@@ -195,6 +200,7 @@ class TrackingComment:
             f"It was `{accepted[:12]}` when the request came and is `{now[:12]}` now: read the "
             "new commits, then ask again.",
             None,
+            conclusion="neutral",
         )
 
     def pushed(
@@ -214,10 +220,11 @@ class TrackingComment:
         self._final("💬 **No changes were needed.**", note + outcome.result, outcome)
 
     def answered(self, headline: str, text: str) -> None:
-        self._final(headline, text, None, state="done")
+        self._final(headline, text, None, state="done", conclusion="neutral")
 
     def stopped(self, by: str, outcome: Outcome | None = None) -> None:
-        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "failed")
+        headline = f"⏹️ **Stopped by @{by}.** Nothing was pushed."
+        self._final(headline, "", outcome, "failed", conclusion="cancelled")
 
     def stop_refused(self, login: str, needed: str) -> None:
         """A short reply to a stop from someone who may not trigger here; the session runs on."""
@@ -229,12 +236,20 @@ class TrackingComment:
             self.github.comment(self.request.number, body)
         except GitHubException as exc:
             log.warning("session %s: stop refusal not posted (%s)", self.session_id, exc)
+        if self.check is not None:  # where the Stop button was clicked
+            self.check.note(body)
 
     def failed(self, reason: str, outcome: Outcome | None = None) -> None:
         self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")
 
     def _final(
-        self, headline: str, text: str, outcome: Outcome | None, state: str = "done"
+        self,
+        headline: str,
+        text: str,
+        outcome: Outcome | None,
+        state: str = "done",
+        conclusion: str = "",
+        opened_head: str = "",
     ) -> None:
         self.step = DONE
         seconds = time.monotonic() - self.started
@@ -249,6 +264,10 @@ class TrackingComment:
             )
         else:
             self.github.comment(self.request.number, body)
+        if self.check is not None:
+            summary = "\n\n".join(filter(None, [headline, fit(text, MAX_TEXT // 2), footer]))
+            conclusion = conclusion or ("failure" if state == "failed" else "success")
+            self.check.complete(conclusion, headline, summary, opened_head)
 
     # -- rendering ----------------------------------------------------------------------
 
