@@ -161,9 +161,12 @@ def test_a_checks_api_that_refuses_never_keeps_the_session_from_its_final_commen
     _, check, tracking = session_parts(github, REPO, INSTALLATION, pr.number, pull=True)
     tracking.start()
     github.fail_next("*", r"/check-runs", status, times=10)
-    check.queue()
-    check.start()
-    tracking.pushed(f"refused-{status}", "https://example.test/c", ["M\tf.txt"], done())
+    try:
+        check.queue()
+        check.start()
+        tracking.pushed(f"refused-{status}", "https://example.test/c", ["M\tf.txt"], done())
+    finally:
+        github.clear_faults()
     final = [c for c in github.comments if c.issue_number == pr.number][-1]
     assert "Claude pushed a commit" in final.body and "state=done" in final.body
     assert not [r for r in github.check_runs_of(REPO) if r.head_sha == pr.head_sha]
@@ -175,3 +178,22 @@ def test_a_title_is_the_headlines_plain_words():
         "Claude suggested 2 changes"
     )
     assert title_of("no bold here") == "no bold here"
+
+
+def test_a_fork_pull_requests_run_is_on_the_forks_head_and_lists_no_pull_request(github):
+    pr = github.add_pull(
+        REPO,
+        NewPull(
+            "fork-fix",
+            files={"g.txt": "g\n"},
+            user_login="mallory",
+            fork_full_name="mallory/checked",
+        ),
+    )
+    client, check, tracking = session_parts(github, REPO, INSTALLATION, pr.number, pull=True)
+    tracking.start()
+    check.queue()
+    [run] = [r for r in github.check_runs_of(REPO) if r.external_id == f"session-{pr.number}"]
+    assert run.head_sha == client.pull(pr.number)["head"]["sha"] == pr.head_sha
+    # GitHub lists only pull requests whose head is in the repository itself.
+    assert github.check_run_json(run.id)["pull_requests"] == []

@@ -619,6 +619,11 @@ class GitHubStandIn(
                 )
             )
 
+    def clear_faults(self) -> None:
+        """Forget the faults ``fail_next`` set that have not been used up."""
+        with self._lock:
+            self._faults.clear()
+
     def reset_records(self) -> None:
         with self._lock:
             self.requests.clear()

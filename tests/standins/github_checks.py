@@ -204,11 +204,15 @@ class ChecksMixin:
 
     # ------------------------------------------------------------------ test API
 
-    def check_runs_of(self, full_name: str) -> list[CheckRunRecord]:
-        """The repository's check runs, oldest first (copies: later updates do not show)."""
+    @property
+    def check_runs(self) -> list[CheckRunRecord]:
+        """Every check run, oldest first (copies: later updates do not show)."""
         with self._lock:
-            runs = [r for r in self._check_runs.values() if r.repo.full_name == full_name]
-            return copy.deepcopy(sorted(runs, key=lambda r: r.id))
+            return copy.deepcopy(sorted(self._check_runs.values(), key=lambda r: r.id))
+
+    def check_runs_of(self, full_name: str) -> list[CheckRunRecord]:
+        """The repository's check runs, oldest first (copies)."""
+        return [r for r in self.check_runs if r.repo.full_name == full_name]
 
     def check_run_json(self, check_run_id: int) -> dict[str, Any]:
         """The check run as GitHub puts it in a ``check_run`` webhook."""
