@@ -39,6 +39,11 @@ def is_session_id(value: str) -> bool:
     return re.fullmatch(r"session-[A-Za-z0-9-]{1,64}", value) is not None
 
 
+def check_run_key(session_id: str) -> str:
+    """The id of the session's check run, for upkeep to end it when the session could not."""
+    return f"claudecluster:check-run:{session_id}"
+
+
 # The identifier of the Stop button on a session's check run (jobs/github/checks.py); a click
 # comes back to the web as `check_run.requested_action` (app/triggers.py).
 STOP_ACTION = "stop"

@@ -14,6 +14,7 @@ session; an installation that has not granted `checks` yet gets no run at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from githubkit.exception import GitHubException
+from redis import Redis
+from redis.exceptions import RedisError
 
-from jobs.common.queue import STOP_ACTION
+from jobs.common.queue import DELIVERY_TTL, STOP_ACTION, check_run_key
 from jobs.common.redact import redactor
 from jobs.common.request import SessionRequest
 from jobs.github.client import RepoSession
@@ -55,6 +58,8 @@ class CheckRun:
     github: RepoSession
     request: SessionRequest
     session_id: str
+    # Where the run's id is kept for upkeep, which ends the run of a session that died.
+    redis: Redis | None = None
     run_id: int = 0
     started_at: str = field(default_factory=_now)
 
@@ -113,6 +118,9 @@ class CheckRun:
             }
         )
         self.run_id = int(created["id"])
+        if self.redis is not None:
+            with contextlib.suppress(RedisError):
+                self.redis.set(check_run_key(self.session_id), self.run_id, ex=DELIVERY_TTL)
 
     def _update(self, step: str, **data: object) -> None:
         if self.run_id:
@@ -134,3 +142,17 @@ class CheckRun:
     def _output(title: str, summary: str) -> dict[str, str]:
         text = summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY] + "\n\n…"
         return {"title": redactor(title), "summary": redactor(text or title)}
+
+
+def end_interrupted(
+    github: RepoSession, redis: Redis, request: SessionRequest, session_id: str, headline: str
+) -> None:
+    """The run of a session that could not end it (its process was killed): a failure, as the
+    tracking comment that upkeep ends (jobs/upkeep/interrupted.py)."""
+    try:
+        known = redis.get(check_run_key(session_id))
+    except RedisError:
+        return
+    if known and github.holds("checks"):
+        run = CheckRun(github, request, session_id, run_id=int(known))
+        run.complete("failure", headline, headline)

@@ -63,7 +63,7 @@ def run_session(**job: object) -> dict:
         log.error("session %s: no token for %s: %s", session_id, request.repo, reason)
         return {"status": "failed", "reason": reason}
     pacer = Pacer(redis, request.installation_id)
-    check = CheckRun(github, request, session_id)
+    check = CheckRun(github, request, session_id, redis)
     tracking = TrackingComment(github, request, session_id, pacer, check=check)
     try:
         return run(Session(session_id, request, settings, redis, github, tracking, check))
