@@ -197,3 +197,15 @@ def test_a_fork_pull_requests_run_is_on_the_forks_head_and_lists_no_pull_request
     assert run.head_sha == client.pull(pr.number)["head"]["sha"] == pr.head_sha
     # GitHub lists only pull requests whose head is in the repository itself.
     assert github.check_run_json(run.id)["pull_requests"] == []
+
+
+def test_a_check_runs_output_is_redacted_as_comments_are(github):
+    pr = github.add_pull(REPO, NewPull("leaky", files={"h.txt": "h\n"}))
+    client, check, tracking = session_parts(github, REPO, INSTALLATION, pr.number, pull=True)
+    tracking.start()
+    check.queue()
+    check.start()
+    tracking.failed(f"git said: https://x-access-token:{client.token}@example.test failed")
+    [run] = [r for r in github.check_runs_of(REPO) if r.head_sha == pr.head_sha]
+    shown = "".join(f"{s.title}{s.summary}" for s in run.history)
+    assert client.token not in shown and "[redacted]" in shown

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from githubkit.exception import GitHubException
+from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -131,12 +131,10 @@ class CheckRun:
             call()
         except (GitHubException, KeyError, TypeError, ValueError) as exc:
             # The tracking comment carries the session; its check run is a courtesy.
-            log.warning(
-                "session %s: check run %s failed (%s)",
-                self.session_id,
-                step,
-                redactor(type(exc).__name__),
-            )
+            why = type(exc).__name__
+            if isinstance(exc, RequestFailed):
+                why = f"GitHub answered {exc.response.status_code}"
+            log.warning("session %s: check run %s failed (%s)", self.session_id, step, why)
 
     @staticmethod
     def _output(title: str, summary: str) -> dict[str, str]:
