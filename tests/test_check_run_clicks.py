@@ -8,6 +8,9 @@ their thread marks are made by the real front door and `jobs.session.thread.acti
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import pytest
 from redis import Redis
 
@@ -146,3 +149,14 @@ def test_a_click_while_redis_is_down_gets_a_503_for_github_to_redeliver():
         assert resp.status_code == 503
     finally:
         down.close()
+
+
+def test_a_job_hash_that_is_not_a_sessions_request_is_not_re_run(client, redis_url):
+    redis = Redis.from_url(redis_url)
+    redis.hset("rq:job:session-garbled", "data", b"not zlib at all")
+    other = zlib.compress(json.dumps(["os.system", None, [], {"command": "x"}]).encode())
+    redis.hset("rq:job:session-other", "data", other)
+    for session_id in ("session-garbled", "session-other"):
+        resp = post(client, "check_run", clicked("rerequested", session_id), f"d-{session_id}")
+        assert (resp.status_code, resp.json["status"]) == (200, "ignored")
+    assert queued(redis_url) == []
