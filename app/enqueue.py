@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from jobs.common.queue import (
     DELIVERY_TTL,
@@ -164,3 +166,53 @@ async def request_stop(redis: AsyncRedis, request: SessionRequest) -> str | None
     await redis.rpush(key, request.requester)
     await redis.expire(key, 3600)
     return session_id
+
+
+async def queued_request(redis: AsyncRedis, session_id: str) -> SessionRequest | None:
+    """The request a session was queued with, from its RQ job (kept `DELIVERY_TTL`), or None
+    when Redis no longer has it or it is not a session's job."""
+    data = await redis.hget(Job.key_for(session_id), "data")
+    if data is None:
+        return None
+    try:
+        function, _instance, _args, values = JSONSerializer.loads(zlib.decompress(data))
+        if function != RUN_SESSION or not isinstance(values, dict):
+            return None
+        return SessionRequest.from_job(values)
+    except (zlib.error, ValueError, TypeError):
+        return None
+
+
+# KEYS: the delivery's claim, the content's claim, the thread's mark, the session's stop list.
+# ARGV: session id, the claims' TTLs (delivery, content), the login, the stop list's TTL.
+# Returns 1 when the stop request is queued, 0 for a duplicate, -1 when the session is not
+# running (any more): its thread is free or held by another session; the click's content is
+# then free again, so the same person's next click on a run that does run is heard.
+CLAIM_AND_STOP = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    return 0
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then
+    return 0
+end
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+    redis.call('DEL', KEYS[2])
+    return -1
+end
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+return 1
+"""
+
+
+async def request_stop_of(redis: AsyncRedis, session_id: str, request: SessionRequest) -> int:
+    """`request_stop` for one session by its id (its check run's Stop button), once per
+    delivery and per click: 1 asked, 0 a duplicate, -1 not running."""
+    keys = [
+        claim_key(request.delivery_id),
+        content_key(request),
+        active_key(request.thread),
+        stop_requests_key(session_id),
+    ]
+    args = [session_id, DELIVERY_TTL, CONTENT_TTL, request.requester, 3600]
+    return int(await redis.register_script(CLAIM_AND_STOP)(keys=keys, args=args))

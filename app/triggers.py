@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from app.payload import field
+from jobs.common.queue import STOP_ACTION, is_session_id
 from jobs.common.repo_hints import DEFAULT_TRIGGER, RepoHints
 from jobs.common.request import CONFIG_PATH, MARKER, Mode, SessionRequest, Trigger
 
@@ -37,7 +38,24 @@ class Prime:
     requests: tuple[SessionRequest, ...]
 
 
-Decision = Ignore | Start | Prime
+@dataclass(frozen=True)
+class Clicked:
+    """A person clicked a button of a session's check run: Stop, or Re-run after it ended.
+
+    The run names its session (`external_id`); what that session was asked is in Redis, so the
+    web reads it there (app/enqueue.py `queued_request`) and `clicked_request` makes the stop or
+    the second run of it."""
+
+    session_id: str
+    rerun: bool
+    delivery_id: str
+    repo: str
+    login: str
+    login_id: int
+    check_run_id: int
+
+
+Decision = Ignore | Start | Prime | Clicked
 Handler = Callable[[dict, str, RepoHints], Decision]
 HANDLERS: dict[tuple[str, str], Handler] = {}
 # The handlers that read the repository's `RepoHints`: only for these does the web ask Redis.
@@ -360,3 +378,57 @@ def installed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
 @handles("installation_repositories", "added")
 def repositories_added(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _primed(payload, delivery_id, "repositories_added")
+
+
+# A Re-run after these; a session that succeeded has published its work (ask it again instead).
+RERUNNABLE = frozenset({"failure", "timed_out", "cancelled"})
+
+
+def _clicked(payload: dict, delivery_id: str, rerun: bool) -> Decision:
+    session_id = field(payload, "check_run", "external_id", optional=True) or ""
+    if not is_session_id(session_id):
+        return Ignore("not the check run of a session")
+    sender = field(payload, "sender", kind=dict)
+    if is_bot(sender):
+        return Ignore("bots never stop or re-run sessions")
+    return Clicked(
+        session_id=session_id,
+        rerun=rerun,
+        delivery_id=delivery_id,
+        repo=field(payload, "repository", "full_name"),
+        login=field(sender, "login"),
+        login_id=field(sender, "id", kind=int),
+        check_run_id=field(payload, "check_run", "id", kind=int),
+    )
+
+
+@handles("check_run", "requested_action")
+def check_run_button(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    identifier = field(payload, "requested_action", "identifier", optional=True)
+    if identifier != STOP_ACTION:
+        return Ignore(f"no button {str(identifier)[:20]!r} on a session's check run")
+    return _clicked(payload, delivery_id, rerun=False)
+
+
+@handles("check_run", "rerequested")
+def check_run_rerun(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    conclusion = field(payload, "check_run", "conclusion", optional=True)
+    if conclusion not in RERUNNABLE:
+        return Ignore(f"a session that ended {conclusion} is not run again: ask again instead")
+    return _clicked(payload, delivery_id, rerun=True)
+
+
+def clicked_request(original: SessionRequest, click: Clicked) -> SessionRequest:
+    """What the click asks, as a request of its own: the original session again (same mode,
+    thread, instruction and trigger, the clicker asking, so the worker checks the clicker's
+    access), or a stop of it by the clicker. Its content id makes each person's click on one
+    run count once, whatever delivery brings it."""
+    kind = "rerun" if click.rerun else "stop"
+    return replace(
+        original,
+        delivery_id=click.delivery_id,
+        requester=click.login,
+        requester_id=click.login_id,
+        mode=original.mode if click.rerun else Mode.STOP,
+        content_id=f"{kind}:{click.check_run_id}:{click.login_id}",
+    )

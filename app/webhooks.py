@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from app.enqueue import enqueue_session, request_stop
+from app.enqueue import enqueue_session, queued_request, request_stop, request_stop_of
 from app.payload import PayloadError
-from app.triggers import Ignore, Prime, decide, reads_hints
+from app.triggers import Clicked, Ignore, Prime, clicked_request, decide, reads_hints
 from jobs.common.repo_hints import RepoHints, read_hints
 from jobs.common.request import Mode
 
@@ -84,6 +84,8 @@ class Webhooks:
             return Answer(200, {"status": "ignored", "reason": decision.reason})
         if isinstance(decision, Prime):
             return await self.prime(delivery, decision)
+        if isinstance(decision, Clicked):
+            return await self.clicked(decision)
 
         request = decision.request
         try:
@@ -117,3 +119,26 @@ class Webhooks:
             return Answer(503, {"error": "queue unavailable, redeliver later"})
         log.info("queued %d config reads for delivery %s", len(sessions), delivery)
         return Answer(202, {"status": "queued", "sessions": sessions})
+
+    async def clicked(self, click: Clicked) -> Answer:
+        """Stop or Re-run on a session's check run: as `/claude stop` or the same request again,
+        by the person who clicked (the worker checks their access, as for a comment)."""
+        try:
+            original = await queued_request(self.redis, click.session_id)
+            if original is None or original.repo != click.repo:
+                return Answer(200, {"status": "ignored", "reason": "the session is not known"})
+            request = clicked_request(original, click)
+            if not click.rerun:
+                asked = await request_stop_of(self.redis, click.session_id, request)
+                status = {1: "stopping", 0: "duplicate"}.get(asked, "not running")
+                return Answer(202 if asked == 1 else 200, {"status": status})
+            queued = await enqueue_session(
+                self.redis, self.queue, request, timeout=self.session_timeout
+            )
+        except RedisError:
+            log.warning("queue unavailable; delivery %s refused with 503", click.delivery_id)
+            return Answer(503, {"error": "queue unavailable, redeliver later"})
+        if queued.duplicate:
+            return Answer(200, {"status": "duplicate", "session": queued.session_id})
+        log.info("re-run of %s queued as %s", click.session_id, queued.session_id)
+        return Answer(202, {"status": "queued", "session": queued.session_id})

@@ -151,6 +151,24 @@ def pull_event_payload(
     return payload
 
 
+def check_run_payload(
+    github, check_run_id: int, action: str, login: str, user_id: int, identifier: str = ""
+) -> dict:
+    """`check_run.<action>` as GitHub sends it when `login` clicks a button of the run: GitHub's
+    example with the stand-in's check run in it. `requested_action` needs the button shown
+    (`identifier`), `rerequested` a completed run (GitHub shows Re-run only then)."""
+    run = github.check_run_json(check_run_id)
+    repo = run["url"].split("/repos/", 1)[1].split("/check-runs/", 1)[0]
+    installation = github.repo(repo).installation_id
+    payload = pointed_at(webhook_example("check_run", action), repo, installation, login, user_id)
+    if action == "requested_action":
+        payload["requested_action"] = github.press(check_run_id, identifier)
+    elif action == "rerequested":
+        github.rerequestable(check_run_id)
+    payload["check_run"] = {**payload["check_run"], **run}
+    return payload
+
+
 def review_comment_payload(
     repo: str, number: int, comment_id: int, body: str, installation_id: int
 ) -> dict:

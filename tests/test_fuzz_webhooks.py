@@ -32,7 +32,7 @@ from rq.serializers import JSONSerializer
 
 from app import MAX_PAYLOAD, create_service
 from app.payload import PayloadError
-from app.triggers import HANDLERS, Ignore, Prime, Start, decide
+from app.triggers import HANDLERS, Clicked, Ignore, Prime, Start, decide
 from jobs.common.queue import active_key, stop_key, stop_requests_key
 from jobs.common.settings import WebSettings
 from tests.support import AsgiClient, _webhook_examples, sign, webhook_example
@@ -229,6 +229,11 @@ def judge(
             assert first[session].mode == "refresh" and first[session].number == 0
         return "primed"
 
+    if isinstance(decision, Clicked):
+        # A check run's button names a session; the fuzz's Redis holds none to stop or re-run.
+        assert resp.json == {"status": "ignored", "reason": "the session is not known"}
+        return nothing_queued(200, "a click on an unknown session")
+
     assert isinstance(decision, Start)
     action = payload.get("action")
     key = (event, action if isinstance(action, str) else "")
@@ -297,6 +302,9 @@ SPECIAL = (
         "[]",
         "{}",
         "../../x",
+        "session-0",  # a check run's external_id naming a session
+        "stop",
+        "failure",
     ]
     + EVENTS
     + ACTIONS

@@ -37,7 +37,12 @@ FULL = f"{OWNER}/{REPO}"
 OTHER = "gadgets"
 INSTALLATION = 4242
 ISSUE = 7
-WRITE_PERMS = {"contents": "write", "issues": "write", "pull_requests": "write"}
+WRITE_PERMS = {
+    "checks": "write",
+    "contents": "write",
+    "issues": "write",
+    "pull_requests": "write",
+}
 FILES = {
     "README.md": "# widgets\n",
     "src/widgets/__init__.py": "VERSION = '1.0'\n",
@@ -1300,6 +1305,12 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
         OWNER, REPO, "f.txt", ref="feature", headers={"Accept": "application/vnd.github.raw+json"}
     )
     theirs = open_pull(standin)
+    check = client.rest.checks.create(
+        OWNER, REPO, name="Claude", head_sha=theirs.head_sha, external_id="e"
+    ).parsed_data
+    client.rest.checks.update(OWNER, REPO, check.id, data={"conclusion": "success"})
+    client.rest.checks.get(OWNER, REPO, check.id)
+    client.rest.checks.list_for_ref(OWNER, REPO, theirs.head_sha)
     fork = standin.add_pull(
         FULL,
         NewPull(
@@ -1362,6 +1373,9 @@ def _all_endpoints(standin: GitHubStandIn, tmp_path: Path) -> None:
         lambda: client.rest.repos.get_content(OWNER, REPO, "nope.txt"),
         lambda: read_only.rest.repos.get_content(OWNER, REPO, "README.md"),
         lambda: client.rest.pulls.get(OWNER, REPO, 999),
+        lambda: client.rest.checks.create(OWNER, REPO, name="x", head_sha="0" * 40),
+        lambda: read_only.rest.checks.get(OWNER, REPO, check.id),
+        lambda: client.rest.checks.update(OWNER, REPO, 1, status="queued"),
         lambda: client.rest.pulls.create_review(
             OWNER,
             REPO,
@@ -1452,3 +1466,152 @@ def test_missing_openapi_package_fails_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setattr(openapi, "PACKAGE_DIR", tmp_path / "nowhere")
     with pytest.raises(openapi.OpenAPISpecMissing, match=r"bash scripts/test-deps\.sh"):
         openapi._check_installed(openapi.DEFAULT_SPEC)
+
+
+# --------------------------------------------------------------------------- check runs
+
+
+def raw(standin: GitHubStandIn, token: str, method: str, path: str, body: dict) -> httpx.Response:
+    """A request githubkit would refuse to send (its models check the body first)."""
+    headers = {"Authorization": f"token {token}", "Accept": "application/vnd.github+json"}
+    return httpx.request(method, f"{standin.api_url}{path}", json=body, headers=headers)
+
+
+def test_check_runs_are_created_updated_and_listed_as_github_does(github):
+    token = mint(github)
+    client = token_client(github, token)
+    head = github.branches(FULL)["main"]
+    stop = {"label": "Stop", "identifier": "stop", "description": "Stop the session"}
+    created = client.rest.checks.create(
+        OWNER,
+        REPO,
+        data={"name": "Claude", "head_sha": head, "external_id": "session-1", "actions": [stop]},
+    ).parsed_data
+    assert (created.status, created.conclusion, created.external_id) == (
+        "queued",
+        None,
+        "session-1",
+    )
+    assert created.app is not None and created.app.id == github.app_id
+    client.rest.checks.update(OWNER, REPO, created.id, data={"status": "in_progress"})
+    assert github.press(created.id, "stop") == {"identifier": "stop"}
+    with pytest.raises(AssertionError, match="not completed"):
+        github.rerequestable(created.id)
+
+    # Completed needs a conclusion; a conclusion alone completes the run.
+    path = f"/repos/{FULL}/check-runs/{created.id}"
+    missing = raw(github, token, "PATCH", path, {"status": "completed"})
+    assert missing.status_code == 422 and "conclusion" in missing.json()["message"]
+    output = {"title": "Claude pushed a commit", "summary": "Done in 3s"}
+    done = client.rest.checks.update(
+        OWNER, REPO, created.id, data={"conclusion": "success", "output": output, "actions": []}
+    ).parsed_data
+    assert (done.status, done.conclusion, done.output.title) == (
+        "completed",
+        "success",
+        output["title"],
+    )
+    assert done.completed_at is not None
+    with pytest.raises(AssertionError, match="no 'stop' button"):
+        github.press(created.id, "stop")
+    github.rerequestable(created.id)
+
+    [record] = github.check_runs_of(FULL)
+    assert [(s.status, s.conclusion, s.actions) for s in record.history] == [
+        ("queued", None, ("stop",)),
+        ("in_progress", None, ("stop",)),
+        ("completed", "success", ()),
+    ]
+    assert client.rest.checks.get(OWNER, REPO, created.id).parsed_data.conclusion == "success"
+    listed = client.rest.checks.list_for_ref(OWNER, REPO, "main").parsed_data
+    assert (listed.total_count, [r.id for r in listed.check_runs]) == (1, [created.id])
+    assert client.rest.checks.list_for_ref(OWNER, REPO, head, check_name="other").json() == {
+        "total_count": 0,
+        "check_runs": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"name": None}, "name"),
+        ({"name": "  "}, "name"),
+        ({"head_sha": "0" * 40}, "No commit found"),
+        ({"head_sha": "main"}, "No commit found"),
+        ({"status": "running"}, "status"),
+        ({"conclusion": "maybe"}, "conclusion"),
+        ({"conclusion": "stale"}, "stale"),
+        ({"status": "completed"}, "conclusion"),
+        ({"completed_at": "2026-12-04T01:00:00Z"}, "conclusion"),
+        (
+            {
+                "actions": [
+                    {"label": "x", "identifier": f"a{i}", "description": "d"} for i in range(4)
+                ]
+            },
+            "more than 3",
+        ),
+        ({"actions": [{"label": "L" * 21, "identifier": "a", "description": "d"}]}, "label"),
+        ({"actions": [{"label": "L", "identifier": "i" * 21, "description": "d"}]}, "identifier"),
+        ({"actions": [{"label": "L", "identifier": "i", "description": "d" * 41}]}, "description"),
+        ({"actions": [{"label": "L", "identifier": "i"}]}, "description"),
+        ({"output": {"title": "t"}}, "summary"),
+        ({"output": {"title": "t", "summary": "s" * 65536}}, "summary"),
+    ],
+)
+def test_a_check_run_github_would_refuse_is_refused_with_422(github, change, detail):
+    data = {"name": "Claude", "head_sha": github.branches(FULL)["main"], **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    refused = raw(github, mint(github), "POST", f"/repos/{FULL}/check-runs", data)
+    assert refused.status_code == 422
+    assert detail in refused.json()["message"]
+    assert github.check_runs_of(FULL) == []
+
+
+def test_check_runs_need_the_checks_permission_of_a_token_for_the_repository(github):
+    head = github.branches(FULL)["main"]
+    writer = token_client(github, mint(github))
+    run = writer.rest.checks.create(OWNER, REPO, name="Claude", head_sha=head).parsed_data
+    no_checks = token_client(github, mint(github, permissions={"contents": "read"}))
+    refused = failure(lambda: no_checks.rest.checks.create(OWNER, REPO, name="x", head_sha=head))
+    assert refused.response.status_code == 403
+    assert refused.response.headers["X-Accepted-GitHub-Permissions"] == "checks=write"
+    assert (
+        failure(lambda: no_checks.rest.checks.get(OWNER, REPO, run.id)).response.status_code == 403
+    )
+    reader = token_client(github, mint(github, permissions={"checks": "read"}))
+    assert reader.rest.checks.get(OWNER, REPO, run.id).parsed_data.id == run.id
+    denied = failure(lambda: reader.rest.checks.update(OWNER, REPO, run.id, status="in_progress"))
+    assert denied.response.status_code == 403
+    elsewhere = token_client(github, mint(github, repositories=[OTHER]))
+    assert (
+        failure(lambda: elsewhere.rest.checks.get(OWNER, REPO, run.id)).response.status_code == 404
+    )
+    assert failure(lambda: writer.rest.checks.get(OWNER, OTHER, run.id)).response.status_code == 404
+    as_app = raw(github, github.app_jwt(), "GET", f"/repos/{FULL}/check-runs/{run.id}", {})
+    assert as_app.status_code == 403
+    assert [s.status for s in github.check_runs_of(FULL)[0].history] == ["queued"]
+
+
+def test_a_click_on_a_check_run_is_githubs_own_webhook_payload(github):
+    from tests.support import check_run_payload
+
+    client = token_client(github, mint(github))
+    stop = {"label": "Stop", "identifier": "stop", "description": "Stop the session"}
+    head = github.branches(FULL)["main"]
+    run = client.rest.checks.create(
+        OWNER,
+        REPO,
+        data={"name": "Claude", "head_sha": head, "external_id": "s", "actions": [stop]},
+    ).parsed_data
+    clicked = check_run_payload(github, run.id, "requested_action", "alice", 5001, "stop")
+    assert clicked["action"] == "requested_action"
+    assert clicked["requested_action"] == {"identifier": "stop"}
+    assert (clicked["check_run"]["id"], clicked["check_run"]["external_id"]) == (run.id, "s")
+    assert clicked["sender"]["login"] == "alice" and clicked["installation"]["id"] == INSTALLATION
+    assert clicked["repository"]["full_name"] == FULL
+    with pytest.raises(AssertionError, match="not completed"):
+        check_run_payload(github, run.id, "rerequested", "alice", 5001)
+    client.rest.checks.update(OWNER, REPO, run.id, data={"conclusion": "failure", "actions": []})
+    again = check_run_payload(github, run.id, "rerequested", "alice", 5001)
+    assert again["action"] == "rerequested" and again["check_run"]["conclusion"] == "failure"

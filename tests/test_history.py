@@ -30,6 +30,7 @@ from jobs.common.history import (
 from jobs.common.redact import REDACTED
 from jobs.common.request import SessionRequest
 from jobs.common.settings import ConfigError, WorkerSettings
+from jobs.github.checks import CheckRun
 from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.github.tracking import RUNNING, TrackingComment
 from jobs.sandbox.transcript import Outcome, Transcript
@@ -208,13 +209,20 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
     asked = request()
     repo = RepoSession(settings, 77, REPO, ISSUE_SESSION_PERMISSIONS)
     history = SessionHistory(redis, "session-t1", settings)
-    tracking = TrackingComment(repo, asked, "session-t1", history=history)
+    check = CheckRun(repo, asked, "session-t1", redis)
+    tracking = TrackingComment(repo, asked, "session-t1", history=history, check=check)
     tracking.start()
     tracking.advance(RUNNING)
     body = github.comments[-1].body
     assert "[Session log](https://claude.example.test/sessions/session-t1)" in body
     unlinked = Session(
-        "session-t1", asked, settings.model_copy(update={"public_url": None}), redis, repo, tracking
+        "session-t1",
+        asked,
+        settings.model_copy(update={"public_url": None}),
+        redis,
+        repo,
+        tracking,
+        check,
     )
     assert "Session log" not in pull_body(unlinked, "Fixed.", "Closes #7")
 
@@ -243,11 +251,17 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
     ]
     assert "claude.example.test/sessions/session-t1" in github.comments[-1].body
     # The pull request's body links to the page too.
-    session = Session("session-t1", asked, settings, redis, repo, tracking)
+    session = Session("session-t1", asked, settings, redis, repo, tracking, check)
     body = pull_body(session, "Fixed.", "Closes #7")
     assert "[Session log](https://claude.example.test/sessions/session-t1)" in body
     unlinked = Session(
-        "session-t1", asked, settings.model_copy(update={"public_url": None}), redis, repo, tracking
+        "session-t1",
+        asked,
+        settings.model_copy(update={"public_url": None}),
+        redis,
+        repo,
+        tracking,
+        check,
     )
     assert "Session log" not in pull_body(unlinked, "Fixed.", "Closes #7")
     repo.revoke()

@@ -24,6 +24,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from jobs.common.queue import active_key, session_queue
 from jobs.common.request import SessionRequest
 from jobs.common.settings import WorkerSettings
+from jobs.github.checks import CheckRun
 from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.github.tracking import marker
 from jobs.sandbox.container import LABEL
@@ -379,6 +380,32 @@ def test_interrupting_twice_edits_once(github, redis, settings):
     assert interrupt_job(job, redis, WORKER_STOPPED, settings) == "already_final"
     assert edits_of(github, comment) == 1
     assert redis.zscore(PENDING, job.id) is None
+
+
+def test_an_interrupted_sessions_check_run_ends_as_a_failure_too(github, redis, settings):
+    pr = github.add_pull(REPO, NewPull(f"checked-{os.urandom(3).hex()}", files={"a": "a\n"}))
+    request = SessionRequest(
+        delivery_id=f"d-pr-{pr.number}",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        number=pr.number,
+        requester="octocat",
+        requester_id=583231,
+        instruction="fix it",
+        pull=True,
+    )
+    job = Job.fetch(enqueue(redis, request).session_id, connection=redis, serializer="json")
+    gh = RepoSession(settings, INSTALLATION, REPO, ISSUE_SESSION_PERMISSIONS)
+    check = CheckRun(gh, request, job.id, redis)
+    check.queue()
+    check.start()  # then the session's process is killed
+    post_tracking(settings, github, pr.number, job.id)
+
+    assert interrupt_job(job, redis, WORKER_STOPPED, settings) == "edited"
+    [run] = [r for r in github.check_runs_of(REPO) if r.external_id == job.id]
+    assert (run.status, run.conclusion, run.actions) == ("completed", "failure", [])
+    assert run.output["title"] == "Interrupted"
+    assert WORKER_STOPPED in (run.output["summary"] or "")
 
 
 def test_a_comment_already_final_is_left_alone(github, redis, settings):

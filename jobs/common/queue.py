@@ -34,6 +34,21 @@ def session_id_for(delivery_id: str) -> str:
     return "session-" + hashlib.sha256(delivery_id.encode()).hexdigest()[:32]
 
 
+def is_session_id(value: str) -> bool:
+    """Whether `value` has the shape `session_id_for` gives (a check run's external_id)."""
+    return re.fullmatch(r"session-[A-Za-z0-9-]{1,64}", value) is not None
+
+
+def check_run_key(session_id: str) -> str:
+    """The id of the session's check run, for upkeep to end it when the session could not."""
+    return f"claudecluster:check-run:{session_id}"
+
+
+# The identifier of the Stop button on a session's check run (jobs/github/checks.py); a click
+# comes back to the web as `check_run.requested_action` (app/triggers.py).
+STOP_ACTION = "stop"
+
+
 def claim_key(delivery_id: str) -> str:
     """Set once a delivery is queued; the redelivery sweeper reads it too."""
     return f"claudecluster:delivery:{delivery_id}"

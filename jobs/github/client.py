@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
-from githubkit.exception import GitHubException
+from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -20,8 +21,12 @@ from jobs.common.redact import redactor
 from jobs.common.retries import bounded_retry
 from jobs.common.settings import WorkerSettings
 
-# What a session needs, and nothing more: a review never writes contents.
+log = logging.getLogger(__name__)
+
+# What a session needs, and nothing more: a review never writes contents. `checks` for the
+# session's check run on its pull request (jobs/github/checks.py); a config refresh has none.
 ISSUE_SESSION_PERMISSIONS = {
+    "checks": "write",
     "contents": "write",
     "issues": "write",
     "pull_requests": "write",
@@ -29,6 +34,9 @@ ISSUE_SESSION_PERMISSIONS = {
 }
 REVIEW_SESSION_PERMISSIONS = {**ISSUE_SESSION_PERMISSIONS, "contents": "read"}
 READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the repo's config
+# Added to the App after installations were made: each installation grants it only once its
+# owner accepts the new permissions, and until then a session runs without what it serves.
+OPTIONAL_PERMISSIONS = ("checks",)
 
 
 def _client(api_url: str, auth) -> GitHub:
@@ -99,12 +107,34 @@ class RepoSession:
         self.owner, self.name = repo.split("/", 1)
         # Keep the client in a variable: `.rest` holds only a weak reference to it.
         app = app_client(settings)
-        minted = app.rest.apps.create_installation_access_token(
-            installation_id, data={"repositories": [self.name], "permissions": permissions}
-        ).json()
+        minted = self._mint(app, installation_id, permissions)
         self.token: str = minted["token"]
         redactor.add(self.token)
+        self.permissions: dict[str, str] = dict(minted.get("permissions") or {})
         self.gh = _client(settings.github_api_url, TokenAuthStrategy(self.token))
+
+    def _mint(self, app: GitHub, installation_id: int, permissions: dict[str, str]) -> dict:
+        def mint(wanted: dict[str, str]) -> dict:
+            data = {"repositories": [self.name], "permissions": wanted}
+            return app.rest.apps.create_installation_access_token(installation_id, data=data).json()
+
+        try:
+            return mint(permissions)
+        except RequestFailed as exc:
+            required = {k: v for k, v in permissions.items() if k not in OPTIONAL_PERMISSIONS}
+            if exc.response.status_code != 422 or required == permissions:
+                raise
+            log.warning(
+                "installation %s has not granted %s yet: this session goes without",
+                installation_id,
+                ", ".join(sorted(set(permissions) - set(required))),
+            )
+            return mint(required)
+
+    def holds(self, permission: str, level: str = "write") -> bool:
+        """Whether the minted token has `permission` at `level` (write also reads)."""
+        granted = self.permissions.get(permission)
+        return granted == level or (level == "read" and granted == "write")
 
     def repository(self) -> dict:
         return self.gh.rest.repos.get(self.owner, self.name).json()
@@ -179,6 +209,12 @@ class RepoSession:
 
     def create_review(self, number: int, review: dict) -> dict:
         return self.gh.rest.pulls.create_review(self.owner, self.name, number, data=review).json()
+
+    def create_check_run(self, data: dict) -> dict:
+        return self.gh.rest.checks.create(self.owner, self.name, data=data).json()
+
+    def update_check_run(self, check_run_id: int, data: dict) -> None:
+        self.gh.rest.checks.update(self.owner, self.name, check_run_id, data=data)
 
     def revoke(self) -> None:
         self.gh.rest.apps.revoke_installation_access_token()

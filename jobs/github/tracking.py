@@ -20,6 +20,7 @@ from githubkit.exception import GitHubException
 from jobs.common.history import SessionHistory
 from jobs.common.redact import redactor
 from jobs.common.request import MARKER, SessionRequest
+from jobs.github.checks import CheckRun
 from jobs.github.client import RepoSession
 from jobs.github.pacing import Pacer
 from jobs.sandbox.transcript import Outcome
@@ -79,6 +80,21 @@ def stats(outcome: Outcome, seconds: float) -> str:
     return f"<sub>⏱ {took(seconds)} · {outcome.num_turns} turns · ${outcome.cost_usd:.4f}</sub>"
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a session ended, as the comment's marker, the history and the check run record it:
+    `state` done, failed or stopped (a stop is a failure to the marker); `conclusion` the check
+    run's (default: from the state); the links of what it made; the head of a PR it opened."""
+
+    state: str = "done"
+    conclusion: str = ""
+    links: dict[str, str] = field(default_factory=dict)
+    opened_head: str = ""
+
+
+DONE_ENDING, FAILED_ENDING = Ending(), Ending("failed")
+
+
 @dataclass
 class TrackingComment:
     github: RepoSession
@@ -86,6 +102,9 @@ class TrackingComment:
     session_id: str
     pacer: Pacer | None = None
     history: SessionHistory | None = None
+    # The session's check run, which ends as this comment does (a PR's session, or once an
+    # issue's session opened one).
+    check: CheckRun | None = None
     mode: str = "implement"
     comment_id: int = 0
     step: int = QUEUED
@@ -178,7 +197,11 @@ class TrackingComment:
     def pull_request_opened(self, pull: dict, outcome: Outcome, note: str = "") -> None:
         headline = f"✅ **Claude opened #{pull['number']}**: {pull['html_url']}"
         text = "\n\n".join(filter(None, [note, outcome.result]))
-        self._final(headline, text, outcome, links={"pull request": pull["html_url"]})
+        ending = Ending(
+            links={"pull request": pull["html_url"]},
+            opened_head=(pull.get("head") or {}).get("sha", ""),
+        )
+        self._final(headline, text, outcome, ending)
 
     def suggested(
         self,
@@ -209,7 +232,7 @@ class TrackingComment:
             )
         parts += [patch, note, outcome.result]
         text = "\n\n".join(filter(None, parts))
-        self._final(headline, text, outcome, links={"review": review_url})
+        self._final(headline, text, outcome, Ending(links={"review": review_url}))
 
     def head_moved(self, accepted: str, now: str) -> None:
         self._final(
@@ -217,6 +240,7 @@ class TrackingComment:
             f"It was `{accepted[:12]}` when the request came and is `{now[:12]}` now: read the "
             "new commits, then ask again.",
             None,
+            Ending(conclusion="neutral"),
         )
 
     def pushed(
@@ -225,22 +249,23 @@ class TrackingComment:
         listing = "\n".join(f"- `{line.replace(chr(9), '` `')}`" for line in files[:50])
         headline = f"✅ **Claude pushed a commit to `{branch}`**: {commit_url}"
         text = f"{note}{outcome.result}\n\n**Files:**\n{listing}"
-        self._final(headline, text, outcome, links={"commit": commit_url})
+        self._final(headline, text, outcome, Ending(links={"commit": commit_url}))
 
     def review_posted(self, review_url: str, inline: int, outcome: Outcome) -> None:
         headline = (
             f"✅ **Claude reviewed this pull request** ({inline} inline comments): {review_url}"
         )
-        self._final(headline, outcome.result, outcome, links={"review": review_url})
+        self._final(headline, outcome.result, outcome, Ending(links={"review": review_url}))
 
     def no_changes(self, outcome: Outcome, note: str = "") -> None:
         self._final("💬 **No changes were needed.**", note + outcome.result, outcome)
 
     def answered(self, headline: str, text: str) -> None:
-        self._final(headline, text, None, state="done")
+        self._final(headline, text, None, Ending(conclusion="neutral"))
 
     def stopped(self, by: str, outcome: Outcome | None = None) -> None:
-        self._final(f"⏹️ **Stopped by @{by}.** Nothing was pushed.", "", outcome, "stopped")
+        headline = f"⏹️ **Stopped by @{by}.** Nothing was pushed."
+        self._final(headline, "", outcome, Ending("stopped", "cancelled"))
 
     def stop_refused(self, login: str, needed: str) -> None:
         """A short reply to a stop from someone who may not trigger here; the session runs on."""
@@ -252,26 +277,29 @@ class TrackingComment:
             self.github.comment(self.request.number, body)
         except GitHubException as exc:
             log.warning("session %s: stop refusal not posted (%s)", self.session_id, exc)
+        if self.check is not None:  # where the Stop button was clicked
+            self.check.note(body)
 
     def failed(self, reason: str, outcome: Outcome | None = None) -> None:
-        self._final("❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, "failed")
+        self._final(
+            "❌ **Claude could not finish this.**", f"Reason: {reason}", outcome, FAILED_ENDING
+        )
 
     def _final(
         self,
         headline: str,
         text: str,
         outcome: Outcome | None,
-        state: str = "done",
-        links: dict[str, str] | None = None,
+        ending: Ending = DONE_ENDING,
     ) -> None:
-        """`state`: done, failed or stopped (a stop is a failure to the comment's marker)."""
         self.step = DONE
         seconds = time.monotonic() - self.started
         footer = stats(outcome, seconds) if outcome else f"<sub>⏱ {took(seconds)}</sub>"
+        state = ending.state
         body = self._body(headline, text, footer, "failed" if state == "stopped" else state)
         if self.history is not None:
             turns, cost = (outcome.num_turns, outcome.cost_usd) if outcome else (0, 0.0)
-            self.history.finish(state, headline, links or {}, turns, cost)
+            self.history.finish(state, headline, ending.links, turns, cost)
         self._pace(essential=True)
         if self.comment_id:
             self._edit(body)
@@ -281,6 +309,10 @@ class TrackingComment:
             )
         else:
             self.github.comment(self.request.number, body)
+        if self.check is not None:
+            summary = "\n\n".join(filter(None, [headline, fit(text, MAX_TEXT // 2), footer]))
+            conclusion = ending.conclusion or ("failure" if state == "failed" else "success")
+            self.check.complete(conclusion, headline, summary, ending.opened_head)
 
     # -- rendering ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from jobs.common.redact import redactor
 from jobs.common.repo_hints import write_hints
 from jobs.common.request import Mode, SessionRequest
 from jobs.common.settings import WorkerSettings
+from jobs.github.checks import CheckRun
 from jobs.github.client import (
     ISSUE_SESSION_PERMISSIONS,
     READ_PERMISSIONS,
@@ -64,9 +65,10 @@ def run_session(**job: object) -> dict:
         return {"status": "failed", "reason": reason}
     pacer = Pacer(redis, request.installation_id)
     history = SessionHistory(redis, session_id, settings)
-    tracking = TrackingComment(github, request, session_id, pacer, history)
+    check = CheckRun(github, request, session_id, redis)
+    tracking = TrackingComment(github, request, session_id, pacer, history, check)
     try:
-        return run(Session(session_id, request, settings, redis, github, tracking))
+        return run(Session(session_id, request, settings, redis, github, tracking, check))
     finally:
         try:
             github.revoke()
@@ -85,7 +87,9 @@ def run(session: Session) -> dict:
         if (answered := admit(session)) is not None:
             return answered
         session.tracking.start()
+        session.check.queue()
         with hold_thread(session):
+            session.check.start()
             return flow_for(session)(session)
     except RepoConfigError as exc:
         if session.request.mode != Mode.REFRESH:  # a refresh has no thread to answer on

@@ -14,6 +14,7 @@ from redis import Redis
 
 from jobs.common.request import Mode, SessionRequest
 from jobs.common.settings import WorkerSettings
+from jobs.github.checks import CheckRun
 from jobs.github.client import BotIdentity, RepoSession, bot_identity
 from jobs.github.tracking import TrackingComment
 from jobs.sandbox.container import Limits
@@ -29,6 +30,7 @@ class Session:
     redis: Redis
     github: RepoSession
     tracking: TrackingComment
+    check: CheckRun  # on its pull request; the pipeline queues and starts it, `tracking` ends it
     # Known once `load_repository` has run: the pipeline's first step.
     repository: dict = field(init=False, repr=False)
     config: RepoConfig = field(init=False, repr=False)

@@ -39,6 +39,7 @@ from jobs.common.queue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key, s
 from jobs.common.redact import redactor
 from jobs.common.request import MARKER, SessionRequest
 from jobs.common.settings import WorkerSettings
+from jobs.github.checks import end_interrupted
 from jobs.github.client import RepoSession, app_client
 from jobs.github.pacing import Pacer
 from jobs.github.tracking import fit, marker, quote, took
@@ -46,8 +47,9 @@ from jobs.upkeep.leftovers import reap_session, session_running
 
 log = logging.getLogger(__name__)
 
-# Enough to find and edit the comment, in a conversation or in a review thread.
-PERMISSIONS = {"issues": "write", "pull_requests": "write", "metadata": "read"}
+# Enough to find and edit the comment, in a conversation or in a review thread, and to end the
+# session's check run (where the installation has granted `checks`).
+PERMISSIONS = {"checks": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}
 PENDING = "claudecluster:interrupt:pending"  # sorted set: session id -> first failed attempt
 CLAIM_TTL = 120  # seconds one caller holds the session while it asks GitHub
 PENDING_FOR = 24 * 3600  # seconds a comment that could not be ended is retried
@@ -229,6 +231,7 @@ def _end_comment(
             github.edit_review_comment(comment["id"], body)
         else:
             github.edit_comment(comment["id"], body)
+        end_interrupted(github, redis, request, job.id, headline(why, request.phrase or "/claude"))
         return "edited"
     finally:
         with contextlib.suppress(GitHubException):

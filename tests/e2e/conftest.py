@@ -48,6 +48,7 @@ def github(tmp_path_factory):
             INSTALLATION,
             "octo-org",
             permissions={
+                "checks": "write",
                 "contents": "write",
                 "issues": "write",
                 "pull_requests": "write",

@@ -71,6 +71,7 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     mint = [t for t in gh.token_requests if t.installation_id == INSTALLATION][-1]
     assert mint.body["repositories"] == ["hello-world"]
     assert mint.body["permissions"] == {
+        "checks": "write",
         "contents": "write",
         "issues": "write",
         "pull_requests": "write",

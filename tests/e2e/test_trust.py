@@ -89,6 +89,7 @@ def test_nothing_secret_in_anything_the_runs_produced(service):
     outputs = [service.log_text()]
     outputs += [c.body for c in gh.comments] + [c.body for c in gh.review_comments]
     outputs += [p.body or "" for p in gh.pulls] + [r.body or "" for r in gh.reviews]
+    outputs += [f"{s.title} {s.summary}" for run in gh.check_runs for s in run.history]
     redis = Redis.from_url(service.redis_url)
     for key in redis.scan_iter("rq:*"):
         if redis.type(key) == b"hash":

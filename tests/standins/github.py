@@ -19,8 +19,9 @@ credentials, and a token only sees the repositories it was minted for.
 The code is split by subject: this module holds the server, authentication, tokens,
 repositories, contents and git over HTTP; ``github_issues.py`` issues, comments and
 reactions; ``github_pulls.py`` pull requests (forks included), reviews and review comments;
-``github_objects.py`` the state records and the JSON GitHub sends; ``github_git.py`` the git
-plumbing (bare repositories, commits, diffs, ``git http-backend``); ``github_hooks.py`` the
+``github_checks.py`` check runs and their buttons; ``github_objects.py`` the state records and
+the JSON GitHub sends; ``github_git.py`` the git plumbing (bare repositories, commits, diffs,
+``git http-backend``); ``github_hooks.py`` the
 App's webhook: deliveries POSTed to a real URL, their log, and redelivery through the REST API.
 
 Answers that are not JSON (a pull request's diff, raw file content) are recorded with their
@@ -59,6 +60,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
+from .github_checks import CHECK_ROUTES, CheckRunRecord, ChecksMixin
 from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
 from .github_issues import ISSUE_ROUTES, IssuesMixin
@@ -87,6 +89,7 @@ from .github_pulls import PULL_ROUTES, PullRequestsMixin, RawBody
 
 __all__ = [
     "ApiError",
+    "CheckRunRecord",
     "GitHubStandIn",
     "HookDelivery",
     "Push",
@@ -102,6 +105,7 @@ TOKEN_ALPHABET = string.ascii_letters + string.digits
 RATE_LIMIT = 5000
 
 DEFAULT_APP_PERMISSIONS = {
+    "checks": "write",
     "contents": "write",
     "issues": "write",
     "metadata": "read",
@@ -139,6 +143,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     ),
     **ISSUE_ROUTES,
     **PULL_ROUTES,
+    **CHECK_ROUTES,
 }
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
@@ -157,6 +162,7 @@ _INT_PARAMS = {
     "pull_number",
     "review_id",
     "delivery_id",
+    "check_run_id",
 }
 
 
@@ -257,7 +263,7 @@ class _Call:
 
 
 class GitHubStandIn(
-    IssuesMixin, PullRequestsMixin, HooksMixin, ManifestMixin, OAuthMixin, PagesMixin
+    IssuesMixin, PullRequestsMixin, ChecksMixin, HooksMixin, ManifestMixin, OAuthMixin, PagesMixin
 ):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
@@ -300,6 +306,7 @@ class GitHubStandIn(
         self._pulls: dict[tuple[str, int], PullRequest] = {}
         self._reviews: dict[int, Review] = {}
         self._review_comments: dict[int, ReviewComment] = {}
+        self._check_runs: dict[int, CheckRunRecord] = {}
         self._tokens: dict[str, Token] = {}
         self._rate_used: dict[str, int] = {}
         self._faults: list[_Fault] = []
@@ -619,6 +626,11 @@ class GitHubStandIn(
                     remaining=times,
                 )
             )
+
+    def clear_faults(self) -> None:
+        """Forget the faults ``fail_next`` set that have not been used up."""
+        with self._lock:
+            self._faults.clear()
 
     def reset_records(self) -> None:
         with self._lock:
