@@ -95,8 +95,7 @@ class RepoCache:
         mirrors = []
         for path in self.root.glob("*.git"):
             name = path.name.removesuffix(".git")
-            used = self.root / f"{name}.used"
-            mirrors.append((used.stat().st_mtime if used.exists() else 0.0, name, _size(path)))
+            mirrors.append((_mtime(self.root / f"{name}.used"), name, _size(path)))
         total = sum(size for _, _, size in mirrors)
         removed = []
         for _, name, size in sorted(mirrors):
@@ -230,9 +229,19 @@ def _held(lock_file: Path, timeout: float) -> Iterator[None]:
 
 
 def _copy(files: list[Path], directory: Path) -> None:
-    if files:
-        copy = ["cp", "--reflink=auto", "--no-preserve=all", "--", *map(str, files), str(directory)]
-        subprocess.run(copy, check=True, capture_output=True, timeout=3600)
+    if not files:
+        return
+    copy = ["cp", "--reflink=auto", "--no-preserve=all", "--", *map(str, files), str(directory)]
+    done = subprocess.run(copy, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:  # a full disk, say: the caller clones from GitHub instead
+        raise OSError(f"copying the mirror's objects failed: {done.stderr.strip()[-300:]}")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0  # never used, or being evicted by another worker: first in line
 
 
 def _size(path: Path) -> int:
