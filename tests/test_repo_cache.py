@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobs.common.settings import ConfigError, WorkerSettings
-from jobs.sandbox.mirror import MIRROR_CONFIG, MirrorKey, RepoCache
+from jobs.sandbox.mirror import GC_PACKS, MIRROR_CONFIG, MirrorKey, RepoCache
 from jobs.sandbox.workspace import CachedRepo, GitError, Workspace
 from tests.standins.github import GitHubStandIn
 
@@ -341,3 +341,18 @@ def test_the_cache_is_on_by_default_and_can_be_turned_off(tmp_path):
     assert not off.repo_cache and off.repo_cache_dir == tmp_path / "c"
     with pytest.raises(ConfigError, match="REPO_CACHE_MAX_GB"):
         WorkerSettings.parse(REPO_CACHE_MAX_GB="0")
+
+
+def test_the_packs_fetches_gather_are_merged_under_the_lock(github, token, cache, tmp_path):
+    entry = cached(github, cache)
+    pack_dir = cache.mirror_path(entry.key) / "objects" / "pack"
+    counts = []
+    for n in range(GC_PACKS + 1):
+        github.add_commit("octo-org/tools", "main", {f"n{n}": f"{n}\n"})
+        ws = Workspace.clone(tmp_path / str(n), url(github), "main", token, cached=entry)
+        assert (ws.tree / f"n{n}").read_text() == f"{n}\n"
+        ws.remove()
+        counts.append(len(list(pack_dir.glob("*.pack"))))
+    assert max(counts) == GC_PACKS - 1 < GC_PACKS, counts  # merged as the 20th arrived
+    assert counts[-1] < GC_PACKS // 2, counts
+    git_in(cache.mirror_path(entry.key), "fsck", "--connectivity-only", "--no-dangling")

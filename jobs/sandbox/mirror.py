@@ -8,7 +8,7 @@ cache, and the sandbox, which gets only the work tree, never sees the mirror.
 * Keyed by installation id and repository id: two installations never share a mirror, so one
   installation's token never lends another what it could not fetch itself.
 * Each mirror has a lock file beside it (`fcntl.flock`, exclusive). Everything that touches a
-  mirror holds it: the fetch, the session's fetch from it, gc, the clearing of `*.lock` files a
+  mirror holds it: the fetch, the copy of its objects, the repack, the clearing of `*.lock` files a
   killed git left behind, eviction. A lock not had within the timeout raises `MirrorBusy`;
   the caller then clones straight from GitHub.
 * Git's automatic gc and maintenance are off (they could run in the middle of another
@@ -197,11 +197,10 @@ class Mirror:
         repack: it never rewrites the big pack, so it stays cheap); the lock is held."""
         packs = list((self.path / "objects" / "pack").glob("*.pack"))
         if len(packs) >= GC_PACKS:
-            self.run("repack", "-d", "-q", "--geometric=2")
-
-    def gc(self) -> None:
-        """A full `git gc` (the lock is held: nothing reads the mirror meanwhile)."""
-        self.run("gc", "--quiet", "--prune=now")
+            try:
+                self.run("repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index")
+            except GitError as exc:  # the session has what it needs; the next one tries again
+                log.warning("repository cache: repacking %s: %s", self.path.name, exc)
 
     def _create(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -5,8 +5,8 @@ mounted, so the agent cannot plant hooks, config, filters or remotes for the wor
 Every git command the worker runs goes through jobs/sandbox/safegit.py: no system or global
 config, no hooks or fsmonitor, and the installation token only through an in-memory credential
 helper (in no file, no remote URL and no command line). With the repository cache on, the
-checkout is fetched from the repository's mirror on this host (jobs/sandbox/mirror.py) into this
-git directory: a copy, with nothing left pointing into the mirror.
+objects come from the repository's mirror on this host (jobs/sandbox/mirror.py), copied into this
+git directory: nothing is left pointing into the mirror.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class Workspace:
         """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out,
         through the repository's mirror when `cached` names one.
 
-        Shallow: the sandbox gets no history, and a push needs only the new commits.
+        The sandbox gets no history either way, only the tree. Straight from GitHub the git dir
+        is shallow (a push needs only the new commits); through the cache it holds a copy of
+        the mirror's objects, so later sessions fetch only what changed.
         """
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
         return cls._cloned(parent, url, full_ref, token, session_id, REMOTE_TRANSPORTS, cached)
