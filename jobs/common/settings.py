@@ -343,6 +343,18 @@ class WorkerSettings(CommonSettings):
     # Seconds between checks of a running sandbox: `/claude stop`, the work tree's size (walked
     # at most a fifth of the time however big it is) and the process count.
     sandbox_check_interval: float = Field(1.0, alias="SANDBOX_CHECK_INTERVAL", gt=0)
+    # The repository cache (jobs/sandbox/mirror.py): a bare mirror per repository and
+    # installation on this host, so a session fetches only what changed since the last one.
+    repo_cache: bool = Field(True, alias="REPO_CACHE")
+    repo_cache_dir_path: Path | None = Field(None, alias="REPO_CACHE_DIR")
+    # Past this total the least recently used mirrors are removed.
+    repo_cache_max_gb: float = Field(20.0, alias="REPO_CACHE_MAX_GB", gt=0)
+    # Seconds a session waits for a mirror another session holds, then clones from GitHub.
+    repo_cache_lock_timeout: float = Field(60.0, alias="REPO_CACHE_LOCK_TIMEOUT", gt=0)
+
+    @property
+    def repo_cache_dir(self) -> Path:
+        return self.repo_cache_dir_path or self.workspace_root / "repo-cache"
 
     @field_validator("sandbox_tmp_size", "sandbox_config_size", "sandbox_workspace_size")
     @classmethod

@@ -2,13 +2,16 @@
 
 The sandbox only ever sees `tree/`; the repository's `.git` lives beside it in `git/` and is never
 mounted, so the agent cannot plant hooks, config, filters or remotes for the worker to run.
-Every git command the worker runs ignores system and global config, disables hooks and fsmonitor,
-and gets the installation token through an in-memory credential helper: the token is in no file,
-no remote URL and no command line.
+Every git command the worker runs goes through jobs/sandbox/safegit.py: no system or global
+config, no hooks or fsmonitor, and the installation token only through an in-memory credential
+helper (in no file, no remote URL and no command line). With the repository cache on, the
+objects come from the repository's mirror on this host (jobs/sandbox/mirror.py), copied into this
+git directory: nothing is left pointing into the mirror.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -16,36 +19,22 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.common.redact import redactor
+from jobs.sandbox.mirror import MirrorBusy, MirrorKey, RepoCache
+from jobs.sandbox.safegit import LOCAL_TRANSPORTS, REMOTE_TRANSPORTS, GitError, SafeGit
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 1000
 OWNER_FILE = "session-id"  # in each workspace root: the session it belongs to
-_PASSTHROUGH_ENV = (
-    "PATH",
-    "LANG",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "GIT_SSL_CAINFO",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-)
-# The transports git may use: GitHub's, over HTTPS (http for a test's stand-in); a local run
-# reads its checkout over the file transport and may use nothing else.
-REMOTE_TRANSPORTS = ("http", "https")
-LOCAL_TRANSPORTS = ("file",)
-_TOKEN_VAR = "CLAUDECLUSTER_GIT_TOKEN"
-_CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || exit 0; '
-    f'echo username=x-access-token; echo "password=${_TOKEN_VAR}"; }}; f'
-)
+_PARALLEL = {"checkout.workers": "0"}  # one checkout worker per core
 
 
-class GitError(RuntimeError):
-    """A git command failed; the message is redacted and says which step."""
+@dataclass(frozen=True)
+class CachedRepo:
+    """Where a session's checkout may come from instead of GitHub: the repository's mirror."""
+
+    cache: RepoCache
+    key: MirrorKey
 
 
 @dataclass(frozen=True)
@@ -65,22 +54,30 @@ class Workspace:
         # What the worker hands the sandbox besides the tree (gateway socket, prompt, the
         # review's diff): mounted read-only, so nothing in it can be a link the agent planted.
         self.control = root / "control"
-        self._token = token
-        self._transports = transports
         self._home = root / "home"
         self._home.mkdir()
+        self._safe_git = SafeGit(self._home, token, transports)
         self.base_sha = ""
 
     @classmethod
     def clone(
-        cls, parent: Path, url: str, ref: str, token: str, session_id: str = "session"
+        cls,
+        parent: Path,
+        url: str,
+        ref: str,
+        token: str,
+        session_id: str = "session",
+        cached: CachedRepo | None = None,
     ) -> Workspace:
-        """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out.
+        """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out,
+        through the repository's mirror when `cached` names one.
 
-        Shallow: the sandbox gets no history, and a push needs only the new commits.
+        The sandbox gets no history either way, only the tree. Straight from GitHub the git dir
+        is shallow (a push needs only the new commits); through the cache it holds a copy of
+        the mirror's objects, so later sessions fetch only what changed.
         """
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
-        return cls._cloned(parent, url, full_ref, token, session_id, REMOTE_TRANSPORTS)
+        return cls._cloned(parent, url, full_ref, token, session_id, REMOTE_TRANSPORTS, cached)
 
     @classmethod
     def clone_local(cls, parent: Path, repository: Path, commit: str, session_id: str) -> Workspace:
@@ -98,6 +95,7 @@ class Workspace:
         token: str,
         session_id: str,
         transports: tuple[str, ...],
+        cached: CachedRepo | None = None,
     ) -> Workspace:
         parent.mkdir(parents=True, exist_ok=True)
         # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
@@ -111,8 +109,7 @@ class Workspace:
             # The gitfile would point the sandbox at a host path; the sandbox gets no git state.
             (ws.tree / ".git").unlink()
             ws._git("remote", "add", "origin", url)
-            ws._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", ref)
-            ws._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
+            ws._check_out(url, ref, cached)
             ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
             ws.control.mkdir(mode=0o755)
             ws._hand_tree_to_sandbox()
@@ -120,6 +117,44 @@ class Workspace:
             ws.remove()
             raise
         return ws
+
+    def _check_out(self, url: str, ref: str, cached: CachedRepo | None) -> None:
+        if cached is not None:
+            try:
+                self._check_out_from_mirror(url, ref, cached)
+            except (MirrorBusy, OSError) as exc:
+                log.warning("repository cache: %s; cloning %s from GitHub", exc, cached.key.name)
+            else:
+                cached.cache.evict(spare=cached.key)
+                return
+        self._git("fetch", "--quiet", "--no-tags", "--depth", "1", "origin", ref)
+        self._git("checkout", "--quiet", "-B", "session", "FETCH_HEAD")
+
+    def _check_out_from_mirror(self, url: str, ref: str, cached: CachedRepo) -> None:
+        """`ref` from GitHub into the mirror, the mirror's objects copied into this git dir,
+        and the checkout from that copy. A mirror whose objects cannot give the ref's tree
+        (a truncated pack, a lost object) is rebuilt from GitHub once."""
+        for rebuilt in (False, True):
+            with cached.cache.mirror(cached.key, self._safe_git.token) as mirror:
+                if rebuilt:
+                    mirror.rebuild(url, ref)
+                else:
+                    mirror.refreshed(url, ref)  # GitHub's own refusals are raised from here
+                try:
+                    commit = mirror.copy_objects(ref, self.gitdir / "objects")
+                except GitError:
+                    commit = ""
+                mirror.maintain()
+            # Parallel checkout: writing a large tree is the warm path's cost.
+            checkout = ("checkout", "--quiet", "--force", "-B", "session", commit)
+            if commit and self._git(*checkout, check=False, config=_PARALLEL).returncode == 0:
+                return
+            if rebuilt:
+                raise GitError(f"the repository cache cannot check out {ref}, even rebuilt")
+            log.warning("repository cache: %s cannot check out %s", cached.key.name, ref)
+            for stale in (self.gitdir / "objects").glob("[0-9a-f]*"):
+                shutil.rmtree(stale)
+            shutil.rmtree(self.gitdir / "objects" / "pack")
 
     def write_control(self, name: str, text: str) -> Path:
         """Write `name` (a relative path) under the control dir for the sandbox to read.
@@ -237,39 +272,9 @@ class Workspace:
         check: bool = True,
         input: str | None = None,
         env: dict[str, str] | None = None,
+        config: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        config = {
-            "core.hooksPath": os.devnull,
-            "core.fsmonitor": "false",
-            "core.untrackedCache": "false",
-            "safe.directory": "*",
-            "protocol.allow": "never",
-            **{f"protocol.{name}.allow": "always" for name in self._transports},
-            "credential.helper": _CREDENTIAL_HELPER,
-        }
-        full_env = {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}
-        full_env.update(
-            HOME=str(self._home),
-            GIT_CONFIG_NOSYSTEM="1",
-            GIT_CONFIG_GLOBAL=os.devnull,
-            GIT_TERMINAL_PROMPT="0",
-            LC_ALL="C",
-            GIT_CONFIG_COUNT=str(len(config)),
-            **{_TOKEN_VAR: self._token},
-            **(env or {}),
+        where = ("--git-dir", str(self.gitdir), "--work-tree", str(self.tree)) if repo else ()
+        return self._safe_git.run(
+            *args, where=where, check=check, input=input, env=env, config=config
         )
-        for i, (key, value) in enumerate(config.items()):
-            full_env[f"GIT_CONFIG_KEY_{i}"] = key
-            full_env[f"GIT_CONFIG_VALUE_{i}"] = value
-        where = ["--git-dir", str(self.gitdir), "--work-tree", str(self.tree)] if repo else []
-        result = subprocess.run(
-            ["git", *where, *args],
-            env=full_env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if check and result.returncode != 0:
-            raise GitError(redactor(f"git {args[0]} failed: {result.stderr.strip()[-500:]}"))
-        return result

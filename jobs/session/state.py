@@ -18,7 +18,8 @@ from jobs.github.checks import CheckRun
 from jobs.github.client import BotIdentity, RepoSession, bot_identity
 from jobs.github.tracking import TrackingComment
 from jobs.sandbox.container import Limits
-from jobs.sandbox.workspace import Workspace
+from jobs.sandbox.mirror import MirrorKey, RepoCache
+from jobs.sandbox.workspace import CachedRepo, Workspace
 from jobs.session.repo_config import RepoConfig, load_repo_config
 
 
@@ -83,4 +84,19 @@ class Session:
             ref,
             self.github.token,
             self.id,
+            self.cached_repo,
         )
+
+    @property
+    def cached_repo(self) -> CachedRepo | None:
+        """The repository's mirror in this worker's cache, keyed by installation and repository
+        ids; None when the cache is off."""
+        settings = self.settings
+        if not settings.repo_cache:
+            return None
+        cache = RepoCache(
+            settings.repo_cache_dir,
+            int(settings.repo_cache_max_gb * 2**30),
+            settings.repo_cache_lock_timeout,
+        )
+        return CachedRepo(cache, MirrorKey(self.request.installation_id, self.repository["id"]))

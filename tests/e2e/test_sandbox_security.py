@@ -40,6 +40,7 @@ from docker.utils import parse_bytes
 from jobs.common.settings import WorkerSettings
 from jobs.sandbox.container import CONFIG_DIR as CONFIG
 from jobs.sandbox.container import LABEL, Sandbox
+from jobs.upkeep.leftovers import WORKSPACE_PREFIX
 from tests.e2e.conftest import (
     ANY_STATE,
     FINAL,
@@ -601,9 +602,13 @@ def test_a_disk_filler_is_held_by_the_tmpfs_sizes_and_the_workspace_limit(limite
     assert found["/tmp"].split()[0] == str(16 * 1024), tmpfs
     assert found["/home/node/.claude"].split()[0] == str(32 * 1024), tmpfs
     assert found["/dev/shm"].split()[0] == str(64 * 1024), tmpfs
-    # The filled work tree went with the session.
-    # (The gateway process's control socket lives beside the workspaces; only trees count.)
-    trees = lambda: [p for p in limited.workspace_root.iterdir() if p.is_dir()]  # noqa: E731
+
+    # The filled work tree went with the session. (The gateway's control socket and the
+    # repository cache live beside the workspaces; only the sessions' own directories count.)
+    def trees() -> list[Path]:
+        root = limited.workspace_root
+        return [p for p in root.iterdir() if p.is_dir() and p.name.startswith(WORKSPACE_PREFIX)]
+
     wait_for(lambda: not trees(), 30, what="the tree's removal")
 
 
