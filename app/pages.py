@@ -11,7 +11,7 @@ import sys
 from flask import Flask
 from redis import Redis
 
-from app import health, setup
+from app import health, metrics, setup
 from jobs.common.logs import configure_logging
 from jobs.common.redact import redactor
 from jobs.common.settings import ConfigError, MissingSetting, WebSettings, waiting_for_config
@@ -40,13 +40,15 @@ def web_settings() -> WebSettings:
 def create_app(settings: WebSettings | None = None) -> Flask:
     settings = settings or web_settings()
 
-    configure_logging(redactor.learn(settings))
+    configure_logging(redactor.learn(settings), log_format=settings.log_format)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_PAYLOAD)
     app.extensions["redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
     app.extensions["setup"] = setup.SetupMode.of(settings)
+    app.extensions["queue_depth"] = metrics.QueueDepth(app.extensions["redis"], settings.queue_name)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(setup.bp)
     return app

@@ -14,6 +14,7 @@ import logging
 from a2wsgi import WSGIMiddleware
 from redis.asyncio import Redis
 
+from app.metrics import count_delivery
 from app.pages import MAX_PAYLOAD, create_app, web_settings
 from app.webhooks import Answer, Webhooks
 from jobs.common.queue import session_queue
@@ -68,6 +69,13 @@ async def read_body(scope: dict, receive) -> bytes:
     return b"".join(chunks)
 
 
+def event_of(scope: dict) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-github-event":
+            return value.decode("latin-1")
+    return ""
+
+
 def headers_of(scope: dict) -> dict[str, str]:
     # Repeated headers joined with ", ", as WSGI servers hand them to an app.
     headers: dict[str, str] = {}
@@ -120,24 +128,27 @@ class Service:
             await self.pages(scope, receive, send)
 
     async def delivery(self, scope: dict, receive, send) -> None:
+        reply, extra = await self.reply(scope, receive)
+        if reply is None:
+            return  # nobody is left to answer; GitHub records the delivery as failed
+        await answer(send, reply, extra)
+        count_delivery(event_of(scope), reply.status)
+
+    async def reply(self, scope: dict, receive) -> tuple[Answer | None, tuple]:
         if scope["method"] != "POST":
-            await answer(send, Answer(405, {"error": "POST only"}), ((b"allow", b"POST"),))
-            return
+            return Answer(405, {"error": "POST only"}), ((b"allow", b"POST"),)
         try:
             body = await read_body(scope, receive)
         except TooLarge:
             await drain(scope, receive)
             reply = Answer(413, {"error": "payload over GitHub's 25 MB cap"})
-            await answer(send, reply, ((b"connection", b"close"),))
-            return
+            return reply, ((b"connection", b"close"),)
         except ConnectionError:
-            return  # nobody is left to answer; GitHub records the delivery as failed
+            return None, ()
         webhooks = self.door.open()
         if webhooks is None:
-            reply = Answer(503, {"error": "setup is not finished: no webhook secret yet"})
-            await answer(send, reply)
-            return
-        await answer(send, await webhooks.receive(headers_of(scope), body))
+            return Answer(503, {"error": "setup is not finished: no webhook secret yet"}), ()
+        return await webhooks.receive(headers_of(scope), body), ()
 
     async def lifespan(self, receive, send) -> None:
         while True:

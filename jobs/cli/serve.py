@@ -36,6 +36,7 @@ from rich.markup import escape
 from jobs.cli import project
 from jobs.cli.checks import docker_problem
 from jobs.cli.embedded_redis import EmbeddedRedis, RedisUnavailable, configured, listening
+from jobs.common.metrics import MULTIPROC_DIR
 from jobs.common.settings import (
     CONFIG_ERROR_EXIT,
     ROLES,
@@ -48,6 +49,7 @@ from jobs.common.settings import (
 )
 
 ROLE_FILES = ("web", "worker", "gateway")  # the egress holds nothing and has no file
+METRICS_DIR = Path(".cache/metrics")  # under the checkout, one directory per process
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
@@ -179,9 +181,11 @@ def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
     }
     manager = Manager(Printer(sys.stdout))
     # The app reads .env itself (one parser for quotes and escapes), so nothing is read here;
-    # each process gets a PORT counted from the web's.
+    # each process gets a PORT counted from the web's, and a metrics directory of its own
+    # (each empties its own at start: jobs/common/metrics.py).
     for process in expand_processes(procfile.processes, env=extra, port=port):
-        manager.add_process(process.name, process.cmd, env={**base, **process.env}, cwd=root)
+        env = {**base, **process.env, MULTIPROC_DIR: str(root / METRICS_DIR / process.name)}
+        manager.add_process(process.name, process.cmd, env=env, cwd=root)
     manager.loop()
     return manager.returncode or 0
 
