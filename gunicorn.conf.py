@@ -8,6 +8,7 @@ docs/reliability.md ("Load") has the measurements behind these choices.
 from pydantic import ValidationError
 
 from jobs.common import metrics
+from jobs.common.logs import gunicorn_json_config
 from jobs.common.settings import WebSettings, env_file
 
 # Before any worker is forked: the workers' metrics files go to one directory, emptied now (a
@@ -18,6 +19,8 @@ try:
     _settings = WebSettings(_env_file=(".env", str(env_file("web"))))
     bind = f"{_settings.host}:{_settings.port}"
     workers = _settings.web_concurrency
+    if _settings.log_format == "json":  # gunicorn's and uvicorn's own lines as JSON too
+        logconfig_dict = gunicorn_json_config()
 except ValidationError:
     # create_app() names the bad variable in one line; start with defaults until it does.
     bind = "0.0.0.0:8000"

@@ -377,3 +377,18 @@ def test_a_bad_log_format_is_named(monkeypatch):
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="LOG_FORMAT"):
         WorkerSettings.parse()
+
+
+def test_the_webs_log_is_json_lines_gunicorns_own_too(tmp_path, redis_url):
+    web = Web(tmp_path, redis_url, WEB_CONCURRENCY="1", LOG_FORMAT="json")
+    try:
+        assert web.deliver("issue_comment", comment(3)) == 202
+        wait_for(lambda: "queued " in web.log.read_text(), 30, what="the queued line")
+    finally:
+        web.stop()
+    text = web.log.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert any(line["logger"] == "gunicorn.error" for line in lines)
+    (queued,) = [line for line in lines if line["message"].startswith("queued ")]
+    assert queued["delivery_id"] and queued["session_id"] in queued["message"]
+    assert SECRET not in text

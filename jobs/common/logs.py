@@ -15,7 +15,7 @@ from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
-from jobs.common.redact import Redactor
+from jobs.common.redact import Redactor, redactor
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # A tuple of (name, id) pairs: immutable, so a block's ids never leak into another's.
@@ -77,3 +77,23 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def redacted_json() -> RedactedJson:
+    """The formatter gunicorn's logging config names (`gunicorn_json_config`)."""
+    return RedactedJson(redactor)
+
+
+def gunicorn_json_config() -> dict:
+    """gunicorn's `logconfig_dict` for LOG_FORMAT=json: its own lines and uvicorn's (which
+    use gunicorn's handlers) as JSON objects too. The access log stays without a handler, as
+    `accesslog = None` keeps it (gunicorn.conf.py); the app's records reach the root logger's
+    handler, which `configure_logging` sets."""
+    return {
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+        "formatters": {"generic": {"()": "jobs.common.logs.redacted_json"}},
+    }

@@ -59,13 +59,16 @@ def run_session(**job: object) -> dict:
     if current is not None and current.enqueued_at is not None:
         series().queue_wait_seconds.observe(waited(current.enqueued_at))
     started, outcome = time.monotonic(), "error"  # "error": it raised past every handler
-    try:
-        with log_ids(delivery=request.delivery_id, session=session_id):
+    with log_ids(delivery=request.delivery_id, session=session_id):
+        log.info("session %s: %s on %s#%s", session_id, request.mode, request.repo, request.number)
+        try:
             result = session_job(request, session_id, current)
-        outcome = str(result.get("status", "unknown"))
-        return result
-    finally:
-        record_session(request.mode.value, outcome, time.monotonic() - started)
+            outcome = str(result.get("status", "unknown"))
+            return result
+        finally:
+            took = time.monotonic() - started
+            record_session(request.mode.value, outcome, took)
+            log.info("session %s ended: %s after %.0f s", session_id, outcome, took)
 
 
 def waited(enqueued_at: datetime) -> float:
