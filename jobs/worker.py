@@ -34,7 +34,12 @@ from jobs.common.endpoint import serve_endpoint
 from jobs.common.logs import configure_logging
 from jobs.common.queue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
 from jobs.common.redact import redactor
-from jobs.common.settings import CONFIG_ERROR_EXIT, WorkerSettings, settings_at_start
+from jobs.common.settings import (
+    CONFIG_ERROR_EXIT,
+    ConfigError,
+    WorkerSettings,
+    settings_at_start,
+)
 from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.upkeep.leftovers import (
     HORSE_FIELD,
@@ -274,7 +279,11 @@ def work() -> int:
     if settings.metrics_port is not None:
         # Ready: sessions can run, which takes Redis (the queue) and Docker (the sandboxes).
         checks = {"redis": redis.ping, "docker": docker_ping}
-        serve_endpoint(settings.metrics_host, settings.metrics_port, checks)
+        try:
+            serve_endpoint(settings.metrics_host, settings.metrics_port, checks)
+        except ConfigError as exc:
+            print(f"configuration: {exc}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR_EXIT
     worker = SessionWorker(
         [session_queue(redis, settings.queue_name)],
         connection=redis,

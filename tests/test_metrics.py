@@ -231,6 +231,16 @@ def test_the_workers_endpoint_names_what_is_down(monkeypatch, redis_url):
     assert readiness({}) == (200, {"status": "ready"})
 
 
+def test_a_taken_metrics_port_is_named():
+    server = serve_endpoint("127.0.0.1", 0, {})
+    try:
+        port = server.server_address[1]
+        with pytest.raises(ConfigError, match=f"METRICS_PORT 127.0.0.1:{port}: .*in use"):
+            serve_endpoint("127.0.0.1", port, {})
+    finally:
+        server.shutdown()
+
+
 def test_horses_share_one_set_of_files_and_a_killed_horse_counts_no_sandbox(tmp_path):
     """The worker's scheme with real forks: each horse continues the counts of the one before;
     one that dies mid-run (os._exit with a sandbox counted) leaves nothing running."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from jobs.common.metrics import CONTENT_TYPE, exposition
+from jobs.common.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,14 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve_endpoint(host: str, port: int, checks: Mapping[str, Check]) -> _Server:
-    """Listen on `host:port` from a daemon thread until the process exits; the server."""
-    server = _Server((host, port), _Handler)
+    """Listen on `host:port` from a daemon thread until the process exits; the server.
+    ConfigError when the address cannot be had (taken, or not this host's)."""
+    try:
+        server = _Server((host, port), _Handler)
+    except OSError as exc:
+        raise ConfigError(
+            f"METRICS_HOST:METRICS_PORT {host}:{port}: {exc.strerror or exc}"
+        ) from None
     server.checks = checks
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics, /livez and /readyz on %s:%d", host, server.server_address[1])
