@@ -8,6 +8,7 @@ scraped from each worker (its METRICS_PORT), where their horses write them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 
 from flask import Blueprint, Response, current_app
 from prometheus_client.core import GaugeMetricFamily
@@ -41,7 +42,13 @@ EVENTS = frozenset(
 
 
 def count_delivery(event: str, status: int) -> None:
-    series().deliveries.labels(event if event in EVENTS else "other", str(status)).inc()
+    """On the front door's path: an increment in a memory-mapped file (under a microsecond)."""
+    _delivery_count(event if event in EVENTS else "other", status).inc()
+
+
+@cache  # bounded: the events above and "other", times the few statuses the door answers
+def _delivery_count(event: str, status: int):
+    return series().deliveries.labels(event, str(status))
 
 
 class QueueDepth:
