@@ -14,9 +14,11 @@ children; the embedded Redis is stopped only after them, so they can finish thei
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -49,7 +51,6 @@ from jobs.common.settings import (
 )
 
 ROLE_FILES = ("web", "worker", "gateway")  # the egress holds nothing and has no file
-METRICS_DIR = Path(".cache/metrics")  # under the checkout, one directory per process
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
@@ -173,7 +174,7 @@ def stop_redis(redis: EmbeddedRedis) -> None:
         say("embedded Redis stopped")
 
 
-def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
+def run_procfile(root: Path, port: int, extra: dict[str, str], metrics: Path) -> int:
     procfile = parse_procfile((root / "Procfile").read_text())
     base = {
         **os.environ,
@@ -181,10 +182,10 @@ def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
     }
     manager = Manager(Printer(sys.stdout))
     # The app reads .env itself (one parser for quotes and escapes), so nothing is read here;
-    # each process gets a PORT counted from the web's, and a metrics directory of its own
-    # (each empties its own at start: jobs/common/metrics.py).
+    # each process gets a PORT counted from the web's, and a metrics folder of its own under
+    # `metrics` (jobs/common/metrics.py).
     for process in expand_processes(procfile.processes, env=extra, port=port):
-        env = {**base, **process.env, MULTIPROC_DIR: str(root / METRICS_DIR / process.name)}
+        env = {**base, **process.env, MULTIPROC_DIR: str(metrics / process.name)}
         manager.add_process(process.name, process.cmd, env=env, cwd=root)
     manager.loop()
     return manager.returncode or 0
@@ -233,4 +234,7 @@ def start(root: Path, port: int | None, redis_port: int, redis_dir: Path, stack:
     extra = {WAIT_FOR_CONFIG: "1"}
     if redis_url is not None:
         extra["REDIS_URL"] = redis_url
-    return run_procfile(root, port, extra)
+    # The processes' metrics files last as long as this run: counts start at zero each start.
+    metrics = Path(tempfile.mkdtemp(prefix="claudecluster-metrics-"))
+    stack.callback(shutil.rmtree, metrics, ignore_errors=True)
+    return run_procfile(root, port, extra, metrics)
