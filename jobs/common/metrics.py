@@ -7,8 +7,8 @@ the files of its role (`exposition`). `prepare` runs first in each role's proces
 series is made: it sets and empties the directory (a restarted process must not count twice).
 
 A worker's horses share one set of files, named after the worker (`horse_identity`): one horse
-runs at a time, and each continues the counts of the one before, so a long-lived worker keeps
-three files instead of three per session. The live gauges of a finished horse are dropped
+runs at a time, and each continues the counts of the one before, so a long-lived worker keeps a
+few files instead of a set per session. The live gauges of a finished horse are dropped
 (`process_ended`), so a horse killed mid-run leaves no sandbox counted as running.
 """
 
