@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from jobs.common.metrics import CONTENT_TYPE, exposition, series
+from jobs.common.metrics import CONTENT_TYPE, exposition, web_series
 
 bp = Blueprint("metrics", __name__)
 
@@ -48,7 +48,7 @@ def count_delivery(event: str, status: int) -> None:
 
 @cache  # bounded: the events above and "other", times the few statuses the door answers
 def _delivery_count(event: str, status: int):
-    return series().deliveries.labels(event, str(status))
+    return web_series().deliveries.labels(event, str(status))
 
 
 class QueueDepth:

@@ -121,8 +121,8 @@ def write_stale_counts(directory: Path) -> None:
     """What a previous run of the web left: counts that must not be served again."""
     script = textwrap.dedent(
         """
-        from jobs.common.metrics import series
-        series().deliveries.labels("ping", "200").inc(1000)
+        from jobs.common.metrics import web_series
+        web_series().deliveries.labels("ping", "200").inc(1000)
         """
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}

@@ -72,7 +72,7 @@ def prepare(role: str, forks_horses: bool = False) -> Path:
     `forks_horses`: this is an RQ worker, whose children share the files of `horse_identity`.
     """
     global _horses_of, _private
-    if series.cache_info().currsize:
+    if series.cache_info().currsize or web_series.cache_info().currsize:
         raise RuntimeError("metrics.prepare() must run before the first series is made")
     given = os.environ.get(MULTIPROC_DIR)
     directory = Path(given) if given else Path(tempfile.mkdtemp(prefix=f"claudecluster-{role}-"))
@@ -108,8 +108,26 @@ def horse_ended() -> None:
 
 
 @dataclass(frozen=True)
-class Series:
+class WebSeries:
     deliveries: Counter
+
+
+@cache
+def web_series() -> WebSeries:
+    """The web's series, made once per process on first use (after `prepare`)."""
+    return WebSeries(
+        deliveries=Counter(
+            "claudecluster_deliveries",
+            "Webhook deliveries answered by the web, by event and HTTP status",
+            ["event", "status"],
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Series:
+    """The worker's series (a role makes only its own: a scrape shows no other role's zeros)."""
+
     sessions: Counter
     session_seconds: Histogram
     queue_wait_seconds: Histogram
@@ -122,13 +140,8 @@ class Series:
 
 @cache
 def series() -> Series:
-    """Every series, made once per process on first use (after `prepare`)."""
+    """The worker's series, made once per process on first use (after `prepare`)."""
     return Series(
-        deliveries=Counter(
-            "claudecluster_deliveries",
-            "Webhook deliveries answered by the web, by event and HTTP status",
-            ["event", "status"],
-        ),
         sessions=Counter(
             "claudecluster_sessions", "Sessions ended, by mode and outcome", ["mode", "outcome"]
         ),

@@ -150,6 +150,10 @@ def test_a_scrape_after_sessions_counts_each_series(observed):
     assert queued == len(sessions)
     assert value(web, "claudecluster_deliveries_total", event="issue_comment", status="401") == 1
     wait_for(lambda: value(scrape(svc.url), "claudecluster_queue_depth") == 0, 60, what="depth 0")
+    # Each role serves its own series only: a sum over both counts nothing twice.
+    web_names, worker_names = {name for name, _ in web}, {name for name, _ in worker}
+    assert not {n for n in web_names if n.startswith("claudecluster_")} & worker_names
+    assert "claudecluster_sessions_total" not in web_names
 
     # Health: the web's and the worker's, all up.
     for url in (svc.url, svc.worker_metrics):
