@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from flask import Blueprint, Response, current_app
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from redis import Redis
 from redis.exceptions import RedisError
@@ -47,7 +48,7 @@ def count_delivery(event: str, status: int) -> None:
 
 
 @cache  # bounded: the events above and "other", times the few statuses the door answers
-def _delivery_count(event: str, status: int):
+def _delivery_count(event: str, status: int) -> Counter:
     return web_series().deliveries.labels(event, str(status))
 
 
