@@ -7,12 +7,20 @@ docs/reliability.md ("Load") has the measurements behind these choices.
 
 from pydantic import ValidationError
 
+from jobs.common import metrics
+from jobs.common.logs import gunicorn_json_config
 from jobs.common.settings import WebSettings, env_file
+
+# Before any worker is forked: the workers' metrics files go to one directory, emptied now (a
+# private one when PROMETHEUS_MULTIPROC_DIR is unset), and each scrape sums them.
+metrics.prepare("web")
 
 try:
     _settings = WebSettings(_env_file=(".env", str(env_file("web"))))
     bind = f"{_settings.host}:{_settings.port}"
     workers = _settings.web_concurrency
+    if _settings.log_format == "json":  # gunicorn's and uvicorn's own lines as JSON too
+        logconfig_dict = gunicorn_json_config()
 except ValidationError:
     # create_app() names the bad variable in one line; start with defaults until it does.
     bind = "0.0.0.0:8000"
@@ -37,3 +45,12 @@ def on_starting(server) -> None:
     from app.setup import announce
 
     announce(web_settings())
+
+
+def child_exit(server, worker) -> None:
+    """A worker is gone (recycled or crashed): its live gauges go with it."""
+    metrics.process_ended(worker.pid)
+
+
+def on_exit(server) -> None:
+    metrics.discard()

@@ -11,7 +11,7 @@ import sys
 from flask import Flask
 from redis import Redis
 
-from app import dashboard, health, setup, signin
+from app import dashboard, health, metrics, setup, signin
 from jobs.common.logs import configure_logging
 from jobs.common.redact import redactor
 from jobs.common.settings import ConfigError, MissingSetting, WebSettings, waiting_for_config
@@ -40,7 +40,7 @@ def web_settings() -> WebSettings:
 def create_app(settings: WebSettings | None = None) -> Flask:
     settings = settings or web_settings()
 
-    configure_logging(redactor.learn(settings))
+    configure_logging(redactor.learn(settings), log_format=settings.log_format)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_PAYLOAD)
     app.extensions["redis"] = Redis.from_url(
@@ -48,7 +48,9 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     )
     app.extensions["setup"] = setup.SetupMode.of(settings)
     signin.configure(app, signin.SignIn(settings, app.extensions["redis"]))
+    app.extensions["queue_depth"] = metrics.QueueDepth(app.extensions["redis"], settings.queue_name)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(setup.bp)
     app.register_blueprint(signin.bp)
     app.register_blueprint(dashboard.bp)

@@ -17,6 +17,7 @@ from a2wsgi import WSGIMiddleware
 from redis.asyncio import Redis
 
 from app.live import BLOCK_MS, Live
+from app.metrics import count_delivery
 from app.pages import MAX_PAYLOAD, create_app, web_settings
 from app.webhooks import Answer, Webhooks
 from jobs.common.queue import session_queue
@@ -69,6 +70,13 @@ async def read_body(scope: dict, receive) -> bytes:
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
+
+
+def event_of(scope: dict) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-github-event":
+            return value.decode("latin-1")
+    return ""
 
 
 def headers_of(scope: dict) -> dict[str, str]:
@@ -125,24 +133,27 @@ class Service:
             await self.pages(scope, receive, send)
 
     async def delivery(self, scope: dict, receive, send) -> None:
+        reply, extra = await self.reply(scope, receive)
+        if reply is None:
+            return  # nobody is left to answer; GitHub records the delivery as failed
+        await answer(send, reply, extra)
+        count_delivery(event_of(scope), reply.status)
+
+    async def reply(self, scope: dict, receive) -> tuple[Answer | None, tuple]:
         if scope["method"] != "POST":
-            await answer(send, Answer(405, {"error": "POST only"}), ((b"allow", b"POST"),))
-            return
+            return Answer(405, {"error": "POST only"}), ((b"allow", b"POST"),)
         try:
             body = await read_body(scope, receive)
         except TooLarge:
             await drain(scope, receive)
             reply = Answer(413, {"error": "payload over GitHub's 25 MB cap"})
-            await answer(send, reply, ((b"connection", b"close"),))
-            return
+            return reply, ((b"connection", b"close"),)
         except ConnectionError:
-            return  # nobody is left to answer; GitHub records the delivery as failed
+            return None, ()
         webhooks = self.door.open()
         if webhooks is None:
-            reply = Answer(503, {"error": "setup is not finished: no webhook secret yet"})
-            await answer(send, reply)
-            return
-        await answer(send, await webhooks.receive(headers_of(scope), body))
+            return Answer(503, {"error": "setup is not finished: no webhook secret yet"}), ()
+        return await webhooks.receive(headers_of(scope), body), ()
 
     async def lifespan(self, receive, send) -> None:
         while True:

@@ -22,6 +22,7 @@ from rq import Queue
 from app.enqueue import enqueue_session, queued_request, request_stop, request_stop_of
 from app.payload import PayloadError
 from app.triggers import Clicked, Ignore, Prime, clicked_request, decide, reads_hints
+from jobs.common.logs import log_ids
 from jobs.common.repo_hints import RepoHints, read_hints
 from jobs.common.request import Mode
 
@@ -69,7 +70,11 @@ class Webhooks:
             return Answer(400, {"error": "body is not a JSON object"})
         if event == "ping":
             return Answer(200, {"status": "pong"})
+        with log_ids(delivery=delivery):
+            return await self.handle(event, delivery, payload)
 
+    async def handle(self, event: str, delivery: str, payload: dict) -> Answer:
+        """A verified delivery: decide, then queue what it asks for."""
         try:
             hints = RepoHints()
             repo = payload.get("repository")
@@ -101,7 +106,8 @@ class Webhooks:
             return Answer(503, {"error": "queue unavailable, redeliver later"})
         if queued.duplicate:
             return Answer(200, {"status": "duplicate", "session": queued.session_id})
-        log.info("queued %s for %s#%s", queued.session_id, request.repo, request.number)
+        with log_ids(session=queued.session_id):
+            log.info("queued %s for %s#%s", queued.session_id, request.repo, request.number)
         return Answer(202, {"status": "queued", "session": queued.session_id})
 
     async def prime(self, delivery: str, decision: Prime) -> Answer:

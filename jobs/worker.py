@@ -21,6 +21,7 @@ import contextlib
 import logging
 import sys
 
+import docker
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -28,10 +29,17 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from jobs.common import metrics
+from jobs.common.endpoint import serve_endpoint
 from jobs.common.logs import configure_logging
 from jobs.common.queue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
 from jobs.common.redact import redactor
-from jobs.common.settings import CONFIG_ERROR_EXIT, WorkerSettings, settings_at_start
+from jobs.common.settings import (
+    CONFIG_ERROR_EXIT,
+    ConfigError,
+    WorkerSettings,
+    settings_at_start,
+)
 from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.upkeep.leftovers import (
     HORSE_FIELD,
@@ -129,8 +137,6 @@ class SessionWorker(Worker):
     def docker(self):
         if self._docker is None:
             try:
-                import docker
-
                 self._docker = docker.from_env()
             except Exception as exc:  # the engine is away: reap workspaces only, retry later
                 log.warning("reaper: no Docker engine (%s)", type(exc).__name__)
@@ -178,11 +184,14 @@ class SessionWorker(Worker):
     # registry cleanup and the reaper once Redis is back; a final comment is never overwritten.
 
     def execute_job(self, job, queue) -> None:
-        with _redis_away(f"recording the end of {job.id}"):
-            if reason := job_refusal(job):
-                self.refuse(job, queue, reason)
-                return
-            super().execute_job(job, queue)
+        try:
+            with _redis_away(f"recording the end of {job.id}"):
+                if reason := job_refusal(job):
+                    self.refuse(job, queue, reason)
+                    return
+                super().execute_job(job, queue)
+        finally:
+            metrics.horse_ended()  # the next horse starts with no sandbox counted
 
     def maintain_heartbeats(self, job) -> None:
         with _redis_away("heartbeat"):
@@ -244,12 +253,37 @@ def _redis_away(what: str):
         )
 
 
+def docker_ping() -> None:
+    client = docker.from_env(timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 def main() -> int:
+    # Before anything is counted: the horses' metrics files, summed by this worker's endpoint.
+    metrics.prepare("worker", forks_horses=True)
+    try:
+        return work()
+    finally:
+        metrics.discard()
+
+
+def work() -> int:
     settings = settings_at_start(WorkerSettings)
     if settings is None:
         return CONFIG_ERROR_EXIT
-    configure_logging(redactor.learn(settings))
+    configure_logging(redactor.learn(settings), log_format=settings.log_format)
     redis = Redis.from_url(settings.redis_url)
+    if settings.metrics_port is not None:
+        # Ready: sessions can run, which takes Redis (the queue) and Docker (the sandboxes).
+        checks = {"redis": redis.ping, "docker": docker_ping}
+        try:
+            serve_endpoint(settings.metrics_host, settings.metrics_port, checks)
+        except ConfigError as exc:
+            print(f"configuration: {exc}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR_EXIT
     worker = SessionWorker(
         [session_queue(redis, settings.queue_name)],
         connection=redis,

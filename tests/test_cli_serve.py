@@ -143,6 +143,12 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
         assert seen["CLAUDECLUSTER_WAIT_FOR_CONFIG"] == "1"
         assert seen["REDIS_URL"] == f"redis://localhost:{redis_port}/0"
         assert "ANTHROPIC_API_KEY" not in seen and "GITHUB_WEBHOOK_SECRET" not in seen
+        # Each process its own metrics folder; the web's /metrics sums its workers' files.
+        web = environ_of(next(pid for pid in children if "gunicorn" in command_of(pid)))
+        metrics = Path(seen["PROMETHEUS_MULTIPROC_DIR"]).parent
+        assert seen["PROMETHEUS_MULTIPROC_DIR"] == str(metrics / "worker.1")
+        assert web["PROMETHEUS_MULTIPROC_DIR"] == str(metrics / "web.1")
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
 
         serve.send_signal(stop)
         assert serve.wait(60) == 128 + stop  # as honcho reports a stop by signal
@@ -165,6 +171,7 @@ def test_serve_runs_every_process_and_a_stop_signal_ends_them_all(tmp_path, stop
     assert f"embedded Redis on redis://localhost:{redis_port}/0" in output
     assert "embedded Redis stopped" in output
     assert "setup mode" not in output  # everything was configured
+    assert not metrics.exists()  # the run's metrics files went with it
 
 
 def test_with_no_credentials_serve_starts_in_setup_mode(tmp_path):

@@ -14,9 +14,11 @@ children; the embedded Redis is stopped only after them, so they can finish thei
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -36,6 +38,7 @@ from rich.markup import escape
 from jobs.cli import project
 from jobs.cli.checks import docker_problem
 from jobs.cli.embedded_redis import EmbeddedRedis, RedisUnavailable, configured, listening
+from jobs.common.metrics import MULTIPROC_DIR
 from jobs.common.settings import (
     CONFIG_ERROR_EXIT,
     ROLES,
@@ -171,7 +174,7 @@ def stop_redis(redis: EmbeddedRedis) -> None:
         say("embedded Redis stopped")
 
 
-def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
+def run_procfile(root: Path, port: int, extra: dict[str, str], metrics: Path) -> int:
     procfile = parse_procfile((root / "Procfile").read_text())
     base = {
         **os.environ,
@@ -179,9 +182,11 @@ def run_procfile(root: Path, port: int, extra: dict[str, str]) -> int:
     }
     manager = Manager(Printer(sys.stdout))
     # The app reads .env itself (one parser for quotes and escapes), so nothing is read here;
-    # each process gets a PORT counted from the web's.
+    # each process gets a PORT counted from the web's, and a metrics folder of its own under
+    # `metrics` (jobs/common/metrics.py).
     for process in expand_processes(procfile.processes, env=extra, port=port):
-        manager.add_process(process.name, process.cmd, env={**base, **process.env}, cwd=root)
+        env = {**base, **process.env, MULTIPROC_DIR: str(metrics / process.name)}
+        manager.add_process(process.name, process.cmd, env=env, cwd=root)
     manager.loop()
     return manager.returncode or 0
 
@@ -229,4 +234,7 @@ def start(root: Path, port: int | None, redis_port: int, redis_dir: Path, stack:
     extra = {WAIT_FOR_CONFIG: "1"}
     if redis_url is not None:
         extra["REDIS_URL"] = redis_url
-    return run_procfile(root, port, extra)
+    # The processes' metrics files last as long as this run: counts start at zero each start.
+    metrics = Path(tempfile.mkdtemp(prefix="claudecluster-metrics-"))
+    stack.callback(shutil.rmtree, metrics, ignore_errors=True)
+    return run_procfile(root, port, extra, metrics)

@@ -117,7 +117,7 @@ def service_main(settings_class: type[S], serve: Callable[[S, threading.Event], 
     settings = settings_at_start(settings_class)
     if settings is None:
         return CONFIG_ERROR_EXIT
-    configure_logging(redactor.learn(settings))
+    configure_logging(redactor.learn(settings), log_format=settings.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -21,7 +21,7 @@ import sys
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, ClassVar, Self, TypeVar
+from typing import Annotated, ClassVar, Literal, Self, TypeVar
 
 from dotenv import dotenv_values
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
@@ -115,6 +115,8 @@ class CommonSettings(BaseSettings):
     public_url: HttpUrl | None = Field(None, alias="PUBLIC_URL")
     # Days a session's record and event stream are kept in Redis for the dashboard.
     session_history_days: float = Field(14, alias="SESSION_HISTORY_DAYS", gt=0)
+    # "json": one JSON object per log line, with its delivery and session ids (jobs/common/logs).
+    log_format: Literal["text", "json"] = Field("text", alias="LOG_FORMAT")
 
     @field_validator("redis_url")
     @classmethod
@@ -305,6 +307,10 @@ class WorkerSettings(CommonSettings):
     github_private_key_path: Path | None = Field(None, alias="GITHUB_PRIVATE_KEY_PATH")
     github_api_url: HttpUrl = Field("https://api.github.com", alias="GITHUB_API_URL")
     agent_image: str = Field("claudecluster/agent:latest", alias="AGENT_IMAGE")
+    # The worker's /metrics, /livez and /readyz (jobs/common/endpoint.py); unset: none. Workers
+    # may run on other hosts than the web, so each is scraped where it runs.
+    metrics_port: int | None = Field(None, alias="METRICS_PORT", ge=0, lt=65536)
+    metrics_host: str = Field("0.0.0.0", alias="METRICS_HOST")
 
     # Seconds between two reaper passes (RQ's maintenance interval; RQ's own default is 600).
     reaper_interval: int = Field(60, alias="REAPER_INTERVAL", ge=1, le=3600)

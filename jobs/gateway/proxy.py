@@ -180,6 +180,8 @@ class Usage:
     cost_usd: float = 0.0
     by_model: dict[str, Usage] = field(default_factory=dict)
     requests: int = 0  # model requests answered: the gateway's count of turns
+    # Requests refused, by the error type of the answer (the worker's metrics count them).
+    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -551,6 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, status: int, kind: str, message: str) -> None:
         request = self.server.gateway._scrub(f"{self.command} {self._path()}"[:200])
         log.info("gateway: refused %s: %d %s", request, status, message)
+        self.server.gateway._refused(kind)
         if not self._body_read:
             with contextlib.suppress(_Refused, OSError, ValueError):
                 self._read_body(limit=0)  # drain, so the client reads the answer, not a reset
@@ -970,6 +973,12 @@ class ModelGateway:
     def _answered(self) -> None:
         with self._lock:
             self._usage = replace(self._usage, requests=self._usage.requests + 1)
+
+    def _refused(self, kind: str) -> None:
+        with self._lock:
+            refused = dict(self._usage.refused)
+            refused[kind] = refused.get(kind, 0) + 1
+            self._usage = replace(self._usage, refused=refused)
 
     def _add(self, model: str, tokens: dict[str, int], cost: float) -> None:
         with self._lock:

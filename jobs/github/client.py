@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import httpx
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
 from redis.exceptions import RedisError
 
+from jobs.common.metrics import series
 from jobs.common.redact import redactor
 from jobs.common.retries import bounded_retry
 from jobs.common.settings import WorkerSettings
@@ -39,9 +42,35 @@ READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the re
 OPTIONAL_PERMISSIONS = ("checks",)
 
 
-def _client(api_url: str, auth) -> GitHub:
+def _client(api_url: str, auth, hooks: dict | None = None) -> GitHub:
     # http_cache off: a revalidating cache only adds requests for a short-lived session.
-    return GitHub(auth, base_url=api_url, http_cache=False, timeout=30, auto_retry=bounded_retry)
+    return GitHub(
+        auth,
+        base_url=api_url,
+        http_cache=False,
+        timeout=30,
+        auto_retry=bounded_retry,
+        event_hooks=hooks,
+    )
+
+
+_RESOURCE = re.compile(r"[a-z_]{1,40}")
+
+
+class RateLimitSeen:
+    """An httpx response hook: the installation's X-RateLimit-Remaining, for the metrics."""
+
+    def __init__(self, installation_id: int) -> None:
+        self.installation = str(installation_id)
+
+    def __call__(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("x-ratelimit-remaining", "")
+        if not remaining.isdigit():
+            return
+        resource = response.headers.get("x-ratelimit-resource", "core")
+        resource = resource if _RESOURCE.fullmatch(resource) else "other"
+        gauge = series().rate_limit_remaining.labels(self.installation, resource)
+        gauge.set(int(remaining))
 
 
 def app_client(settings: WorkerSettings) -> GitHub:
@@ -111,7 +140,11 @@ class RepoSession:
         self.token: str = minted["token"]
         redactor.add(self.token)
         self.permissions: dict[str, str] = dict(minted.get("permissions") or {})
-        self.gh = _client(settings.github_api_url, TokenAuthStrategy(self.token))
+        self.gh = _client(
+            settings.github_api_url,
+            TokenAuthStrategy(self.token),
+            {"response": [RateLimitSeen(installation_id)]},
+        )
 
     def _mint(self, app: GitHub, installation_id: int, permissions: dict[str, str]) -> dict:
         def mint(wanted: dict[str, str]) -> dict:

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs.common.metrics import record_usage, series
 from jobs.common.redact import redactor
 from jobs.egress.service import SOCKET_NAME as EGRESS_SOCKET
 from jobs.egress.service import session_egress
@@ -70,13 +71,15 @@ def run_agent(
             extra_args=tuple(extra_args or ()),
             setup=config.setup if run_setup else (),
         )
-        run = Sandbox(settings).run(
-            job,
-            on_action=session.tracking.action,
-            should_stop=StopCheck(session),
-            on_event=session.tracking.event,
-        )
-    # What the comments report is the gateway's count, not what the sandbox printed.
+        with series().sandboxes_running.track_inprogress():
+            run = Sandbox(settings).run(
+                job,
+                on_action=session.tracking.action,
+                should_stop=StopCheck(session),
+                on_event=session.tracking.event,
+            )
+    # What the comments and the metrics report is the gateway's count, not the sandbox's.
+    record_usage(lease.usage)
     run.outcome.count_from(lease.usage)
     return run
 

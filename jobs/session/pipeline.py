@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from githubkit.exception import GitHubException, RequestFailed
 from redis import Redis
 from rq import get_current_job
+from rq.job import Job
 
 from jobs.common.control import ControlError
 from jobs.common.history import SessionHistory
+from jobs.common.logs import log_ids
+from jobs.common.metrics import record_session, series
 from jobs.common.queue import session_id_for
 from jobs.common.redact import redactor
 from jobs.common.repo_hints import write_hints
@@ -51,9 +56,31 @@ PERMISSIONS = {Mode.REVIEW: REVIEW_SESSION_PERMISSIONS, Mode.REFRESH: READ_PERMI
 def run_session(**job: object) -> dict:
     """The RQ job: the queue carries plain values; the worker mints its own scoped token."""
     request = SessionRequest.from_job(job)
-    settings = WorkerSettings.load()
     current = get_current_job()
     session_id = current.id if current else session_id_for(request.delivery_id)
+    if current is not None and current.enqueued_at is not None:
+        series().queue_wait_seconds.observe(waited(current.enqueued_at))
+    started, outcome = time.monotonic(), "error"  # "error": it raised past every handler
+    with log_ids(delivery=request.delivery_id, session=session_id):
+        log.info("session %s: %s on %s#%s", session_id, request.mode, request.repo, request.number)
+        try:
+            result = session_job(request, session_id, current)
+            outcome = str(result.get("status", "unknown"))
+            return result
+        finally:
+            took = time.monotonic() - started
+            record_session(request.mode.value, outcome, took)
+            log.info("session %s ended: %s after %.0f s", session_id, outcome, took)
+
+
+def waited(enqueued_at: datetime) -> float:
+    """Seconds since RQ enqueued the job (it keeps UTC times, without a zone on older jobs)."""
+    since = enqueued_at if enqueued_at.tzinfo else enqueued_at.replace(tzinfo=UTC)
+    return max((datetime.now(UTC) - since).total_seconds(), 0.0)
+
+
+def session_job(request: SessionRequest, session_id: str, current: Job | None) -> dict:
+    settings = WorkerSettings.load()
     redis = current.connection if current else Redis.from_url(settings.redis_url)
     try:
         permissions = PERMISSIONS.get(request.mode, ISSUE_SESSION_PERMISSIONS)

@@ -185,6 +185,7 @@ class RecordedRequest:
     body: Any  # parsed JSON, or None
     kind: str  # "main", "subagent", "side", "count_tokens", "other" (404), "rejected"
     status: int = 0  # HTTP status answered
+    usage: dict[str, int] | None = None  # the usage a message answer reported
     client: tuple[str, int] = ("", 0)  # peer address: same value = same (kept-alive) connection
     received_at: float = field(default_factory=time.time)
 
@@ -654,7 +655,7 @@ class AnthropicStandIn:
             "stop_sequence": None,
             "usage": _usage_for(body, content),
         }
-        rec.status = 200
+        rec.status, rec.usage = 200, message["usage"]
         try:
             if body.get("stream"):
                 _stream_message(h, message)
