@@ -117,19 +117,25 @@ def _ignored_bodies(repos: list[str]) -> list[tuple[str, bytes, float]]:
     return [(event, json.dumps(p).encode(), w) for event, p, w in out]
 
 
-def _trigger_bodies(repos: list[str], count: int = 64) -> list[bytes]:
+def _trigger_payloads(repos: list[str], count: int = 64) -> list[dict]:
     asks = [
         "fix the flaky test",
         "add a CONTRIBUTING.md",
         "review the error handling",
         "document the retry policy\nand add an example",
     ]
-    bodies = []
+    payloads = []
     for i in range(count):
         repo = repos[i % len(repos)]
-        payload = issue_comment_payload(repo, 1 + i, f"/claude {asks[i % len(asks)]}", 4242)
-        bodies.append(json.dumps(payload).encode())
-    return bodies
+        payloads.append(issue_comment_payload(repo, 1 + i, f"/claude {asks[i % len(asks)]}", 4242))
+    return payloads
+
+
+def _trigger_body(template: dict, comment_id: int) -> bytes:
+    """A new comment (its own id): the front door runs one session per comment, so a second
+    delivery of the same comment under another delivery id is a duplicate by content."""
+    payload = {**template, "comment": {**template["comment"], "id": comment_id}}
+    return json.dumps(payload).encode()
 
 
 def build_deliveries(
@@ -140,7 +146,7 @@ def build_deliveries(
     repos = [f"load-org/repo-{i}" for i in range(16)]
     ignored = _ignored_bodies(repos)
     ignored_weights = [w for _, _, w in ignored]
-    triggers = _trigger_bodies(repos)
+    triggers = _trigger_payloads(repos)
     signatures: dict[bytes, str] = {}
     out: list[Delivery] = []
     sent_triggers: list[Delivery] = []
@@ -153,7 +159,7 @@ def build_deliveries(
             out.append(Delivery(first.event, first.delivery_id, first.body, "duplicate"))
             continue
         if roll < 0.40:
-            body = triggers[i % len(triggers)]
+            body = _trigger_body(triggers[i % len(triggers)], 10_000_000 + seed * 1_000_000 + i)
             d = Delivery("issue_comment", f"{prefix}-{i:06d}", body, "trigger")
             sent_triggers.append(d)
         else:
