@@ -215,16 +215,6 @@ def test_tracking_comment_writes_record_steps_end_and_links_to_the_page(redis_ur
     tracking.advance(RUNNING)
     body = github.comments[-1].body
     assert "[Session log](https://claude.example.test/sessions/session-t1)" in body
-    unlinked = Session(
-        "session-t1",
-        asked,
-        settings.model_copy(update={"public_url": None}),
-        redis,
-        repo,
-        tracking,
-        check,
-    )
-    assert "Session log" not in pull_body(unlinked, "Fixed.", "Closes #7")
 
     outcome = Outcome(is_error=False, result="Fixed.", num_turns=4, cost_usd=0.25)
     pull = {"number": 8, "html_url": f"{github.url}/{REPO}/pull/8"}

@@ -43,6 +43,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
 from .github_objects import PERMISSION_LEVELS, ApiError, Ids, Installation, Objects, Repo, User, now
+from .github_pages import error_page, html_page
 
 Handled = tuple[int, Any, dict[str, str]]
 
@@ -100,17 +101,8 @@ class Registration:
     converted: bool = False
 
 
-def _page(title: str, body: str, status: int = 200) -> Response:
-    text = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"</head><body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
-    )
-    return Response(text, status=status, content_type="text/html; charset=utf-8")
-
-
 def _error_page(message: str, status: int = 422) -> Response:
-    text = f"<p class='flash-error'>{html.escape(message)}</p>"
-    return _page("Something went wrong", text, status)
+    return error_page("Something went wrong", message, status)
 
 
 def _public_host(host: str) -> bool:
@@ -225,7 +217,7 @@ class ManifestMixin:
             f"<pre id='manifest'>{html.escape(json.dumps(manifest, indent=2))}</pre>"
             "<button type='submit' id='create-app'>Create GitHub App</button></form>"
         )
-        return _page("Create GitHub App", body)
+        return html_page("Create GitHub App", body)
 
     def _manifest_problem(self, manifest: Any) -> str:
         if not isinstance(manifest, dict):
@@ -339,7 +331,7 @@ class ManifestMixin:
             f"<p>Install {html.escape(self._app['name'])} on {html.escape(owner.login)}</p>"
             f"<form method='post'>{rows}<button type='submit' id='install'>Install</button></form>"
         )
-        return _page(f"Install {self._app['name']}", body)
+        return html_page(f"Install {self._app['name']}", body)
 
     def _install(self, owner: User, repos: list[Repo]) -> Response:
         if not repos:
@@ -350,7 +342,7 @@ class ManifestMixin:
             repo.installation_id = installation_id
         self.installed.append(inst)
         if not self.app_setup_url:
-            return _page("Installed", f"<p>Installed on {len(repos)} repositories.</p>")
+            return html_page("Installed", f"<p>Installed on {len(repos)} repositories.</p>")
         query = urlencode({"installation_id": installation_id, "setup_action": "install"})
         return Response(status=302, headers={"Location": f"{self.app_setup_url}?{query}"})
 

@@ -37,6 +37,7 @@ from urllib.parse import urlencode, urlsplit
 from werkzeug.wrappers import Request, Response
 
 from .github_objects import ApiError, Installation, Objects, Repo, User, now
+from .github_pages import error_page, html_page
 
 Handled = tuple[int, Any, dict[str, str]]
 
@@ -77,17 +78,8 @@ class Grant:
     used: bool = False
 
 
-def _html(title: str, body: str, status: int = 200) -> Response:
-    text = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"</head><body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
-    )
-    return Response(text, status=status, content_type="text/html; charset=utf-8")
-
-
 def _error(description: str) -> Response:
-    text = f"<p class='flash-error'>{html.escape(description)}</p>"
-    return _html("Authorization failed", text, 400)
+    return error_page("Authorization failed", description, 400)
 
 
 class OAuthMixin:
@@ -166,7 +158,7 @@ class OAuthMixin:
             "<label>Signed in as <input name='login' id='login'></label>"
             f"{hidden}<button type='submit' id='authorize'>Authorize</button></form>"
         )
-        return _html(f"Authorize {self._app['name']}", body)
+        return html_page(f"Authorize {self._app['name']}", body)
 
     def _authorize(self, request: Request) -> Response:
         form = request.form

@@ -25,13 +25,19 @@ STYLE = (
 )
 
 
-def _page(title: str, body: str, status: int = 200) -> Response:
+def html_page(title: str, body: str, status: int = 200) -> Response:
+    """A page of the stand-in's web side, as a browser gets it (every page shares this)."""
     text = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><main><p><a href='/'>GitHub stand-in</a></p>"
         f"<h1>{html.escape(title)}</h1>{body}</main></body></html>"
     )
     return Response(text, status=status, content_type="text/html; charset=utf-8")
+
+
+def error_page(title: str, message: str, status: int) -> Response:
+    text = f"<p class='flash-error'>{html.escape(message)}</p>"
+    return html_page(title, text, status)
 
 
 class PagesMixin:
@@ -95,7 +101,7 @@ class PagesMixin:
             f"<p>App: {html.escape(self._app['name'])} · webhook: {html.escape(hook)}</p>"
             + "".join(rows)
         )
-        return _page("Repositories", body)
+        return html_page("Repositories", body)
 
     def _new_issue(self, request: Request, repo: Repo) -> Response:
         if request.method == "POST":
@@ -110,7 +116,7 @@ class PagesMixin:
             "<label>Body <textarea name='body' rows='4'></textarea></label>"
             "<button type='submit' id='open-issue'>Open the issue</button></form>"
         )
-        return _page(f"New issue in {repo.full_name}", form)
+        return html_page(f"New issue in {repo.full_name}", form)
 
     def _issue_page(self, request: Request, repo: Repo, number: int) -> Response | None:
         issue = next((i for i in self.issues if i.repo is repo and i.number == number), None)
@@ -139,7 +145,7 @@ class PagesMixin:
             "<textarea name='body' id='comment' rows='3'>/claude </textarea></label>"
             "<button type='submit' id='send'>Comment</button></form>"
         )
-        return _page(f"#{number} {issue.title}", body)
+        return html_page(f"#{number} {issue.title}", body)
 
     def _deliver_comment(self, issue: Issue, comment: Comment) -> None:
         """The webhook GitHub sends for a new comment, when the App is installed there."""
@@ -169,4 +175,4 @@ class PagesMixin:
             f"{html.escape(pull.user.login)}</p><pre>{html.escape(pull.body or '')}</pre>"
             f"<h2>Changes</h2><pre id='diff'>{html.escape(diff)}</pre>"
         )
-        return _page(f"#{number} {pull.title}", body)
+        return html_page(f"#{number} {pull.title}", body)
