@@ -277,6 +277,30 @@ def test_an_interrupted_session_ends_failed_and_a_finished_one_is_left_alone(red
     assert not redis.exists(record_key("session-unknown"))
 
 
+def test_the_end_event_is_in_the_stream_before_the_state_says_ended(redis_url):
+    # A live stream that finds nothing new and the state ended closes (app/live.py): were the
+    # state written first, a reader between the two writes would close without the end event.
+    redis = Redis.from_url(redis_url)
+    settings = WorkerSettings.parse()
+    for session_id in ["session-order-done", "session-order-cut"]:
+        history = SessionHistory(redis, session_id, settings)
+        history.open(request(), "implement", "")
+        with redis.monitor() as monitor:
+            if session_id.endswith("done"):
+                history.finish("done", "✅ done", {})
+            else:
+                mark_interrupted(redis, session_id, "cut")
+            redis.ping()  # the last command Redis sees from us, after both writes
+            writes = []
+            for seen in monitor.listen():
+                command = seen["command"]
+                if command.startswith("PING"):
+                    break
+                if command.startswith(("XADD", "HSET")):
+                    writes.append(command.split()[0])
+        assert writes == ["XADD", "HSET"], writes
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda inner: (

@@ -108,9 +108,11 @@ def mark_interrupted(redis: Redis, session_id: str, why: str) -> None:
     if state is None or state.decode() not in LIVE_STATES:
         return
     outcome = bounded(why, 1_000)
-    redis.hset(key, mapping={"state": "failed", "ended": str(time.time()), "outcome": outcome})
+    # The end event before the state: a stream reader that sees the state ended and nothing
+    # new in the stream closes, so the event must already be there (app/live.py).
     end = entry("end", state="failed", outcome=outcome, links={})
     redis.xadd(events_key(session_id), {"data": end}, maxlen=MAX_EVENTS, approximate=True)
+    redis.hset(key, mapping={"state": "failed", "ended": str(time.time()), "outcome": outcome})
 
 
 @dataclass
@@ -178,8 +180,10 @@ class SessionHistory:
         fields["links"] = json.dumps(shown)
         if turns or cost:
             fields.update(turns=turns, cost_usd=cost)
-        self._write(fields)
+        # The event before the record, as in mark_interrupted: a reader must never see the
+        # state ended before the end event is in the stream.
         self.event("end", state=state, outcome=fields["outcome"], links=shown)
+        self._write(fields)
 
     def event(self, kind: str, **data: object) -> None:
         if not self.opened:
