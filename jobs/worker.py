@@ -13,6 +13,10 @@ Crashes and shutdowns (see jobs/upkeep/reaper.py and jobs/upkeep/interrupted.py)
   exits. A second one is RQ's cold shutdown: the horse is SIGKILLed; this worker then removes
   that session's container and workspace, fails its job and ends its comment before exiting.
 * A horse that dies on its own (the OOM killer, RQ's hard timeout) is cleaned up the same way.
+* A whole worker host lost (docs/hosts.md): its sessions' heartbeats lapse, and after
+  `JOB_MONITORING_INTERVAL` + 60 s the next maintenance pass of a worker on another host finds
+  them abandoned and ends their comments; the lost host's own reaper removes its containers and
+  workspaces when it comes back (no other host's reaper touches them).
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ from jobs.common.settings import (
     WorkerSettings,
     settings_at_start,
 )
+from jobs.sandbox.host import HostUnknown, worker_host
 from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.upkeep.leftovers import (
     HORSE_FIELD,
     HOST_FIELD,
     PID_FIELD,
+    WORKER_HOST_FIELD,
     host_identity,
     process_token,
     reap_session,
@@ -146,9 +152,10 @@ class SessionWorker(Worker):
 
     def register_birth(self) -> None:
         super().register_birth()
-        self.connection.hset(
-            self.key, mapping={HOST_FIELD: host_identity(), PID_FIELD: process_token(self.pid)}
-        )
+        fields = {HOST_FIELD: host_identity(), PID_FIELD: process_token(self.pid)}
+        if self.settings is not None and self.settings.worker_host_id:
+            fields[WORKER_HOST_FIELD] = self.settings.worker_host_id  # for operators
+        self.connection.hset(self.key, mapping=fields)
 
     def refuse(self, job: Job, queue, reason: str) -> None:
         """Fail a foreign job where an operator sees it, running none of its callbacks."""
@@ -284,14 +291,25 @@ def work() -> int:
         except ConfigError as exc:
             print(f"configuration: {exc}", file=sys.stderr, flush=True)
             return CONFIG_ERROR_EXIT
+    try:
+        # Once, for every pass of the reaper and (inherited) every session's horse.
+        settings.worker_host_id = worker_host(settings)
+    except HostUnknown as exc:  # asked again at each reaper pass and session
+        log.warning("worker host: %s", exc)
     worker = SessionWorker(
         [session_queue(redis, settings.queue_name)],
         connection=redis,
         serializer=JSONSerializer,
         settings=settings,
         reaper_interval=settings.reaper_interval,
+        job_monitoring_interval=settings.job_monitoring_interval,
     )
-    log.info("reaper: every %s s while idle, and now", settings.reaper_interval)
+    log.info(
+        "worker host %s; reaper: every %s s while idle, and now; heartbeat every %s s",
+        settings.worker_host_id or "unknown",
+        settings.reaper_interval,
+        settings.job_monitoring_interval,
+    )
     worker.work(with_scheduler=True)
     return 0
 

@@ -54,6 +54,7 @@ from tests.support import dead_redis, enqueue
 REPO = "octo-org/reaped"
 INSTALLATION = 91
 HERE = "test-host|boot|pid:[1]"
+HOST_ID = "test-host"  # the in-memory engine double has no `docker info`
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def settings(github, redis_url, tmp_path):
         GITHUB_API_URL=github.api_url,
         REDIS_URL=redis_url,
         WORKSPACE_ROOT=str(tmp_path / "workspaces"),
+        WORKER_HOST_ID=HOST_ID,
     )
 
 
@@ -90,6 +92,7 @@ def reset_env(monkeypatch, github, redis_url, tmp_path):
         "GITHUB_API_URL": github.api_url,
         "REDIS_URL": redis_url,
         "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+        "WORKER_HOST_ID": HOST_ID,
     }.items():
         monkeypatch.setenv(name, value)
 

@@ -90,6 +90,10 @@ def waiting_for_config() -> bool:
     return os.environ.get(WAIT_FOR_CONFIG, "") == "1"
 
 
+# A worker host's name, as WORKER_HOST_ID or the Docker engine's ID (which has colons).
+HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
 class CommonSettings(BaseSettings):
     """What every role shares: where Redis and the workspaces are. Nothing secret."""
 
@@ -314,6 +318,25 @@ class WorkerSettings(CommonSettings):
 
     # Seconds between two reaper passes (RQ's maintenance interval; RQ's own default is 600).
     reaper_interval: int = Field(60, alias="REAPER_INTERVAL", ge=1, le=3600)
+    # Seconds between a busy worker's heartbeats (RQ's job monitoring interval). A session whose
+    # heartbeat lapses for this plus RQ's fixed 60 s is abandoned: the next maintenance pass of
+    # any worker on the queue ends its comment as interrupted (docs/hosts.md).
+    job_monitoring_interval: int = Field(30, alias="JOB_MONITORING_INTERVAL", ge=1, le=600)
+    # This worker host's name on its sandbox containers and workspaces, so that each host's
+    # reaper removes only its own; unset: the Docker engine's ID (`docker info`), since the
+    # containers belong to an engine (jobs/sandbox/host.py).
+    worker_host_id: str | None = Field(None, alias="WORKER_HOST_ID")
+
+    @field_validator("worker_host_id")
+    @classmethod
+    def _host_id(cls, value: str | None) -> str | None:
+        if value is not None and not HOST_ID.fullmatch(value):
+            raise ValueError(
+                "must be 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a "
+                "letter or digit"
+            )
+        return value
+
     # Session limits: sensible defaults; repo config (issue 3) may lower them per repository.
     max_turns: int = Field(40, alias="CLAUDE_MAX_TURNS", gt=0)
     model: str | None = Field(None, alias="CLAUDE_MODEL")

@@ -30,6 +30,7 @@ from docker.types import LogConfig, Ulimit
 from docker.utils import parse_bytes
 
 from jobs.common.settings import WorkerSettings
+from jobs.sandbox.host import HOST_LABEL, HostUnknown, worker_host
 from jobs.sandbox.transcript import Outcome, Transcript
 
 log = logging.getLogger(__name__)
@@ -229,13 +230,21 @@ class Sandbox:
         s = self.settings
         uid, gid = sandbox_user().split(":")
         owned = f"uid={uid},gid={gid}"
+        try:
+            host = worker_host(s, self.client)
+        except HostUnknown as exc:
+            raise SandboxError(str(exc)) from None
         return self.client.containers.create(
             s.agent_image,
             command=command,
             user=f"{uid}:{gid}",
             working_dir=WORKSPACE,
             environment=environment or {},
-            labels={LABEL: session_id, "claudecluster.role": "sandbox"},
+            labels={
+                LABEL: session_id,
+                "claudecluster.role": "sandbox",
+                HOST_LABEL: host,
+            },
             runtime=s.sandbox_runtime,
             # No network: the container gets a loopback of its own and nothing else (no route,
             # no other interface); its own namespaces for IPC and cgroups too.

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.sandbox.host import HOST_FILE
 from jobs.sandbox.mirror import MirrorBusy, MirrorKey, RepoCache
 from jobs.sandbox.safegit import LOCAL_TRANSPORTS, REMOTE_TRANSPORTS, GitError, SafeGit
 
@@ -68,6 +69,7 @@ class Workspace:
         token: str,
         session_id: str = "session",
         cached: CachedRepo | None = None,
+        host: str = "",
     ) -> Workspace:
         """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out,
         through the repository's mirror when `cached` names one.
@@ -77,14 +79,16 @@ class Workspace:
         the mirror's objects, so later sessions fetch only what changed.
         """
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
-        return cls._cloned(parent, url, full_ref, token, session_id, REMOTE_TRANSPORTS, cached)
+        return cls._cloned(
+            parent, url, full_ref, token, (session_id, host), REMOTE_TRANSPORTS, cached
+        )
 
     @classmethod
     def clone_local(cls, parent: Path, repository: Path, commit: str, session_id: str) -> Workspace:
         """`commit` of a repository on this machine, for `claudecluster run`: read over git's
         file transport (and nothing else), with no token. The repository stays `origin`, so
         `free_branch` and `push` work on it as they do on GitHub."""
-        return cls._cloned(parent, str(repository), commit, "", session_id, LOCAL_TRANSPORTS)
+        return cls._cloned(parent, str(repository), commit, "", (session_id, ""), LOCAL_TRANSPORTS)
 
     @classmethod
     def _cloned(
@@ -93,14 +97,18 @@ class Workspace:
         url: str,
         ref: str,
         token: str,
-        session_id: str,
+        owner: tuple[str, str],
         transports: tuple[str, ...],
         cached: CachedRepo | None = None,
     ) -> Workspace:
+        session_id, host = owner
         parent.mkdir(parents=True, exist_ok=True)
         # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
-        # owner file lets a reaper tell whose leftovers it finds.
+        # owner files let a reaper tell whose leftovers it finds: which worker host's, then
+        # which session's (the host first, so no workspace is ever named without it).
         ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token, transports)
+        if host:
+            (ws.root / HOST_FILE).write_text(host)
         (ws.root / OWNER_FILE).write_text(session_id)
         try:
             ws._git(

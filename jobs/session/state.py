@@ -18,6 +18,7 @@ from jobs.github.checks import CheckRun
 from jobs.github.client import BotIdentity, RepoSession, bot_identity
 from jobs.github.tracking import TrackingComment
 from jobs.sandbox.container import Limits
+from jobs.sandbox.host import worker_host
 from jobs.sandbox.mirror import MirrorKey, RepoCache
 from jobs.sandbox.workspace import CachedRepo, Workspace
 from jobs.session.repo_config import RepoConfig, load_repo_config
@@ -85,6 +86,7 @@ class Session:
             self.github.token,
             self.id,
             self.cached_repo,
+            worker_host(self.settings),
         )
 
     @property

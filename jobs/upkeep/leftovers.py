@@ -24,6 +24,7 @@ from rq.job import Job, JobStatus
 
 from jobs.common.settings import WorkerSettings
 from jobs.sandbox.container import LABEL
+from jobs.sandbox.host import HOST_FILE, HOST_LABEL, HostUnknown, owned_here, worker_host
 from jobs.sandbox.workspace import OWNER_FILE
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ WORKSPACE_PREFIX = "s-"  # jobs/sandbox/workspace.py: mkdtemp(prefix="s-"), the 
 HOST_FIELD = "claudecluster_host"
 PID_FIELD = "claudecluster_pid"
 HORSE_FIELD = "claudecluster_horse"
+WORKER_HOST_FIELD = "claudecluster_worker_host"  # WORKER_HOST_ID or the engine's (sandbox/host)
 
 
 @dataclass
@@ -121,8 +123,9 @@ def session_running(redis: Redis, job: Job, here: str | None = None) -> bool:
 # -- the leftovers ------------------------------------------------------------------------
 
 
-def workspace_dirs(root: Path) -> dict[str, list[Path]]:
-    """Workspace directories by the session named in their owner file ('' when it has none)."""
+def workspace_dirs(root: Path, host: str) -> dict[str, list[Path]]:
+    """Worker host `host`'s workspace directories, by the session named in their owner file
+    ('' when it has none); those another host's `host-id` file names are not listed."""
     found: dict[str, list[Path]] = {}
     try:
         entries = list(root.iterdir())
@@ -132,6 +135,12 @@ def workspace_dirs(root: Path) -> dict[str, list[Path]]:
         if not path.name.startswith(WORKSPACE_PREFIX) or path.is_symlink() or not path.is_dir():
             continue
         try:
+            recorded = (path / HOST_FILE).read_text().strip()
+        except OSError:
+            recorded = ""
+        if not owned_here(host, recorded):
+            continue
+        try:
             owner = (path / OWNER_FILE).read_text().strip()
         except OSError:
             owner = ""
@@ -139,11 +148,13 @@ def workspace_dirs(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def session_containers(docker_client) -> dict[str, list]:
+def session_containers(docker_client, host: str) -> dict[str, list]:
+    """Worker host `host`'s sandbox containers on this engine, by session."""
     found: dict[str, list] = {}
     for container in docker_client.containers.list(all=True, filters={"label": LABEL}):
-        session_id = (container.labels or {}).get(LABEL)
-        if session_id:
+        labels = container.labels or {}
+        session_id = labels.get(LABEL)
+        if session_id and owned_here(host, labels.get(HOST_LABEL)):
             found.setdefault(session_id, []).append(container)
     return found
 
@@ -214,8 +225,14 @@ def close_gateway(settings: WorkerSettings, session_id: str) -> bool:
 def reap_session(
     settings: WorkerSettings, docker_client, session_id: str, report: ReapReport | None = None
 ) -> ReapReport:
-    """Remove one session's container and workspace, unconditionally: its horse is known dead."""
+    """Remove one session's container and workspace on this worker host, unconditionally: its
+    horse is known dead. A session of another host is left to that host's reaper."""
     report = report or ReapReport()
+    try:
+        host = worker_host(settings, docker_client)
+    except HostUnknown as exc:  # whose leftovers are whose cannot be told: the next tick
+        report.errors.append(str(exc))
+        return report
     if docker_client is not None:
         try:
             containers = docker_client.containers.list(
@@ -224,7 +241,8 @@ def reap_session(
         except Exception as exc:  # the engine is away: the next tick tries again
             report.errors.append(f"docker: {exc}")
         else:
-            remove_containers(containers, report, session_id)
+            ours = [c for c in containers if owned_here(host, (c.labels or {}).get(HOST_LABEL))]
+            remove_containers(ours, report, session_id)
     close_gateway(settings, session_id)
-    remove_dirs(workspace_dirs(settings.workspace_root).get(session_id, []), report)
+    remove_dirs(workspace_dirs(settings.workspace_root, host).get(session_id, []), report)
     return report

@@ -27,6 +27,9 @@ With gVisor (`SANDBOX_RUNTIME=runsc`) a failed start can leave `runsc-sandbox`/`
 processes and their containerd shim running, unknown to Docker; those are killed too once they
 are older than `ORPHAN_AFTER` and their container id is unknown to the engine.
 
+Only this worker host's leftovers are listed: containers labelled `claudecluster.host=<id>` and
+workspaces whose `host-id` file name another host are that host's (jobs/sandbox/host.py).
+
 `reap()` runs at worker start and at every RQ maintenance tick (`REAPER_INTERVAL`, jobs/worker.py).
 """
 
@@ -47,6 +50,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs.common.settings import WorkerSettings
+from jobs.sandbox.host import HostUnknown, worker_host
 from jobs.upkeep.interrupted import WORKER_STOPPED, interrupt_job, retry_pending
 from jobs.upkeep.leftovers import (
     ReapReport,
@@ -87,9 +91,15 @@ def reap(
     """
     report = ReapReport()
     here = host_identity() if here is None else here
-    # List first, judge after: whatever exists now was made by a job that had started by now,
-    # so a job seen as not running afterwards cannot be about to make it.
-    leftovers = _Leftovers.listed(settings, docker_client, report)
+    try:
+        host = worker_host(settings, docker_client)
+    except HostUnknown as exc:  # whose leftovers are whose cannot be told: the next pass
+        report.errors.append(str(exc))
+        leftovers = _Leftovers({}, {})
+    else:
+        # List first, judge after: whatever exists now was made by a job that had started by
+        # now, so a job seen as not running afterwards cannot be about to make it.
+        leftovers = _Leftovers.listed(settings, docker_client, host, report)
     retry = None
     if interrupt is None:
 
@@ -126,14 +136,18 @@ class _Leftovers:
     dirs: dict[str, list[Path]]
 
     @classmethod
-    def listed(cls, settings: WorkerSettings, docker_client, report: ReapReport) -> _Leftovers:
+    def listed(
+        cls, settings: WorkerSettings, docker_client, host: str, report: ReapReport
+    ) -> _Leftovers:
+        """Worker host `host`'s leftovers only: another host's are for its own reaper, which
+        alone can tell whether they are still in use (docs/hosts.md)."""
         containers: dict[str, list] = {}
         if docker_client is not None:
             try:
-                containers = session_containers(docker_client)
+                containers = session_containers(docker_client, host)
             except Exception as exc:
                 report.errors.append(f"docker: {exc}")
-        dirs = workspace_dirs(settings.workspace_root)
+        dirs = workspace_dirs(settings.workspace_root, host)
         # No owner file: the worker died between making the directory and naming its owner.
         remove_dirs([p for p in dirs.pop("", []) if dir_age(p) >= ORPHAN_AFTER], report)
         return cls(containers, dirs)
