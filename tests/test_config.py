@@ -183,3 +183,28 @@ def test_run_script_check_names_everything_missing(tmp_path):
         "configuration of the gateway: no model backend is configured: set "
         + MODEL_BACKEND_CHOICES,
     ]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"WORKER_HOST_ID": "host b/../1"},
+            "WORKER_HOST_ID: Value error, must be 1 to 128 letters, digits",
+        ),
+        ({"WORKER_HOST_ID": "-leading-dash"}, "WORKER_HOST_ID: Value error, must be 1 to 128"),
+        (
+            {"JOB_MONITORING_INTERVAL": "0"},
+            "JOB_MONITORING_INTERVAL: Input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_worker_host_settings_refuse_bad_values_by_name(values, expected):
+    with pytest.raises(ConfigError) as error:
+        WorkerSettings.parse(**values)
+    assert expected in str(error.value)
+
+
+def test_a_worker_host_id_names_the_host_as_given():
+    settings = WorkerSettings.parse(WORKER_HOST_ID="build-3.eu:1", JOB_MONITORING_INTERVAL="5")
+    assert (settings.worker_host_id, settings.job_monitoring_interval) == ("build-3.eu:1", 5)

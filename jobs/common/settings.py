@@ -90,7 +90,7 @@ def waiting_for_config() -> bool:
     return os.environ.get(WAIT_FOR_CONFIG, "") == "1"
 
 
-# A worker host's name, as WORKER_HOST_ID or the Docker engine's ID (which has colons).
+# A worker host's name, as WORKER_HOST_ID or derived from its Docker engine's.
 HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -323,8 +323,8 @@ class WorkerSettings(CommonSettings):
     # any worker on the queue ends its comment as interrupted (docs/hosts.md).
     job_monitoring_interval: int = Field(30, alias="JOB_MONITORING_INTERVAL", ge=1, le=600)
     # This worker host's name on its sandbox containers and workspaces, so that each host's
-    # reaper removes only its own; unset: the Docker engine's ID (`docker info`), since the
-    # containers belong to an engine (jobs/sandbox/host.py).
+    # reaper removes only its own; unset: named after the Docker engine (`docker info`: its
+    # host name, ID and data root), since the containers belong to an engine (sandbox/host.py).
     worker_host_id: str | None = Field(None, alias="WORKER_HOST_ID")
 
     @field_validator("worker_host_id")

@@ -4,13 +4,15 @@ Several worker hosts may share one Redis, and even one workspace directory or on
 host's reaper must remove only what its own sessions left, because only that host can tell
 whether they still run: so every sandbox container carries the label `claudecluster.host=<id>`
 and every workspace a `host-id` file beside its `session-id`. The id is WORKER_HOST_ID, or by
-default the Docker engine's ID (`docker info`): containers belong to an engine, and the ID
-survives the engine's restarts (it lives in its data root).
+default the Docker engine's own (`engine_id`, from `docker info`): containers belong to an
+engine, and what it is made of survives the engine's restarts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 
 import docker
 
@@ -48,12 +50,24 @@ def worker_host(settings: WorkerSettings, client=None) -> str:
 
 
 def engine_id(client) -> str:
+    """`<engine host name>-<12 hex digits>`, from the engine's ID, host name and data root.
+
+    The ID alone is not enough: Docker derives it from /etc/docker/key.json, which a second
+    dockerd on the same machine (or a cloned machine image) shares; the data root tells two
+    engines on one machine apart, the host name two cloned machines.
+    """
     try:
-        value = str(client.info().get("ID") or "")
+        info = client.info()
     except Exception as exc:  # the engine is away, or not an engine at all
         raise HostUnknown(f"the Docker engine did not say its ID ({type(exc).__name__})") from None
+    engine, name = str(info.get("ID") or ""), str(info.get("Name") or "")
+    if not engine:
+        raise HostUnknown("the Docker engine has no ID: set WORKER_HOST_ID")
+    digest = hashlib.sha256(f"{engine}|{name}|{info.get('DockerRootDir') or ''}".encode())
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._")[:100] or "engine"
+    value = f"{readable}-{digest.hexdigest()[:12]}"
     if not HOST_ID.fullmatch(value):
-        raise HostUnknown(f"the engine's ID {value[:40]!r} is not usable: set WORKER_HOST_ID")
+        raise HostUnknown(f"the engine's name {name[:40]!r} is not usable: set WORKER_HOST_ID")
     return value
 
 
