@@ -28,6 +28,7 @@ from jobs.github.checks import CheckRun
 from jobs.github.client import ISSUE_SESSION_PERMISSIONS, RepoSession
 from jobs.github.tracking import marker
 from jobs.sandbox.container import LABEL
+from jobs.sandbox.host import HOST_FILE, HOST_LABEL
 from jobs.sandbox.workspace import OWNER_FILE
 from jobs.upkeep import interrupted
 from jobs.upkeep.interrupted import (
@@ -43,6 +44,7 @@ from jobs.upkeep.leftovers import (
     HOST_FIELD,
     PID_FIELD,
     process_token,
+    reap_session,
     token_alive,
     worker_alive,
 )
@@ -239,6 +241,31 @@ def test_a_dead_workers_session_loses_its_container_workspace_and_working_commen
     mint = github.token_requests[-1]
     assert mint.body["repositories"] == ["reaped"]
     assert github.token_info(mint.token).revoked
+
+
+def test_another_hosts_leftovers_are_left_to_that_hosts_reaper_even_in_a_shared_root(
+    github, redis, settings
+):
+    # Host "other-host" shares this workspace root (and, here, the engine); its session is dead.
+    job, _ = new_session(github, redis)
+    start(redis, job)
+    engine = FakeDocker()
+    engine.add(job.id).labels[HOST_LABEL] = "other-host"
+    path = workspace(settings, job.id)
+    (path / HOST_FILE).write_text("other-host")
+    ended: list[str] = []
+
+    report = reap(settings, redis, engine, here=HERE, interrupt=lambda j, why: ended.append(j.id))
+    assert engine.ids() == [job.id] and path.exists() and not ended
+    assert not (report.containers or report.workspaces or report.live or report.unknown)
+    # The abandoned-job path (RQ's cleanup calls on_failure, which reaps) leaves them too.
+    assert not reap_session(settings, engine, job.id).removed
+    assert engine.ids() == [job.id] and path.exists()
+
+    theirs = settings.model_copy(update={"worker_host_id": "other-host"})
+    report = reap(theirs, redis, engine, here=HERE, interrupt=lambda j, why: ended.append(j.id))
+    assert engine.ids() == [] and not path.exists() and ended == [job.id]
+    assert report.containers == [job.id]
 
 
 def test_a_live_sessions_container_is_never_reaped(github, redis, settings):
