@@ -30,6 +30,7 @@ from jobs.sandbox.container import (
     SandboxJob,
     tree_usage,
 )
+from jobs.sandbox.host import HOST_LABEL, engine_id
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 
 IMAGE = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
@@ -121,6 +122,8 @@ def test_container_is_created_locked_down(client, session_dirs):
         config = container.attrs["Config"]
         assert config["User"] == "1000:1000"
         assert config["Labels"][LABEL] == "unit-locked-down"
+        # Its worker host, so that only this host's reaper ever removes it (docs/hosts.md).
+        assert config["Labels"][HOST_LABEL] == engine_id(client)
     finally:
         container.remove(force=True)
 
