@@ -31,6 +31,7 @@ MAX_FAILURES = 10  # check runs named; past this the rest are counted
 MAX_LOGS = 5  # job logs read
 LOG_TAIL = 8_000  # characters of one job's log
 LOGS_TOTAL = 24_000  # characters of all the logs together
+PARTIAL_LINE = 1_000  # dropped from the start of a cut log when no line ends sooner
 SUMMARY = 2_000  # characters of a check run's own output (other CI systems)
 # Actions prefixes each log line with its time: `2026-12-04T04:00:00.1234567Z `.
 _STAMP = re.compile(r"^\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ", re.MULTILINE)
@@ -150,5 +151,6 @@ def _log_tail(github: RepoSession, job_id: int, limit: int, failure: Failure) ->
     if cut:
         # The first line was cut somewhere inside: it could hold the end of a secret that
         # its beginning, left out, would have let the redactor recognise.
-        text = text.partition("\n")[2]
+        newline = text.find("\n")
+        text = text[newline + 1 :] if 0 <= newline < PARTIAL_LINE else text[PARTIAL_LINE:]
     return text, cut

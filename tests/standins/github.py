@@ -60,6 +60,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
+from .github_actions import ACTIONS_ROUTES, ActionsMixin
 from .github_checks import CHECK_ROUTES, CheckRunRecord, ChecksMixin
 from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
@@ -148,8 +149,10 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
 # OAUTH_ROUTES (a user access token's endpoints): tests/test_signin.py exercises them.
+# ACTIONS_ROUTES (workflow runs, jobs, logs): tests/test_github_actions_standin.py exercises them.
 ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     **ROUTES,
+    **ACTIONS_ROUTES,
     **HOOK_ROUTES,
     **MANIFEST_ROUTES,
     **OAUTH_ROUTES,
@@ -163,6 +166,8 @@ _INT_PARAMS = {
     "review_id",
     "delivery_id",
     "check_run_id",
+    "run_id",
+    "job_id",
 }
 
 
@@ -263,7 +268,14 @@ class _Call:
 
 
 class GitHubStandIn(
-    IssuesMixin, PullRequestsMixin, ChecksMixin, HooksMixin, ManifestMixin, OAuthMixin, PagesMixin
+    IssuesMixin,
+    PullRequestsMixin,
+    ChecksMixin,
+    ActionsMixin,
+    HooksMixin,
+    ManifestMixin,
+    OAuthMixin,
+    PagesMixin,
 ):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
@@ -319,6 +331,7 @@ class GitHubStandIn(
         self._init_hooks()
         self._init_manifest()
         self._init_oauth()
+        self._init_actions()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -747,7 +760,10 @@ class GitHubStandIn(
         if git_match:
             return self._git(request, git_match)
         page = (
-            self._manifest_page(request) or self._oauth_page(request) or self._browse_page(request)
+            self._manifest_page(request)
+            or self._oauth_page(request)
+            or self._log_download(request)
+            or self._browse_page(request)
         )
         if page is not None:
             self._record_request(request, page.status_code, None, None)
