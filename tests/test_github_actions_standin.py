@@ -211,3 +211,18 @@ def test_without_actions_read_the_reader_names_the_failures_without_logs(github)
     [failure] = read_ci(reader, sha, github.app_id).failures
     assert (failure.name, failure.log) == ("tests", "")
     assert "actions: read" in failure.note
+
+
+def test_an_installation_without_actions_read_still_reads_the_checks(github):
+    """Installed before `actions: read` was in app.yml: the token goes without actions only."""
+    github.add_installation(78, "old-org", permissions=dict(ISSUE_SESSION_PERMISSIONS))
+    github.add_repo("old-org/pipes", 78)
+    settings = WorkerSettings.parse(
+        GITHUB_APP_ID=str(github.app_id),
+        GITHUB_PRIVATE_KEY=github.private_key_pem,
+        GITHUB_API_URL=github.api_url,
+    )
+    reader = RepoSession(settings, 78, "old-org/pipes", CI_READ_PERMISSIONS)
+    assert reader.holds("checks", "read") and not reader.holds("actions", "read")
+    asked = [r.body.get("permissions") for r in github.token_requests if r.installation_id == 78]
+    assert asked == [CI_READ_PERMISSIONS, {"checks": "read", "metadata": "read"}]
