@@ -128,10 +128,15 @@ def test_a_failing_checks_log_reaches_the_model_and_the_fix_is_pushed(service, c
             Text("add() subtracted; it adds again, so test_add passes."),
         ]
     )
+    started = time.time()
     assert comment(service, pr.number, "/claude fix ci").status_code == 202
 
     final = service.wait_final(pr.number, repo=ci_repo)
     assert "pushed a commit to `feature/subtract`" in final.body, final.body
+    # The control of the next test's probe: this session's sandbox shows in Docker's events.
+    assert containers_created(FINAL.search(final.body).group(1), started)
+    message = gh.git(ci_repo, "log", "-1", "--format=%s", "feature/subtract").strip()
+    assert message == f"Fix the failing checks of #{pr.number}"
     assert gh.read_file(ci_repo, "feature/subtract", "calc.py") == FIXED
     assert gh.git(ci_repo, "rev-parse", "feature/subtract~1").strip() == head
     assert not [p for p in gh.pushes if p.forced]
