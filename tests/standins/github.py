@@ -19,7 +19,8 @@ credentials, and a token only sees the repositories it was minted for.
 The code is split by subject: this module holds the server, authentication, tokens,
 repositories, contents and git over HTTP; ``github_issues.py`` issues, comments and
 reactions; ``github_pulls.py`` pull requests (forks included), reviews and review comments;
-``github_checks.py`` check runs and their buttons; ``github_objects.py`` the state records and
+``github_checks.py`` check runs and their buttons; ``github_actions.py`` workflow runs, jobs and
+job logs (a 302 to a signed download); ``github_objects.py`` the state records and
 the JSON GitHub sends; ``github_git.py`` the git plumbing (bare repositories, commits, diffs,
 ``git http-backend``); ``github_hooks.py`` the
 App's webhook: deliveries POSTed to a real URL, their log, and redelivery through the REST API.
