@@ -226,3 +226,19 @@ def test_an_installation_without_actions_read_still_reads_the_checks(github):
     assert reader.holds("checks", "read") and not reader.holds("actions", "read")
     asked = [r.body.get("permissions") for r in github.token_requests if r.installation_id == 78]
     assert asked == [CI_READ_PERMISSIONS, {"checks": "read", "metadata": "read"}]
+
+
+def test_a_secret_cut_by_the_logs_tail_leaves_no_part_behind(github):
+    """The download keeps the log's last bytes: when they begin inside a secret, the redactor
+    cannot recognise what is left of it, so the cut line goes."""
+    sha = head(github)
+    secret = fake_github_token()
+    kept = 2 * LOG_TAIL  # what the reader downloads of one log
+    line = "2026-12-04T04:00:00.0000000Z ok\n"
+    body = line * ((kept - 10) // len(line))
+    body = "x" * (kept - 10 - len(body)) + body  # exactly kept - 10 bytes after the secret's line
+    log = f"2026-12-04T04:00:00.0000000Z token {secret}\n" + body
+    github.add_workflow_run(REPO, sha, [NewJob("tests", log=log)])
+    [failure] = read_ci(session_for(github, CI_READ_PERMISSIONS), sha, github.app_id).failures
+    assert failure.log.endswith("ok\n") and "only the end" in failure.note
+    assert secret[-9:] not in failure.log
