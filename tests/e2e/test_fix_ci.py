@@ -229,3 +229,28 @@ def test_the_fix_ci_label_on_a_forks_pull_request_offers_the_fix_as_suggestions(
     assert marker in prompt
     # The label asked: the instruction is ours, not anything the fork wrote.
     assert "Make the failing checks of this pull request's head pass." in prompt
+
+
+def test_an_installation_that_grants_no_checks_is_told_so_and_nothing_runs(service):
+    """Installed before `checks` and `actions` were in app.yml, and not accepted since."""
+    gh, api = service.github, service.anthropic
+    repo = "old-org/calculator"
+    gh.add_installation(
+        4344,
+        "old-org",
+        permissions={"contents": "write", "issues": "write", "pull_requests": "write"},
+    )
+    gh.add_repo(repo, 4344, files={"calc.py": FIXED})
+    gh.add_collaborator(repo, "octocat", "write")
+    pr = gh.add_pull(repo, NewPull("feature/x", title="x", body="", files={"calc.py": BROKEN}))
+    gh.add_workflow_run(repo, gh.branches(repo)["feature/x"], [NewJob("tests", log="red\n")])
+    seeded = gh.add_comment(repo, pr.number, "/claude fix ci", "octocat")
+    payload = issue_comment_payload(repo, pr.number, "/claude fix ci", 4344, user_id=seeded.user.id)
+    payload["comment"]["id"] = seeded.id
+    payload["issue"]["pull_request"] = {"url": f"{gh.api_url}/pulls/{pr.number}"}
+    assert service.deliver(payload).status_code == 202
+
+    final = service.wait_final(pr.number, repo=repo)
+    assert "cannot read this pull request's checks" in final.body, final.body
+    assert "accept the new permissions" in final.body
+    assert api.requests == []
