@@ -127,8 +127,13 @@ KNOWN_VERBS = frozenset(
 )
 
 
+# `fix ci`, `fix-ci` or `Fix CI:` and what follows it; not `fix circular imports`.
+_FIX_CI = re.compile(r"\s*fix[ \t-]+ci(?![\w-]):?", re.IGNORECASE)
+
+
 def command_from(instruction: str) -> tuple[str, str]:
-    """(mode, instruction): `help`, `stop` and `review [focus]` are commands; the rest is work."""
+    """(mode, instruction): `help`, `stop`, `review [focus]` and `fix ci [more]` are commands;
+    the rest is work."""
     first, _, rest = instruction.partition("\n")[0].strip().partition(" ")
     word = first.lower()
     if not instruction or word in ("help", "-h", "--help", "?"):
@@ -138,6 +143,8 @@ def command_from(instruction: str) -> tuple[str, str]:
     if word == "review":
         focus = instruction.strip()[len(first) :].strip()
         return Mode.REVIEW, focus
+    if fixing_ci := _FIX_CI.match(instruction):
+        return Mode.FIX_CI, instruction[fixing_ci.end() :].strip()
     if first.startswith("-") or (
         not rest and "\n" not in instruction.strip() and word.isalpha() and word not in KNOWN_VERBS
     ):

@@ -145,7 +145,7 @@ def test_limits_are_inclusive():
         (
             "labels: {bug: fix}",
             "labels.bug",
-            'must be `implement` or `review` (got the text "fix")',
+            'must be one of `implement`, `review`, `fix-ci` (got the text "fix")',
         ),
         (
             "min_permission: owner",
@@ -233,7 +233,8 @@ def test_the_message_reads_as_one_line_per_problem():
     with pytest.raises(RepoConfigError) as info:
         parse_repo_config("max_turns: 500\nmodle: opus\nlabels: {bug: fix}\n")
     assert str(info.value).splitlines() == [
-        f'{CONFIG_PATH}: `labels.bug` must be `implement` or `review` (got the text "fix")',
+        f"{CONFIG_PATH}: `labels.bug` must be one of `implement`, `review`, `fix-ci` "
+        '(got the text "fix")',
         f"{CONFIG_PATH}: `max_turns` must be at most 200 (got 500)",
         f"{CONFIG_PATH}: `modle` is not a known setting (did you mean `model`?)",
     ]

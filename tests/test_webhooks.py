@@ -292,6 +292,11 @@ def pointed_at_us(payload: dict, sender_type: str = "User") -> dict:
         ("/claude frobnicate", "help", "frobnicate"),
         ("/claude --dry-run", "help", "--dry-run"),
         ("/claude fix", "implement", "fix"),
+        ("/claude fix ci", "fix-ci", ""),
+        ("/claude Fix CI: the lint job only", "fix-ci", "the lint job only"),
+        ("/claude fix-ci\nkeep the public API", "fix-ci", "keep the public API"),
+        ("/claude fix circular imports", "implement", "fix circular imports"),
+        ("/claude fix ci-config parsing", "implement", "fix ci-config parsing"),
     ],
 )
 def test_commands(client, redis_url, body, mode, instruction):

@@ -22,6 +22,7 @@ class Mode(StrEnum):
 
     IMPLEMENT = "implement"
     REVIEW = "review"
+    FIX_CI = "fix-ci"  # fix what fails in the pull request's checks
     HELP = "help"
     STOP = "stop"
     REFRESH = "refresh"  # re-read .github/claude.yml and tell the web process what it needs

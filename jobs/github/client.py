@@ -7,6 +7,7 @@ session needs, registers it with the redactor, and revokes it when the session e
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -36,13 +37,16 @@ ISSUE_SESSION_PERMISSIONS = {
     "metadata": "read",
 }
 REVIEW_SESSION_PERMISSIONS = {**ISSUE_SESSION_PERMISSIONS, "contents": "read"}
+# `/claude fix ci` reads the head's check runs and its workflow jobs and their logs with a
+# token of its own, read-only and revoked once read: the token that pushes never holds them.
+CI_READ_PERMISSIONS = {"checks": "read", "actions": "read", "metadata": "read"}
 READ_PERMISSIONS = {"contents": "read", "metadata": "read"}  # re-reading the repo's config
 # Added to the App after installations were made: each installation grants it only once its
 # owner accepts the new permissions, and until then a session runs without what it serves.
-OPTIONAL_PERMISSIONS = ("checks",)
+OPTIONAL_PERMISSIONS = ("checks", "actions")
 
 
-def _client(api_url: str, auth, hooks: dict | None = None) -> GitHub:
+def _client(api_url: str, auth, hooks: dict | None = None, follow_redirects: bool = True) -> GitHub:
     # http_cache off: a revalidating cache only adds requests for a short-lived session.
     return GitHub(
         auth,
@@ -51,6 +55,7 @@ def _client(api_url: str, auth, hooks: dict | None = None) -> GitHub:
         timeout=30,
         auto_retry=bounded_retry,
         event_hooks=hooks,
+        follow_redirects=follow_redirects,
     )
 
 
@@ -71,6 +76,38 @@ class RateLimitSeen:
         resource = resource if _RESOURCE.fullmatch(resource) else "other"
         gauge = series().rate_limit_remaining.labels(self.installation, resource)
         gauge.set(int(remaining))
+
+
+class LogUnavailable(Exception):
+    """A job's log could not be had (expired, not yet written, or no download offered)."""
+
+
+# Read at most this much of one log download: a runaway job's log is never held whole.
+MAX_DOWNLOAD = 64 * 2**20
+
+
+def download_tail(url: str, max_bytes: int) -> tuple[str, bool]:
+    """The last `max_bytes` of a plain-text download (no credentials sent), as text, and
+    whether anything before them was left out."""
+    kept = bytearray()
+    cut = False
+    read = 0
+    try:
+        with httpx.stream("GET", url, timeout=30, follow_redirects=False) as answer:
+            if answer.status_code != 200:
+                raise LogUnavailable(f"the log download answered {answer.status_code}")
+            for chunk in answer.iter_bytes():
+                kept += chunk
+                read += len(chunk)
+                if len(kept) > max_bytes:
+                    del kept[: len(kept) - max_bytes]
+                    cut = True
+                if read >= MAX_DOWNLOAD:
+                    cut = True
+                    break
+    except httpx.HTTPError as exc:
+        raise LogUnavailable(f"the log download failed ({type(exc).__name__})") from None
+    return kept.decode("utf-8", errors="replace"), cut
 
 
 def app_client(settings: WorkerSettings) -> GitHub:
@@ -145,24 +182,37 @@ class RepoSession:
             TokenAuthStrategy(self.token),
             {"response": [RateLimitSeen(installation_id)]},
         )
+        # For the answers that are a redirect to a download elsewhere (a job's log): read the
+        # Location ourselves, so the token never follows it.
+        self._pointer = _client(
+            settings.github_api_url, TokenAuthStrategy(self.token), follow_redirects=False
+        )
 
     def _mint(self, app: GitHub, installation_id: int, permissions: dict[str, str]) -> dict:
         def mint(wanted: dict[str, str]) -> dict:
             data = {"repositories": [self.name], "permissions": wanted}
             return app.rest.apps.create_installation_access_token(installation_id, data=data).json()
 
-        try:
-            return mint(permissions)
-        except RequestFailed as exc:
-            required = {k: v for k, v in permissions.items() if k not in OPTIONAL_PERMISSIONS}
-            if exc.response.status_code != 422 or required == permissions:
-                raise
-            log.warning(
-                "installation %s has not granted %s yet: this session goes without",
-                installation_id,
-                ", ".join(sorted(set(permissions) - set(required))),
-            )
-            return mint(required)
+        # The newest optional permission is the likeliest not yet granted: go without it
+        # first, then without the older ones too.
+        attempts = [permissions]
+        for newest in range(len(OPTIONAL_PERMISSIONS) - 1, -1, -1):
+            left_out = OPTIONAL_PERMISSIONS[newest:]
+            fewer = {k: v for k, v in permissions.items() if k not in left_out}
+            if fewer != attempts[-1]:
+                attempts.append(fewer)
+        for wanted, fewer in itertools.pairwise(attempts):
+            try:
+                return mint(wanted)
+            except RequestFailed as exc:
+                if exc.response.status_code != 422:
+                    raise
+                log.warning(
+                    "installation %s has not granted %s yet: this session goes without",
+                    installation_id,
+                    ", ".join(sorted(set(wanted) - set(fewer))),
+                )
+        return mint(attempts[-1])
 
     def holds(self, permission: str, level: str = "write") -> bool:
         """Whether the minted token has `permission` at `level` (write also reads)."""
@@ -248,6 +298,36 @@ class RepoSession:
 
     def update_check_run(self, check_run_id: int, data: dict) -> None:
         self.gh.rest.checks.update(self.owner, self.name, check_run_id, data=data)
+
+    def check_runs_for(self, sha: str, limit: int = 100) -> list[dict]:
+        """The newest check run of each name on commit `sha` (GitHub's `filter=latest`)."""
+        return self.gh.rest.checks.list_for_ref(
+            self.owner, self.name, sha, filter_="latest", per_page=limit
+        ).json()["check_runs"]
+
+    def workflow_runs_for(self, sha: str, limit: int = 50) -> list[dict]:
+        return self.gh.rest.actions.list_workflow_runs_for_repo(
+            self.owner, self.name, head_sha=sha, per_page=limit
+        ).json()["workflow_runs"]
+
+    def jobs_of_run(self, run_id: int, limit: int = 100) -> list[dict]:
+        return self.gh.rest.actions.list_jobs_for_workflow_run(
+            self.owner, self.name, run_id, filter_="latest", per_page=limit
+        ).json()["jobs"]
+
+    def job_log(self, job_id: int, max_bytes: int) -> tuple[str, bool]:
+        """The end of a job's plain-text log, at most `max_bytes`, and whether it was cut.
+
+        GitHub answers with a 302 to a signed download URL on another host; that URL is the
+        credential, so it is fetched by a client of its own that sends no token and follows no
+        further redirect."""
+        pointer = self._pointer.rest.actions.download_job_logs_for_workflow_run(
+            self.owner, self.name, job_id
+        )
+        location = pointer.headers.get("location", "")
+        if pointer.status_code != 302 or urlparse(location).scheme not in ("https", "http"):
+            raise LogUnavailable(f"no log download for job {job_id}")
+        return download_tail(location, max_bytes)
 
     def revoke(self) -> None:
         self.gh.rest.apps.revoke_installation_access_token()

@@ -6,7 +6,7 @@ import re
 
 from jobs.common.history import page_url
 from jobs.common.redact import redactor
-from jobs.common.request import SessionRequest
+from jobs.common.request import Mode, SessionRequest
 from jobs.sandbox.workspace import Change
 from jobs.session.repo_config import RepoConfig
 from jobs.session.state import Session
@@ -60,8 +60,11 @@ def _message(instruction: str, summary: str, requested: str, co_author: str) -> 
 
 def commit_message(request: SessionRequest, summary: str) -> str:
     thread = "pull request" if request.pull else "issue"
+    title = request.instruction or f"Resolve {thread} #{request.number}"
+    if request.mode == Mode.FIX_CI:  # its words only add to the command
+        title = f"Fix the failing checks of #{request.number}"
     return _message(
-        request.instruction or f"Resolve {thread} #{request.number}",
+        title,
         summary,
         f"Requested by @{request.requester} in #{request.number}.",
         f"{request.requester} "

@@ -25,11 +25,12 @@ from jobs.session.prompt import pull_request_prompt
 from jobs.session.state import Session
 
 
-def implement_fork_pull(session: Session) -> dict:
+def implement_fork_pull(session: Session, prompt: str = "") -> dict:
+    """`prompt`: what Claude is asked, when not the thread's request (`fix ci`)."""
     request, pull = session.request, session.pull
     accepted_head = request.head_sha or pull["head"]["sha"]
     suggest = session.config.fork_pull_requests == "suggest"
-    prompt = pull_request_prompt(session)
+    prompt = prompt or pull_request_prompt(session)
     workspace = session.clone(f"refs/pull/{request.number}/head")
     try:
         if workspace.base_sha != accepted_head:

@@ -26,6 +26,7 @@ TAGS = (
     "title",
     "body",
     "review",
+    "check_run",
 )
 # `<`, optional blanks, an optional `/` (or a backslash-escaped one), blanks, one of our names, and
 # anything but a name character after it: `</material>`, `< / MATERIAL >`, `<material\n`.

@@ -55,6 +55,13 @@ def admit(session: Session) -> dict | None:
     if mode == Mode.REVIEW and not request.pull:
         tracking.answered("ℹ️ **`review` works on pull requests.**", help_text(config, settings))
         return {"status": "help"}
+    if mode == Mode.FIX_CI and not request.pull:
+        tracking.answered(
+            "ℹ️ **`fix ci` needs a pull request:** it reads the failing checks of a pull "
+            "request's head and pushes a fix there. This is an issue; ask on its pull request.",
+            help_text(config, settings),
+        )
+        return {"status": "help"}
     return None
 
 
@@ -70,7 +77,8 @@ def decide_mode(request: SessionRequest, config: RepoConfig) -> Mode | None:
         if not config.rerun_on_push:
             return None
         modes = [mode_for_label(config, name) for name in request.label.split(",") if name]
-        return next((m for m in modes if m), None)
+        # A new head's checks have not run yet: `fix ci` waits to be asked again.
+        return next((m for m in modes if m and m != Mode.FIX_CI), None)
     return request.mode
 
 

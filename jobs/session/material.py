@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jobs.common.request import MARKER, SessionRequest
+from jobs.github.ci import CiReport
 from jobs.github.client import RepoSession
 from jobs.session.framing import HIDDEN, INVISIBLE, tag
 
@@ -25,7 +26,7 @@ def clean(text: str | None, limit: int = MAX_SECTION) -> str:
 
 @dataclass(frozen=True)
 class Section:
-    kind: str  # issue, pull_request, comment, review_comment, diff, diff_hunk
+    kind: str  # issue, pull_request, comment, review_comment, diff, diff_hunk, check_run
     text: str
     attributes: dict[str, object] = field(default_factory=dict)
 
@@ -124,3 +125,21 @@ def focus_for(github: RepoSession, request: SessionRequest) -> tuple[str, list[S
             quoted,
         )
     return "", []
+
+
+def ci_sections(report: CiReport) -> list[Section]:
+    """The head's failing check runs: each one's own output, its failed steps and the tail of
+    its log (already bounded and redacted by jobs/github/ci.py), cleaned as any material."""
+    sections = []
+    for failure in report.failures:
+        parts = [failure.summary]
+        if failure.failed_steps:
+            parts.append("Failed steps: " + ", ".join(failure.failed_steps))
+        if failure.note:
+            parts.append(f"({failure.note})")
+        if failure.log:
+            parts.append(f"The end of its log:\n{failure.log}")
+        attributes = {"name": failure.name, "conclusion": failure.conclusion}
+        text = "\n\n".join(filter(None, parts)) or "(no output)"
+        sections.append(Section("check_run", clean(text, MAX_SECTION), attributes))
+    return sections

@@ -39,6 +39,7 @@ from jobs.github.pacing import Pacer
 from jobs.github.tracking import TrackingComment
 from jobs.sandbox.container import SandboxError
 from jobs.sandbox.workspace import GitError
+from jobs.session.ci_flow import fix_ci
 from jobs.session.fork_flow import implement_fork_pull
 from jobs.session.gate import admit
 from jobs.session.issue_flow import implement_issue
@@ -135,6 +136,8 @@ def run(session: Session) -> dict:
 def flow_for(session: Session) -> Callable[[Session], dict]:
     if session.mode == Mode.REVIEW:
         return review_pull
+    if session.mode == Mode.FIX_CI:
+        return fix_ci
     if not session.request.pull:
         return implement_issue
     return implement_fork_pull if session.from_fork else implement_pull

@@ -6,8 +6,9 @@ its text must not steer the agent.
 from __future__ import annotations
 
 from jobs.common.request import SessionRequest, Trigger
+from jobs.github.ci import CiReport
 from jobs.session.framing import quote
-from jobs.session.material import Section, focus_for, gather
+from jobs.session.material import Section, ci_sections, focus_for, gather
 from jobs.session.state import Session
 
 MATERIAL_RULE = (
@@ -17,12 +18,16 @@ MATERIAL_RULE = (
 )
 
 
-def _frame(request: SessionRequest, where: str, task: str, material: list[Section]) -> str:
+def _frame(
+    request: SessionRequest, where: str, task: str, material: list[Section], asked: str = ""
+) -> str:
+    """`asked`: the request in the command's own words (`fix ci`), however it was made."""
     kind = "pull request" if request.pull else "issue"
     instruction = request.instruction or f"Resolve the {kind} below."
     if request.trigger in (Trigger.LABEL, Trigger.PUSH):
         # The label is the request: nothing written on the thread is an instruction.
         instruction = f"Resolve the {kind} below (asked for by the label `{request.label}`)."
+    instruction = asked or instruction
     rendered = "\n\n".join(section.render() for section in material)
     parts = [
         f"You are working on the GitHub repository {request.repo}, checked out at /workspace "
@@ -79,3 +84,28 @@ def pull_request_prompt(session: Session) -> str:
     material = gather(github, request, pull, request.triggered_at, diff=diff) + pointed_at
     where = f"the pull request's head, {pull['head']['ref']}"
     return implement_prompt(request, where, material, focus=focus)
+
+
+FIX_CI_TASK = (
+    "Each <check_run> in the material is a check that fails on this head, with the end of its "
+    "log where GitHub Actions ran it. Find the cause in the code and fix it by editing files "
+    "under /workspace; do not weaken or delete tests or checks to make them pass. Do not run "
+    "`git commit` or `git push`: your changes are committed and pushed for you. End with a "
+    "short summary of what failed and what you changed."
+)
+
+
+def fix_ci_prompt(session: Session, report: CiReport) -> str:
+    """`/claude fix ci`: the pull request's thread and diff, and its failing checks."""
+    request, github, pull = session.request, session.github, session.pull
+    diff = github.pull_diff(request.number)
+    failing = ci_sections(report)
+    # The failures first in the bound: without them there is nothing to fix.
+    thread = gather(github, request, pull, request.triggered_at, diff=diff)
+    material = thread[:1] + failing + thread[1:]
+    # The checks' names stay in the material: a workflow in the pull request names its jobs.
+    asked = "Make the failing checks of this pull request's head pass."
+    if request.instruction:
+        asked += f"\n\nThe requester adds: {request.instruction}"
+    where = f"the pull request's head, {pull['head']['ref']}, at {report.sha[:12]}"
+    return _frame(request, where, FIX_CI_TASK, material, asked=asked)

@@ -7,10 +7,11 @@ from jobs.session.prompt import pull_request_prompt
 from jobs.session.state import Session
 
 
-def implement_pull(session: Session) -> dict:
+def implement_pull(session: Session, prompt: str = "") -> dict:
+    """`prompt`: what Claude is asked, when not the thread's request (`fix ci`)."""
     pull = session.pull
     head_ref = pull["head"]["ref"]
-    prompt = pull_request_prompt(session)
+    prompt = prompt or pull_request_prompt(session)
     workspace = session.clone(head_ref)
     try:
         work = agent_work(session, workspace, prompt, pull.get("title") or "")

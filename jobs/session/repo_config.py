@@ -35,7 +35,8 @@ MAX_REPORTED = 10  # problems listed in one error; a wholly wrong file need not 
 # GitHub's repository roles, weakest first (what the collaborator API calls `role_name`).
 ROLES = ("none", "read", "triage", "write", "maintain", "admin")
 
-LabelMode = Literal["implement", "review"]  # the modes a label may start (Mode's values)
+# The modes a label may start (Mode's values).
+LabelMode = Literal["implement", "review", "fix-ci"]
 Permission = Literal["read", "triage", "write", "maintain", "admin"]
 
 
@@ -180,7 +181,7 @@ class RepoConfig(BaseModel):
 
 
 def mode_for_label(config: RepoConfig, label: str) -> Mode | None:
-    """The mode a label starts (`implement` or `review`), or None when it starts nothing."""
+    """The mode a label starts (`implement`, `review`, `fix-ci`), or None when it starts nothing."""
     for name, mode in config.labels.items():
         if name.casefold() == label.casefold():
             return Mode(mode)

@@ -19,7 +19,8 @@ credentials, and a token only sees the repositories it was minted for.
 The code is split by subject: this module holds the server, authentication, tokens,
 repositories, contents and git over HTTP; ``github_issues.py`` issues, comments and
 reactions; ``github_pulls.py`` pull requests (forks included), reviews and review comments;
-``github_checks.py`` check runs and their buttons; ``github_objects.py`` the state records and
+``github_checks.py`` check runs and their buttons; ``github_actions.py`` workflow runs, jobs and
+job logs (a 302 to a signed download); ``github_objects.py`` the state records and
 the JSON GitHub sends; ``github_git.py`` the git plumbing (bare repositories, commits, diffs,
 ``git http-backend``); ``github_hooks.py`` the
 App's webhook: deliveries POSTed to a real URL, their log, and redelivery through the REST API.
@@ -60,6 +61,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from . import github_git as gitops
+from .github_actions import ACTIONS_ROUTES, ActionsMixin
 from .github_checks import CHECK_ROUTES, CheckRunRecord, ChecksMixin
 from .github_git import Push
 from .github_hooks import HOOK_ROUTES, HookDelivery, HooksMixin
@@ -148,8 +150,10 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
 # The App webhook's delivery log (github_hooks.py). Kept apart from ROUTES, whose every entry
 # tests/test_github_standin.py exercises; tests/test_redelivery.py exercises these.
 # OAUTH_ROUTES (a user access token's endpoints): tests/test_signin.py exercises them.
+# ACTIONS_ROUTES (workflow runs, jobs, logs): tests/test_github_actions_standin.py exercises them.
 ALL_ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     **ROUTES,
+    **ACTIONS_ROUTES,
     **HOOK_ROUTES,
     **MANIFEST_ROUTES,
     **OAUTH_ROUTES,
@@ -163,6 +167,8 @@ _INT_PARAMS = {
     "review_id",
     "delivery_id",
     "check_run_id",
+    "run_id",
+    "job_id",
 }
 
 
@@ -263,7 +269,14 @@ class _Call:
 
 
 class GitHubStandIn(
-    IssuesMixin, PullRequestsMixin, ChecksMixin, HooksMixin, ManifestMixin, OAuthMixin, PagesMixin
+    IssuesMixin,
+    PullRequestsMixin,
+    ChecksMixin,
+    ActionsMixin,
+    HooksMixin,
+    ManifestMixin,
+    OAuthMixin,
+    PagesMixin,
 ):
     """GitHub Enterprise Server look-alike on 127.0.0.1. Use as a context manager.
 
@@ -319,6 +332,7 @@ class GitHubStandIn(
         self._init_hooks()
         self._init_manifest()
         self._init_oauth()
+        self._init_actions()
 
         owner = self.add_user(app_owner, type="Organization")
         self.bot_user = self.add_user(f"{app_slug}[bot]", type="Bot")
@@ -747,7 +761,10 @@ class GitHubStandIn(
         if git_match:
             return self._git(request, git_match)
         page = (
-            self._manifest_page(request) or self._oauth_page(request) or self._browse_page(request)
+            self._manifest_page(request)
+            or self._oauth_page(request)
+            or self._log_download(request)
+            or self._browse_page(request)
         )
         if page is not None:
             self._record_request(request, page.status_code, None, None)

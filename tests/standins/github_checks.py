@@ -95,6 +95,7 @@ class CheckRunRecord:
     actions: list[dict[str, str]]
     check_suite_id: int
     history: list[CheckRunState] = field(default_factory=list)
+    app: dict[str, Any] | None = None  # another App's run (GitHub Actions'); None: ours
 
     def snapshot(self) -> None:
         self.history.append(
@@ -265,7 +266,7 @@ class ChecksMixin:
             },
             "name": run.name,
             "check_suite": {"id": run.check_suite_id},
-            "app": self.objects.integration(len(self._installations)),
+            "app": run.app or self.objects.integration(len(self._installations)),
             "pull_requests": [self._minimal_pull(pr) for pr in pulls],
         }
 
