@@ -21,6 +21,7 @@ from jobs.sandbox.container import (
     CONTROL_DIR,
     LABEL,
     MAX_OUTPUT,
+    PROJECTS_DIR,
     RELAY_URL,
     WORKSPACE,
     Limits,
@@ -28,6 +29,7 @@ from jobs.sandbox.container import (
     Sandbox,
     SandboxError,
     SandboxJob,
+    conversation_dir,
     tree_usage,
 )
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
@@ -91,6 +93,8 @@ def test_container_is_created_locked_down(client, session_dirs):
     sandbox = Sandbox(
         settings(SANDBOX_PIDS="100", SANDBOX_MEMORY="300m", SANDBOX_WORKSPACE_SIZE="2g"), client
     )
+    # A leftover of an earlier container, even a link, is not what the new one gets.
+    conversation_dir(control).symlink_to(tree)
     container = sandbox.create("unit-locked-down", tree, control, ["true"], {"A": "b"})
     try:
         host = container.attrs["HostConfig"]
@@ -107,10 +111,18 @@ def test_container_is_created_locked_down(client, session_dirs):
         assert host["PidsLimit"] == 100
         assert host["Memory"] == host["MemorySwap"] == 300 << 20  # and no swap
         assert not host["Devices"] and not host.get("Mounts") and not host["VolumesFrom"]
-        # Exactly two host mounts: the work tree (rw) and the control dir (ro).
+        # Exactly three host mounts: the work tree (rw), the control dir (ro) and the CLI's
+        # conversation dir (rw), which is new and empty whatever was there before.
+        conversation = conversation_dir(control)
         assert sorted(host["Binds"]) == sorted(
-            [f"{tree}:{WORKSPACE}:rw", f"{control}:{CONTROL_DIR}:ro"]
+            [
+                f"{tree}:{WORKSPACE}:rw",
+                f"{control}:{CONTROL_DIR}:ro",
+                f"{conversation}:{PROJECTS_DIR}:rw",
+            ]
         )
+        assert conversation.is_dir() and not conversation.is_symlink()
+        assert list(conversation.iterdir()) == []
         tmpfs = host["Tmpfs"]
         assert set(tmpfs) == {"/tmp", CONFIG_DIR}
         for options in tmpfs.values():
