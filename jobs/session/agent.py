@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobs.common.metrics import record_usage, series
 from jobs.common.redact import redactor
@@ -23,7 +23,7 @@ from jobs.sandbox.container import RELAY_URL, Sandbox, SandboxJob, SandboxRun
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, Workspace
 from jobs.session.commits import branch_name, commit_message, withheld_note, withheld_paths
-from jobs.session.continuity import keep, resumption
+from jobs.session.continuity import keep, resume_refused, resumption, started_over
 from jobs.session.gate import allowed_models
 from jobs.session.state import Session
 from jobs.session.thread import StopCheck, stopped_by
@@ -85,6 +85,16 @@ def run_agent(
                 should_stop=StopCheck(session),
                 on_event=session.tracking.event,
             )
+            if resumed is not None and resume_refused(run):
+                # The CLI would not resume what passed every check: nothing ran, start over.
+                resumed = started_over(resumed)
+                session.tracking.continuity = resumed.note
+                run = sandbox.run(
+                    replace(job, conversation=resumed.conversation),
+                    on_action=session.tracking.action,
+                    should_stop=StopCheck(session),
+                    on_event=session.tracking.event,
+                )
     if resumed is not None:
         keep(session, resumed, run, session.tracking.link)
     # What the comments and the metrics report is the gateway's count, not the sandbox's.

@@ -83,6 +83,18 @@ def usable(kept: Kept, running: str) -> bytes:
     return clean
 
 
+def resume_refused(run: SandboxRun) -> bool:
+    """The CLI refused `--resume` before any turn (it found no conversation it could load)."""
+    resumed = run.outcome
+    refusal = any(e.startswith("No conversation found") for e in resumed.errors)
+    return resumed.is_error and refusal and not resumed.actions
+
+
+def started_over(resumed: Resumption) -> Resumption:
+    note = "🆕 Started fresh: Claude Code could not resume the earlier session's transcript."
+    return Resumption(Conversation(str(uuid.uuid4())), resumed.cli_version, note)
+
+
 def keep(session: Session, resumed: Resumption, run: SandboxRun, link: str) -> None:
     """Store what this run's CLI wrote for the thread's next session; a transcript that cannot
     be used is recorded as such, so that the next session says why it starts fresh."""

@@ -123,6 +123,26 @@ def test_a_corrupt_transcript_starts_fresh_and_says_so(service):
     assert not saw(service, "HERON-7")
 
 
+def test_a_transcript_the_cli_will_not_resume_starts_fresh_and_says_so(service):
+    pr = open_pull(service, "feature/unresumable")
+    first_session(service, pr.number, "GANNET-5")
+    redis = Redis.from_url(service.redis_url)
+    key = thread_key(service, pr.number).key
+    cli_session = redis.hget(key, "cli_session").decode()
+    # Lines of the right session and kinds, but nothing the CLI can rebuild a conversation from.
+    shell = [{"type": kind, "sessionId": cli_session} for kind in ("user", "assistant")]
+    redis.hset(key, "transcript", zlib.compress("\n".join(map(json.dumps, shell)).encode()))
+    service.anthropic.reset()
+    notes = ToolUse("Write", {"file_path": "/workspace/tests/test_notes.py", "content": TEST_FILE})
+    service.anthropic.script([notes, Text("Added the test.")])
+
+    final = run_follow_up(service, pr.number, FOLLOW_UP)
+
+    assert "🆕 Started fresh: Claude Code could not resume" in final.body, final.body
+    assert "pushed a commit" in final.body
+    assert service.github.read_file(REPO, "feature/unresumable", "tests/test_notes.py") == TEST_FILE
+
+
 def test_a_transcript_never_crosses_repositories_or_threads(service):
     gh = service.github
     with contextlib.suppress(ValueError):  # added by an earlier run of this test
