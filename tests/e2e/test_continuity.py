@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
+import string
 import zlib
 
 from redis import Redis
 
 from jobs.common.continuity import Thread, TranscriptStore
-from tests.e2e.conftest import FINAL, INSTALLATION, REPO
+from jobs.common.redact import REDACTED, Redactor
+from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, REPO
 from tests.standins.anthropic import Recalls, Text, ToolUse
 from tests.standins.github_pulls import NewPull
 from tests.support import wait_for
@@ -104,6 +107,27 @@ def test_a_follow_up_continues_the_earlier_conversation(service):
     assert f"#issuecomment-{first})" in final.body, "the note links the earlier session's comment"
     assert saw(service, "PELICAN-42"), "the resumed conversation carries the earlier turn"
     assert service.github.read_file(REPO, "feature/notes", "tests/test_notes.py") == TEST_FILE
+    # What is kept holds no secret: no model key, session key or token of any known shape.
+    kept = TranscriptStore(Redis.from_url(service.redis_url), 1 << 24, 14)
+    text = kept.find(thread_key(service, pr.number)).transcript.decode()
+    assert "PELICAN-42" in text and MODEL_KEY not in text
+    assert Redactor()(text) == text, "a secret-shaped string was kept"
+
+
+def test_a_secret_said_in_the_conversation_is_redacted_before_it_is_kept(service):
+    token = "ghp_" + "".join(secrets.choice(string.ascii_letters) for _ in range(36))
+    pr = open_pull(service, "feature/leaky")
+    first_session(service, pr.number, f"EGRET-1 and the token {token}")
+    kept = TranscriptStore(Redis.from_url(service.redis_url), 1 << 24, 14)
+    text = kept.find(thread_key(service, pr.number)).transcript.decode()
+    assert token not in text and f"the token {REDACTED}" in text
+    service.anthropic.reset()
+    service.anthropic.script(follow_up_script("EGRET-1"))
+
+    final = run_follow_up(service, pr.number, FOLLOW_UP)
+
+    assert "🔁 Continued" in final.body, final.body
+    assert saw(service, f"EGRET-1 and the token {REDACTED}") and not saw(service, token)
 
 
 def test_a_corrupt_transcript_starts_fresh_and_says_so(service):
