@@ -209,6 +209,26 @@ def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, 
     assert f" {64 << 20} " in listing and f" {80 << 20} " not in listing, listing
 
 
+def test_the_cli_conversation_dir_counts_with_the_work_tree(client, session_dirs):
+    # The conversation dir is on the host like the tree, not a sized tmpfs: filling it instead
+    # of the tree must reach the same limit.
+    tree, control = session_dirs
+    run, _ = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse("Bash", {"command": "head -c 50M /dev/zero > ~/.claude/projects/filler"}),
+            ToolUse("Bash", {"command": "head -c 50M /dev/zero > ~/.claude/projects/more"}),
+            Text("done"),
+        ],
+        SANDBOX_WORKSPACE_SIZE="64m",
+        SANDBOX_CHECK_INTERVAL="3600",
+    )
+    assert run.limit == "the workspace grew past its limit of 64m (SANDBOX_WORKSPACE_SIZE)"
+    assert tree_usage(tree) < 1 << 20, "nothing was written to the tree"
+
+
 def test_a_workspace_filler_is_stopped_soon_after_the_limit(client, session_dirs):
     # The limit is checked once a second: the tree may overshoot by what can be written in
     # about a second, and no more.

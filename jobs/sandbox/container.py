@@ -7,8 +7,8 @@ to the session's work tree and to its conversation dir (the config dir's `projec
 transcript lives: a per-session directory on the host, counted with the tree's size). The
 control dir (gateway socket, prompt, setup commands) is mounted read-only. Namespaces are its
 own (IPC and cgroup included), and memory, CPU, processes, file sizes, the work tree's size and
-the wall clock are all limited. Hitting a limit ends that
-session alone, with a reason the tracking comment can show ("ran out of memory").
+the wall clock are all limited. Hitting a limit ends that session alone, with a reason the
+tracking comment can show ("ran out of memory").
 
 Labels name the session so a reaper can find anything a crashed worker left behind. Whatever
 happens, the container is removed before `run` returns.
@@ -313,10 +313,10 @@ class Sandbox:
         # Empty whenever a container is created: a transcript is only ever the one seeded for
         # this run, after the creation, or the one this run writes.
         path = conversation_dir(control)
-        if path.is_symlink() or path.is_file():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # never follows a link inside
+        elif os.path.lexists(path):
             path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
         path.mkdir(mode=0o700)
         if os.geteuid() == 0:
             uid, gid = sandbox_user().split(":")
