@@ -20,7 +20,7 @@ from jobs.common.redact import REDACTED, Redactor
 from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, REPO
 from tests.standins.anthropic import Recalls, Text, ToolUse
 from tests.standins.github_pulls import NewPull
-from tests.support import wait_for
+from tests.support import pull_event_payload, wait_for
 
 OTHER_REPO = "octo-org/continuity-other"
 TEST_FILE = "def test_notes():\n    assert open('NOTES.md').read()\n"
@@ -226,3 +226,33 @@ def test_a_link_planted_for_the_transcript_is_not_followed(service, tmp_path):
 
     assert "(the transcript is not a plain file)" in final.body, final.body
     assert not saw(service, "CANARY-HOST-FILE")
+
+
+def test_a_lone_fresh_is_answered_with_what_it_needs(service):
+    number = service.new_issue("Fresh without a request")
+    assert service.comment(number, "/claude fresh").status_code == 202
+    body = service.wait_final(number).body
+    assert "How to ask Claude here" in body
+    assert "`fresh` needs a request after it: `/claude fresh <what to do>`" in body
+    assert "/claude fresh <what to do>" in body.split("| Command |", 1)[1], "listed in the help"
+    assert not service.anthropic.main_requests(), "nothing ran"
+
+
+def test_closing_the_pull_request_forgets_its_conversation(service):
+    pr = open_pull(service, "feature/closing")
+    first_session(service, pr.number, "PETREL-8")
+    redis = Redis.from_url(service.redis_url)
+    key = thread_key(service, pr.number).key
+    assert redis.exists(key)
+    closed = pull_event_payload("closed", REPO, pr.number, INSTALLATION)
+    closed["repository"]["id"] = service.github.repo(REPO).id
+    answer = service.deliver(closed, event="pull_request")
+    assert (answer.status_code, answer.json()["status"]) == (200, "forgotten")
+    assert not redis.exists(key)
+    service.anthropic.reset()
+    service.anthropic.script(follow_up_script("PETREL-8"))
+
+    final = run_follow_up(service, pr.number, FOLLOW_UP)  # as on a reopened pull request
+
+    assert "Continued" not in final.body and "Started fresh" not in final.body, final.body
+    assert not saw(service, "PETREL-8")
