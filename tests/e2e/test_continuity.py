@@ -256,3 +256,19 @@ def test_closing_the_pull_request_forgets_its_conversation(service):
 
     assert "Continued" not in final.body and "Started fresh" not in final.body, final.body
     assert not saw(service, "PETREL-8")
+
+
+def test_a_transcript_of_another_cli_version_starts_fresh_and_says_so(service):
+    pr = open_pull(service, "feature/versioned")
+    first_session(service, pr.number, "SKUA-4")
+    Redis.from_url(service.redis_url).hset(
+        thread_key(service, pr.number).key, "cli_version", "0.0.1"
+    )
+    service.anthropic.reset()
+    service.anthropic.script(follow_up_script("SKUA-4"))
+
+    final = run_follow_up(service, pr.number, FOLLOW_UP)
+
+    assert "🆕 Started fresh" in final.body, final.body
+    assert "written by Claude Code 0.0.1, this is 2." in final.body
+    assert not saw(service, "SKUA-4")
