@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from app.payload import field
+from jobs.common.continuity import Thread
 from jobs.common.queue import STOP_ACTION, is_session_id
 from jobs.common.repo_hints import DEFAULT_TRIGGER, RepoHints
 from jobs.common.request import CONFIG_PATH, MARKER, Mode, SessionRequest, Trigger
@@ -55,7 +56,15 @@ class Clicked:
     check_run_id: int
 
 
-Decision = Ignore | Start | Prime | Clicked
+@dataclass(frozen=True)
+class Forget:
+    """The issue or pull request closed: its kept conversation goes (jobs/common/continuity.py).
+    A reopened thread starts fresh."""
+
+    thread: Thread
+
+
+Decision = Ignore | Start | Prime | Clicked | Forget
 Handler = Callable[[dict, str, RepoHints], Decision]
 HANDLERS: dict[tuple[str, str], Handler] = {}
 # The handlers that read the repository's `RepoHints`: only for these does the web ask Redis.
@@ -153,6 +162,17 @@ def command_from(instruction: str) -> tuple[str, str]:
     return Mode.IMPLEMENT, instruction
 
 
+def fresh_from(instruction: str) -> tuple[bool, str]:
+    """`fresh <request>`: the request, to be worked on without the thread's earlier conversation.
+
+    A lone `fresh` is a command missing its request: it is answered with the help."""
+    first = instruction.partition("\n")[0].strip().partition(" ")[0]
+    if first.lower() != "fresh":
+        return False, instruction
+    rest = instruction.strip()[len(first) :].strip()
+    return True, rest or "fresh"
+
+
 def is_bot(user: dict) -> bool:
     # `type` is authoritative; the `[bot]` suffix covers payloads that omit it.
     return user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
@@ -182,6 +202,7 @@ def _commented(
     instruction = instruction_from(body, hints.trigger)
     if instruction is None:
         return Ignore(f"no {hints.trigger} command")
+    fresh, instruction = fresh_from(instruction)
     mode, instruction = command_from(instruction)
     when = field(payload, comment, "created_at", optional=True) or field(
         payload, comment, "submitted_at", optional=True
@@ -198,6 +219,7 @@ def _commented(
             triggered_at=when or "",
             phrase=hints.trigger,
             content_id=content,
+            fresh=fresh,
             **values,
         )
     )
@@ -283,6 +305,26 @@ def pull_request_labeled(payload: dict, delivery_id: str, hints: RepoHints) -> D
 @handles("issues", "labeled")
 def issue_labeled(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
     return _labelled(payload, delivery_id, "issue", pull=False)
+
+
+def _closed(payload: dict, kind: str) -> Decision:
+    return Forget(
+        Thread(
+            field(payload, "installation", "id", kind=int),
+            field(payload, "repository", "id", kind=int),
+            field(payload, kind, "number", kind=int),
+        )
+    )
+
+
+@handles("pull_request", "closed")
+def pull_request_closed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    return _closed(payload, "pull_request")
+
+
+@handles("issues", "closed")
+def issue_closed(payload: dict, delivery_id: str, hints: RepoHints) -> Decision:
+    return _closed(payload, "issue")
 
 
 @handles("pull_request", "synchronize")

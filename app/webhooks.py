@@ -21,7 +21,7 @@ from rq import Queue
 
 from app.enqueue import enqueue_session, queued_request, request_stop, request_stop_of
 from app.payload import PayloadError
-from app.triggers import Clicked, Ignore, Prime, clicked_request, decide, reads_hints
+from app.triggers import Clicked, Forget, Ignore, Prime, clicked_request, decide, reads_hints
 from jobs.common.logs import log_ids
 from jobs.common.repo_hints import RepoHints, read_hints
 from jobs.common.request import Mode
@@ -91,6 +91,8 @@ class Webhooks:
             return await self.prime(delivery, decision)
         if isinstance(decision, Clicked):
             return await self.clicked(decision)
+        if isinstance(decision, Forget):
+            return await self.forget(delivery, decision)
 
         request = decision.request
         try:
@@ -125,6 +127,15 @@ class Webhooks:
             return Answer(503, {"error": "queue unavailable, redeliver later"})
         log.info("queued %d config reads for delivery %s", len(sessions), delivery)
         return Answer(202, {"status": "queued", "sessions": sessions})
+
+    async def forget(self, delivery: str, decision: Forget) -> Answer:
+        """A closed thread's conversation is not kept: the next session there starts fresh."""
+        try:
+            await self.redis.delete(decision.thread.key)
+        except RedisError:
+            log.warning("Redis unavailable; delivery %s refused with 503", delivery)
+            return Answer(503, {"error": "queue unavailable, redeliver later"})
+        return Answer(200, {"status": "forgotten"})
 
     async def clicked(self, click: Clicked) -> Answer:
         """Stop or Re-run on a session's check run: as `/claude stop` or the same request again,

@@ -32,7 +32,7 @@ from rq.serializers import JSONSerializer
 
 from app import MAX_PAYLOAD, create_service
 from app.payload import PayloadError
-from app.triggers import HANDLERS, Clicked, Ignore, Prime, Start, decide
+from app.triggers import HANDLERS, Clicked, Forget, Ignore, Prime, Start, decide
 from jobs.common.queue import active_key, stop_key, stop_requests_key
 from jobs.common.settings import WebSettings
 from tests.support import AsgiClient, _webhook_examples, sign, webhook_example
@@ -233,6 +233,11 @@ def judge(
         # A check run's button names a session; the fuzz's Redis holds none to stop or re-run.
         assert resp.json == {"status": "ignored", "reason": "the session is not known"}
         return nothing_queued(200, "a click on an unknown session")
+
+    if isinstance(decision, Forget):
+        # A closed thread's kept conversation is deleted; nothing is queued or written.
+        assert resp.json == {"status": "forgotten"}
+        return nothing_queued(200, "a closed thread forgotten")
 
     assert isinstance(decision, Start)
     action = payload.get("action")

@@ -21,6 +21,7 @@ from jobs.sandbox.container import (
     CONTROL_DIR,
     LABEL,
     MAX_OUTPUT,
+    PROJECTS_DIR,
     RELAY_URL,
     WORKSPACE,
     Limits,
@@ -28,6 +29,7 @@ from jobs.sandbox.container import (
     Sandbox,
     SandboxError,
     SandboxJob,
+    conversation_dir,
     tree_usage,
 )
 from jobs.sandbox.host import HOST_LABEL, engine_id
@@ -92,6 +94,8 @@ def test_container_is_created_locked_down(client, session_dirs):
     sandbox = Sandbox(
         settings(SANDBOX_PIDS="100", SANDBOX_MEMORY="300m", SANDBOX_WORKSPACE_SIZE="2g"), client
     )
+    # A leftover of an earlier container, even a link, is not what the new one gets.
+    conversation_dir(control).symlink_to(tree)
     container = sandbox.create("unit-locked-down", tree, control, ["true"], {"A": "b"})
     try:
         host = container.attrs["HostConfig"]
@@ -108,10 +112,18 @@ def test_container_is_created_locked_down(client, session_dirs):
         assert host["PidsLimit"] == 100
         assert host["Memory"] == host["MemorySwap"] == 300 << 20  # and no swap
         assert not host["Devices"] and not host.get("Mounts") and not host["VolumesFrom"]
-        # Exactly two host mounts: the work tree (rw) and the control dir (ro).
+        # Exactly three host mounts: the work tree (rw), the control dir (ro) and the CLI's
+        # conversation dir (rw), which is new and empty whatever was there before.
+        conversation = conversation_dir(control)
         assert sorted(host["Binds"]) == sorted(
-            [f"{tree}:{WORKSPACE}:rw", f"{control}:{CONTROL_DIR}:ro"]
+            [
+                f"{tree}:{WORKSPACE}:rw",
+                f"{control}:{CONTROL_DIR}:ro",
+                f"{conversation}:{PROJECTS_DIR}:rw",
+            ]
         )
+        assert conversation.is_dir() and not conversation.is_symlink()
+        assert list(conversation.iterdir()) == []
         tmpfs = host["Tmpfs"]
         assert set(tmpfs) == {"/tmp", CONFIG_DIR}
         for options in tmpfs.values():
@@ -198,6 +210,26 @@ def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, 
     listing = str(api.main_requests()[-1].tool_results()[0]["content"])
     assert "File size limit exceeded" in listing, listing
     assert f" {64 << 20} " in listing and f" {80 << 20} " not in listing, listing
+
+
+def test_the_cli_conversation_dir_counts_with_the_work_tree(client, session_dirs):
+    # The conversation dir is on the host like the tree, not a sized tmpfs: filling it instead
+    # of the tree must reach the same limit.
+    tree, control = session_dirs
+    run, _ = run_script(
+        client,
+        tree,
+        control,
+        [
+            ToolUse("Bash", {"command": "head -c 50M /dev/zero > ~/.claude/projects/filler"}),
+            ToolUse("Bash", {"command": "head -c 50M /dev/zero > ~/.claude/projects/more"}),
+            Text("done"),
+        ],
+        SANDBOX_WORKSPACE_SIZE="64m",
+        SANDBOX_CHECK_INTERVAL="3600",
+    )
+    assert run.limit == "the workspace grew past its limit of 64m (SANDBOX_WORKSPACE_SIZE)"
+    assert tree_usage(tree) < 1 << 20, "nothing was written to the tree"
 
 
 def test_a_workspace_filler_is_stopped_soon_after_the_limit(client, session_dirs):

@@ -11,6 +11,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app import create_service
+from jobs.common.continuity import transcript_key
 from jobs.common.repo_hints import write_hints
 from jobs.common.settings import WebSettings
 from tests.support import (
@@ -113,6 +114,7 @@ def test_trigger_from_github_example_is_queued_with_plain_values(client, redis_u
         "phrase": "/claude",
         "content_id": "comment:7:1000007",
         "head_sha": "",
+        "fresh": False,
     }
 
 
@@ -303,6 +305,54 @@ def test_commands(client, redis_url, body, mode, instruction):
     assert post(client, "issue_comment", trigger(body), "cmd").status_code == 202
     kwargs = job_kwargs(redis_url, "session-cmd")
     assert (kwargs["mode"], kwargs["instruction"]) == (mode, instruction)
+
+
+@pytest.mark.parametrize(
+    ("body", "mode", "instruction", "fresh"),
+    [
+        ("/claude fresh now add a test", "implement", "now add a test", True),
+        ("/claude Fresh\nrewrite it from scratch", "implement", "rewrite it from scratch", True),
+        ("/claude fresh review the retries", "review", "the retries", True),
+        # A lone `fresh` lacks its request: the worker answers with the help and says so.
+        ("/claude fresh", "help", "fresh", True),
+        ("/claude freshen the docs", "implement", "freshen the docs", False),
+        ("/claude make it fresh", "implement", "make it fresh", False),
+    ],
+)
+def test_fresh_starts_over(client, redis_url, body, mode, instruction, fresh):
+    assert post(client, "issue_comment", trigger(body), "fresh").status_code == 202
+    kwargs = job_kwargs(redis_url, "session-fresh")
+    assert (kwargs["mode"], kwargs["instruction"], kwargs["fresh"]) == (mode, instruction, fresh)
+
+
+def closed(event: str) -> dict:
+    # GitHub's examples have no `issues.closed`: the opened one, closed, has its shape.
+    payload = {**webhook_example(event, "opened"), "action": "closed"}
+    payload["installation"] = {"id": 42}
+    return payload
+
+
+@pytest.mark.parametrize(("event", "kind"), [("pull_request", "pull_request"), ("issues", "issue")])
+def test_a_closed_thread_forgets_its_conversation_and_no_other(client, redis_url, event, kind):
+    redis = Redis.from_url(redis_url)
+    payload = closed(event)
+    repo_id, number = payload["repository"]["id"], payload[kind]["number"]
+    kept = [transcript_key(42, repo_id, number), transcript_key(42, repo_id + 1, number)]
+    kept += [transcript_key(42, repo_id, number + 1), transcript_key(43, repo_id, number)]
+    for key in kept:
+        redis.hset(key, "cli_session", "x")
+
+    resp = post(client, event, payload)
+
+    assert (resp.status_code, resp.json["status"]) == (200, "forgotten")
+    assert not redis.exists(kept[0])
+    assert all(redis.exists(key) for key in kept[1:]), "only the closed thread's goes"
+    assert queued(redis_url) == []
+
+
+def test_a_closed_thread_with_redis_down_is_asked_again():
+    client = make_client(f"redis://127.0.0.1:{free_port()}/0")
+    assert post(client, "issues", closed("issues")).status_code == 503
 
 
 def test_inline_review_comment_from_github_example(client, redis_url):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from pathlib import Path
 
 import docker
 from docker.errors import DockerException, ImageNotFound
@@ -66,10 +67,11 @@ def image_check(settings: WorkerSettings, client: docker.DockerClient, runtime_o
 
 def cli_version(settings: WorkerSettings, client: docker.DockerClient) -> str:
     settings.workspace_root.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(dir=settings.workspace_root, prefix="doctor-tree-") as tree,
-        tempfile.TemporaryDirectory(dir=settings.workspace_root, prefix="doctor-ctl-") as control,
-    ):
+    # Laid out as a session's workspace: the sandbox's conversation dir goes beside the control.
+    with tempfile.TemporaryDirectory(dir=settings.workspace_root, prefix="doctor-") as root:
+        tree, control = Path(root) / "tree", Path(root) / "control"
+        tree.mkdir()
+        control.mkdir()
         sandbox = Sandbox(settings, client)
         container = sandbox.create(
             f"doctor-{uuid.uuid4().hex[:12]}", tree, control, ["claude", "--version"]

@@ -68,6 +68,8 @@ class SessionRequest:
     # The pull request's head when the request was made, where the payload says (review and
     # review-comment events); a fork's session works on that commit or not at all.
     head_sha: str = ""
+    # `/claude fresh …`: start over instead of continuing the thread's earlier conversation.
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         # From the queue (JSON) they come as plain strings; an unknown one is a ValueError.

@@ -381,11 +381,20 @@ class WorkerSettings(CommonSettings):
     # Seconds a session waits for a mirror another session holds, then clones from GitHub.
     repo_cache_lock_timeout: float = Field(60.0, alias="REPO_CACHE_LOCK_TIMEOUT", gt=0)
 
+    # Follow-ups continue the session (jobs/session/continuity.py): the CLI's transcript of a
+    # thread is kept in Redis (any worker host may take the next session), compressed, for at
+    # most this many days and only while the issue or pull request is open; one whose raw
+    # JSONL is larger than TRANSCRIPT_MAX_SIZE is not kept. 0 days turns continuity off.
+    transcript_retention_days: int = Field(14, alias="TRANSCRIPT_RETENTION_DAYS", ge=0, le=365)
+    transcript_max_size: str = Field("16m", alias="TRANSCRIPT_MAX_SIZE")
+
     @property
     def repo_cache_dir(self) -> Path:
         return self.repo_cache_dir_path or self.workspace_root / "repo-cache"
 
-    @field_validator("sandbox_tmp_size", "sandbox_config_size", "sandbox_workspace_size")
+    @field_validator(
+        "sandbox_tmp_size", "sandbox_config_size", "sandbox_workspace_size", "transcript_max_size"
+    )
     @classmethod
     def _docker_size(cls, value: str) -> str:
         value = value.strip().lower()

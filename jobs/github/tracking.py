@@ -110,6 +110,9 @@ class TrackingComment:
     step: int = QUEUED
     actions: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    # Whether the run continued the thread's earlier conversation (jobs/session/continuity.py).
+    continuity: str = ""
+    url: str = ""  # the comment's own page, once posted
     _last_edit: float = 0.0
 
     @property
@@ -128,6 +131,7 @@ class TrackingComment:
         else:
             created = self.github.comment(self.request.number, body)
         self.comment_id = created["id"]
+        self.url = str(created.get("html_url") or "")
         self._last_edit = time.monotonic()
         if self.history is not None:
             steps = STEPS.get(self.mode, STEPS["implement"])
@@ -345,8 +349,16 @@ class TrackingComment:
         lines.append(f"\n<sub>⏱ {took(time.monotonic() - self.started)} so far</sub>")
         return "\n".join(lines)
 
+    @property
+    def link(self) -> str:
+        """Where a later session can point to this one: its dashboard page, else this comment."""
+        page = self.history.page_url if self.history is not None else ""
+        return page or self.url
+
     def _body(self, headline: str, text: str = "", footer: str = "", state: str = "") -> str:
         parts = [headline]
+        if self.continuity:
+            parts.append(self.continuity)
         if state == "working":
             parts.append(self._checklist())
         if self.request.instruction:

@@ -2,11 +2,13 @@
 
 The container has no network (only its own loopback; the model is reached through the gateway's
 Unix socket), runs as a non-root user with every capability dropped and no way to gain one, on a
-read-only root filesystem: the CLI writes only to two size-limited tmpfs (/tmp and its config dir)
-and to the session's work tree. The control dir (gateway socket, prompt, setup commands) is
-mounted read-only. Namespaces are its own (IPC and cgroup included), and memory, CPU, processes,
-file sizes, the work tree's size and the wall clock are all limited. Hitting a limit ends that
-session alone, with a reason the tracking comment can show ("ran out of memory").
+read-only root filesystem: the CLI writes only to two size-limited tmpfs (/tmp and its config dir),
+to the session's work tree and to its conversation dir (the config dir's `projects/`, where the
+transcript lives: a per-session directory on the host, counted with the tree's size). The
+control dir (gateway socket, prompt, setup commands) is mounted read-only. Namespaces are its
+own (IPC and cgroup included), and memory, CPU, processes, file sizes, the work tree's size and
+the wall clock are all limited. Hitting a limit ends that session alone, with a reason the
+tracking comment can show ("ran out of memory").
 
 Labels name the session so a reaper can find anything a crashed worker left behind. Whatever
 happens, the container is removed before `run` returns.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
@@ -30,6 +33,7 @@ from docker.types import LogConfig, Ulimit
 from docker.utils import parse_bytes
 
 from jobs.common.settings import WorkerSettings
+from jobs.sandbox.conversation import ConversationError, read_out, seed
 from jobs.sandbox.host import HOST_LABEL, HostUnknown, worker_host
 from jobs.sandbox.transcript import Outcome, Transcript
 
@@ -39,6 +43,8 @@ LABEL = "claudecluster.session"
 CONTROL_DIR = "/run/claudecluster"
 WORKSPACE = "/workspace"
 CONFIG_DIR = "/home/node/.claude"  # the image's CLAUDE_CONFIG_DIR
+PROJECTS_DIR = f"{CONFIG_DIR}/projects"  # where the CLI keeps its transcripts
+VERSION_LABEL = "claudecluster.claude-code-version"  # the agent image's CLI version
 RELAY_PORT = 8787
 RELAY_URL = f"http://127.0.0.1:{RELAY_PORT}"  # where the CLI reaches the gateway from inside
 SETUP_FAILED = 3  # the entrypoint's exit status when the repository's setup commands fail
@@ -65,6 +71,19 @@ class SandboxRun:
     # The resource limit that ended the run ("the sandbox ran out of memory …"), if one did; it is
     # also the outcome's failure reason.
     limit: str = ""
+    # The CLI's transcript as the sandbox left it (unchecked bytes), for a job with a
+    # `Conversation`; else why there is none.
+    transcript: bytes | None = None
+    transcript_problem: str = ""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The CLI session a run belongs to: `earlier` is the thread's transcript to resume (placed
+    where the CLI reads it, run with `--resume`); None starts the session `cli_session` anew."""
+
+    cli_session: str
+    earlier: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class SandboxJob:
     limits: Limits
     extra_args: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    conversation: Conversation | None = None
 
 
 class OutputReader:
@@ -154,6 +174,11 @@ def sandbox_user() -> str:
     return "1000:1000" if os.geteuid() == 0 else f"{os.geteuid()}:{os.getegid()}"
 
 
+def conversation_dir(control: Path) -> Path:
+    """The session's directory mounted as the CLI's `projects/`, beside its control dir."""
+    return Path(control).parent / "conversation"
+
+
 def tree_usage(root: Path) -> int:
     """What the tree costs on disk, counted so that neither sparse files nor empty ones are free.
 
@@ -191,7 +216,9 @@ class Sandbox:
                 raise SandboxError(f"the Docker engine is not reachable ({exc})") from None
         return self._client
 
-    def command(self, limits: Limits, extra: list[str]) -> list[str]:
+    def command(
+        self, limits: Limits, extra: list[str], conversation: Conversation | None = None
+    ) -> list[str]:
         """`extra` replaces the permission bypass when given (a review is read-only)."""
         cmd = [
             "claude",
@@ -216,6 +243,10 @@ class Sandbox:
             cmd += ["--max-budget-usd", f"{limits.max_budget_usd:g}"]
         if limits.append_system_prompt:
             cmd += [f"--append-system-prompt={limits.append_system_prompt}"]
+        if conversation is not None:
+            # The worker names the session, so it knows which file to read out afterwards.
+            flag = "--resume" if conversation.earlier is not None else "--session-id"
+            cmd += [flag, conversation.cli_session]
         return cmd + extra
 
     def create(
@@ -234,6 +265,7 @@ class Sandbox:
             host = worker_host(s, self.client)
         except HostUnknown as exc:
             raise SandboxError(str(exc)) from None
+        conversation = self._fresh_conversation_dir(control)
         return self.client.containers.create(
             s.agent_image,
             command=command,
@@ -252,7 +284,8 @@ class Sandbox:
             ipc_mode="private",
             cgroupns="private",
             # The image is read-only; the CLI writes to /tmp and its config dir (tmpfs, sized),
-            # the agent to the work tree. The control dir is read-only: a Unix socket can be
+            # the agent to the work tree, the CLI its transcript to the conversation dir (both
+            # sized by the watch). The control dir is read-only: a Unix socket can be
             # connected to on a read-only mount.
             read_only=True,
             tmpfs={
@@ -262,6 +295,7 @@ class Sandbox:
             volumes={
                 str(tree): {"bind": WORKSPACE, "mode": "rw"},
                 str(control): {"bind": CONTROL_DIR, "mode": "ro"},
+                str(conversation): {"bind": PROJECTS_DIR, "mode": "rw"},
             },
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
@@ -282,6 +316,29 @@ class Sandbox:
             log_config=LogConfig(type=LogConfig.types.NONE),
             init=True,
         )
+
+    @staticmethod
+    def _fresh_conversation_dir(control: Path) -> Path:
+        # Empty whenever a container is created: a transcript is only ever the one seeded for
+        # this run, after the creation, or the one this run writes.
+        path = conversation_dir(control)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # never follows a link inside
+        elif os.path.lexists(path):
+            path.unlink()
+        path.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            uid, gid = sandbox_user().split(":")
+            os.lchown(path, int(uid), int(gid))
+        return path
+
+    def cli_version(self) -> str:
+        """The CLI version of the agent image (its label), "" when it carries none."""
+        try:
+            labels = self.client.images.get(self.settings.agent_image).labels or {}
+        except DockerException:
+            return ""
+        return str(labels.get(VERSION_LABEL, ""))
 
     @property
     def workspace_limit(self) -> int:
@@ -304,19 +361,41 @@ class Sandbox:
                 job.session_id,
                 job.tree,
                 job.control,
-                self.command(job.limits, list(job.extra_args)),
+                self.command(job.limits, list(job.extra_args), job.conversation),
                 self._environment(job.model_env),
             )
         except DockerException as exc:
             raise SandboxError(f"the sandbox container could not be created ({exc})") from None
         try:
+            if job.conversation is not None and job.conversation.earlier is not None:
+                seed(
+                    conversation_dir(job.control),
+                    job.conversation.cli_session,
+                    job.conversation.earlier,
+                )
             watch = _Watch(self, container, job.tree, Transcript(on_action, on_event), should_stop)
-            return watch.run(job.limits.timeout)
+            watch.conversation = conversation_dir(job.control)
+            run = watch.run(job.limits.timeout)
         finally:
             try:
                 container.remove(force=True)
             except DockerException as exc:
                 log.warning("sandbox %s: removal failed (%s)", job.session_id, exc)
+        if job.conversation is not None:
+            # Read once the container is gone: nothing can change the file while it is read.
+            try:
+                run.transcript = read_out(
+                    conversation_dir(job.control),
+                    job.conversation.cli_session,
+                    self.transcript_limit,
+                )
+            except ConversationError as exc:
+                run.transcript_problem = str(exc)
+        return run
+
+    @property
+    def transcript_limit(self) -> int:
+        return int(parse_bytes(self.settings.transcript_max_size))
 
     def _write_control(self, job: SandboxJob) -> None:
         (job.control / "prompt.md").write_text(job.prompt)
@@ -360,8 +439,9 @@ class Sandbox:
     def _memory_reason(self) -> str:
         return f"the sandbox ran out of memory (its limit is {self.settings.sandbox_memory})"
 
-    def _workspace_over(self, tree: Path) -> str:
-        if tree_usage(tree) <= self.workspace_limit:
+    def _workspace_over(self, tree: Path, conversation: Path | None = None) -> str:
+        used = tree_usage(tree) + (tree_usage(conversation) if conversation else 0)
+        if used <= self.workspace_limit:
             return ""
         return (
             "the workspace grew past its limit of "
@@ -405,6 +485,7 @@ class _Watch:
         self.stopped = threading.Event()
         self.finished = threading.Event()
         self.limit = ""  # the first limit reached
+        self.conversation: Path | None = None  # counted with the tree
         self._limit_lock = threading.Lock()
         self.stderr_tail = b""
 
@@ -487,7 +568,7 @@ class _Watch:
             if time.monotonic() >= next_scan:
                 # A big tree takes a while to walk: walk it at most a fifth of the time.
                 started = time.monotonic()
-                if reason := self.sandbox._workspace_over(self.tree):
+                if reason := self.sandbox._workspace_over(self.tree, self.conversation):
                     self.limit_reached(reason)
                     return
                 next_scan = started + 5 * (time.monotonic() - started)
@@ -535,7 +616,8 @@ class _Watch:
             self.container.reload()
             if self.container.attrs.get("State", {}).get("OOMKilled"):
                 self.limit_reached(self.sandbox._memory_reason(), end=False)
-        if reason := self.sandbox._workspace_over(self.tree):  # grown since the last check
+        # Grown since the last check?
+        if reason := self.sandbox._workspace_over(self.tree, self.conversation):
             self.limit_reached(reason, end=False)
 
     def _result(self, status: dict) -> SandboxRun:

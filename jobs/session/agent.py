@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobs.common.metrics import record_usage, series
 from jobs.common.redact import redactor
@@ -23,6 +23,7 @@ from jobs.sandbox.container import RELAY_URL, Sandbox, SandboxJob, SandboxRun
 from jobs.sandbox.transcript import Outcome
 from jobs.sandbox.workspace import Change, Workspace
 from jobs.session.commits import branch_name, commit_message, withheld_note, withheld_paths
+from jobs.session.continuity import keep, resume_refused, resumption, started_over
 from jobs.session.gate import allowed_models
 from jobs.session.state import Session
 from jobs.session.thread import StopCheck, stopped_by
@@ -38,6 +39,11 @@ def run_agent(
     """Run the CLI in the session's sandbox. `run_setup=False` leaves the repository's setup
     commands out: a fork's `npm ci` would run the fork's code where nothing else does."""
     settings, config, control = session.settings, session.config, workspace.control
+    sandbox = Sandbox(settings)
+    # A read-only run (a review) neither continues nor leaves a conversation.
+    resumed = None if extra_args else resumption(session, sandbox.cli_version())
+    if resumed is not None and resumed.note:
+        session.tracking.continuity = resumed.note
     session.tracking.advance(RUNNING)
     limits = session.limits
     # Package registries only by the repository's consent, through an allowlisting proxy.
@@ -70,14 +76,27 @@ def run_agent(
             limits=limits,
             extra_args=tuple(extra_args or ()),
             setup=config.setup if run_setup else (),
+            conversation=resumed.conversation if resumed else None,
         )
         with series().sandboxes_running.track_inprogress():
-            run = Sandbox(settings).run(
+            run = sandbox.run(
                 job,
                 on_action=session.tracking.action,
                 should_stop=StopCheck(session),
                 on_event=session.tracking.event,
             )
+            if resumed is not None and resume_refused(run):
+                # The CLI would not resume what passed every check: nothing ran, start over.
+                resumed = started_over(resumed)
+                session.tracking.continuity = resumed.note
+                run = sandbox.run(
+                    replace(job, conversation=resumed.conversation),
+                    on_action=session.tracking.action,
+                    should_stop=StopCheck(session),
+                    on_event=session.tracking.event,
+                )
+    if resumed is not None:
+        keep(session, resumed, run, session.tracking.link)
     # What the comments and the metrics report is the gateway's count, not the sandbox's.
     record_usage(lease.usage)
     run.outcome.count_from(lease.usage)

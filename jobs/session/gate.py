@@ -40,6 +40,9 @@ def admit(session: Session) -> dict | None:
         return {"status": "refused", "role": role.name}
     if mode == Mode.HELP:
         unknown = f"`{request.instruction}` is not a command.\n\n" if request.instruction else ""
+        if request.instruction == "fresh":
+            needs = f"`{config.trigger} fresh <what to do>`"
+            unknown = f"`fresh` needs a request after it: {needs}.\n\n"
         tracking.answered("ℹ️ **How to ask Claude here**", unknown + help_text(config, settings))
         return {"status": "help"}
     if mode == Mode.STOP:

@@ -18,6 +18,7 @@ def help_text(config: RepoConfig, settings: WorkerSettings) -> str:
 | `{trigger} <what to do>` on an issue | Claude makes the change and opens a pull request. |
 | `{trigger} <what to do>` on a pull request | Claude pushes new commits to its branch (a fork's gets suggestions and a patch, or a follow-up pull request with `fork_pull_requests: follow_up`). |
 | `{trigger} <what to do>` on a line of a pull request's diff | The same, focused on that line; the answer is threaded under your comment. |
+| `{trigger} fresh <what to do>` | The same, but Claude starts over instead of continuing this thread's earlier conversation. |
 | `{trigger} review [focus]` | Claude reviews the pull request and posts a review with inline comments; nothing is pushed. |
 | `{trigger} fix ci [more]` on a pull request | Claude reads the failing checks of its head and their logs and pushes a fix (a fork's, as above). |
 | `{trigger} stop` | Stops the session running on this issue or pull request; nothing is pushed. |

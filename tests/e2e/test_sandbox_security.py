@@ -480,10 +480,13 @@ def test_the_container_is_locked_down(service):
         for point, (_, fstype, source, _) in mounts.items()
         if source.startswith("/dev/") and fstype not in ("tmpfs", "devpts")
     }
-    assert from_host - ENGINE_FILES == {"/workspace", "/run/claudecluster"}, from_host
-    for point in from_host - {"/workspace"}:
+    # The CLI's conversation dir (its transcripts) is the only host mount besides the tree and
+    # the control dir; like the tree it is the session's own, writable and counted in its size.
+    conversation = "/home/node/.claude/projects"
+    assert from_host - ENGINE_FILES == {"/workspace", "/run/claudecluster", conversation}
+    for point in from_host - {"/workspace", conversation}:
         assert "ro" in mounts[point][0], (point, mounts[point])
-    assert "rw" in mounts["/workspace"][0]
+    assert "rw" in mounts["/workspace"][0] and "rw" in mounts[conversation][0]
     assert mounts["/"][0][0] == "ro"
     for point, size in (
         ("/tmp", expected.sandbox_tmp_size),

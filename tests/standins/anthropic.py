@@ -99,6 +99,7 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = [
     "AnthropicStandIn",
     "Fail",
+    "Recalls",
     "RecordedRequest",
     "STRUCTURED_OUTPUT_TOOL",
     "Structured",
@@ -171,6 +172,21 @@ class Structured:
 
 Block = Text | ToolUse | Structured
 Turn = Text | ToolUse | Structured | Fail | Sequence[Block]
+
+
+@dataclass(frozen=True)
+class Recalls:
+    """A turn that needs the conversation so far: answered with ``then`` only if the request's
+    messages hold ``needle`` (what an earlier turn said), else with ``otherwise``.  A model
+    that was not given the earlier conversation cannot know what it said."""
+
+    needle: str
+    then: Turn
+    otherwise: Turn = Text("I have no earlier conversation to go on: which file do you mean?")
+
+    def answer(self, body: dict[str, Any]) -> Turn:
+        seen = json.dumps(body.get("messages") or [], ensure_ascii=False)
+        return self.then if self.needle in seen else self.otherwise
 
 
 # --------------------------------------------------------------------------- recording
@@ -624,7 +640,7 @@ class AnthropicStandIn:
             return
 
         rec.kind = classify_messages_request(headers, body)
-        turn = self._next_turn(rec.kind, rec.headers)
+        turn = self._turn_for(rec, body)
 
         if isinstance(turn, Fail):
             rec.status = turn.status
@@ -663,6 +679,10 @@ class AnthropicStandIn:
                 h.send_json(200, message)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+    def _turn_for(self, rec: RecordedRequest, body: dict[str, Any]) -> Turn:
+        turn = self._next_turn(rec.kind, rec.headers)
+        return turn.answer(body) if isinstance(turn, Recalls) else turn
 
     def _credential_refusal(self, headers: dict[str, str]) -> str:
         """Why the credential presented is refused, or "" if it is the expected one."""
@@ -721,6 +741,10 @@ class AnthropicStandIn:
 
 
 def _validate_turn(t: Any) -> None:
+    if isinstance(t, Recalls):
+        _validate_turn(t.then)
+        _validate_turn(t.otherwise)
+        return
     if isinstance(t, Text | ToolUse | Structured | Fail):
         return
     if (
