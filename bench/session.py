@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -31,12 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.session_floors import FloorRun, measure
-from bench.session_marks import DockerEvents, Observed, phases
+from bench.session_marks import DockerEvents, Observed, Session, phases
 from bench.session_report import chart, report, summary
-from tests.e2e.conftest import INSTALLATION, MODEL_KEY, StandIns, run_service
+from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, StandIns, run_service
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.standins.github import GitHubStandIn
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_for
 
 REPO = "bench-org/session"
 USER, USER_ID = "octocat", 583231
@@ -61,6 +62,7 @@ class Options:
     floor_rounds: int
     chart: Path | None
     json: Path | None
+    trail: bool
 
 
 class _Temp:
@@ -98,8 +100,9 @@ def new_issue(gh: GitHubStandIn) -> int:
     return number
 
 
-def one_session(service, observed: Observed, think: float) -> dict[str, float]:
-    """Deliver `/claude` on a new issue and wait for its final comment; its marks."""
+def one_session(service, observed: Observed, think: float) -> dict:
+    """Deliver `/claude` on a new issue and wait for its final comment; its marks, its phases
+    and its trail."""
     number = new_issue(service.github)
     name = f"notes/session-{number}.md"
     observed.model.reset()
@@ -117,14 +120,34 @@ def one_session(service, observed: Observed, think: float) -> dict[str, float]:
     final = service.wait_final(number, timeout=600, repo=REPO)
     if "state=done" not in final.body:
         raise SystemExit(f"session on #{number} failed:\n{final.body}\n{service.tail('worker')}")
-    trigger = service.comments(number, REPO)[0]
+    seen = Session(
+        FINAL.search(final.body).group(1),
+        service.comments(number, REPO)[0].id,
+        delivered,
+        accepted,
+    )
     # The final edit is seen before the worker's last records settle: wait for the pull request.
     for _ in range(100):
         try:
-            return observed.read(delivered, accepted, trigger.id)
+            marks = observed.read(seen)
+            break
         except LookupError:
             time.sleep(0.1)
-    return observed.read(delivered, accepted, trigger.id)
+    else:
+        marks = observed.read(seen)
+    ended = marks["final comment"]
+    # The session's last steps (the check run's completion, the token's revocation) come after
+    # the final edit: the next session starts once they are done, so that no two overlap.
+    wait_for(
+        lambda: [r for r in service.github.requests if r.at > ended and _revoke(r)],
+        120,
+        what="the session's token to be revoked",
+    )
+    return {"marks": marks, "phases": phases(marks), "trail": observed.trail(seen, marks)}
+
+
+def _revoke(request) -> bool:
+    return request.method == "DELETE" and request.path.endswith("/installation/token")
 
 
 def run(opts: Options) -> dict:
@@ -158,8 +181,8 @@ def run(opts: Options) -> dict:
     return {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "floors": floors,
-        "sessions": [{"marks": marks, "phases": phases(marks)} for marks in sessions],
-        **summary(sessions, floors, opts.cache == "on", 2 * opts.think),
+        "sessions": sessions,
+        **summary([s["marks"] for s in sessions], floors, opts.cache == "on", 2 * opts.think),
     }
 
 
@@ -175,6 +198,9 @@ def options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--floor-rounds", type=int, default=5, help="rounds of each floor")
     parser.add_argument("--chart", type=Path, help="a PNG of the phases against their floors")
     parser.add_argument("--json", type=Path, help="every figure as JSON")
+    parser.add_argument(
+        "--trail", action="store_true", help="print what the last session was seen doing, when"
+    )
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.repo_files < 1 or args.floor_rounds < 1:
         parser.error("--sessions, --repo-files and --floor-rounds must be at least 1")
@@ -185,8 +211,13 @@ def options(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     opts = options(argv)
+    # Stopped, the bench still stops the service it started (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(opts)
     print(report(result))
+    if opts.trail:
+        print("\nthe last session, seconds from its delivery:")
+        print("\n".join(result["sessions"][-1]["trail"]))
     if opts.json:
         opts.json.write_text(json.dumps(result, indent=2) + "\n")
     if opts.chart:

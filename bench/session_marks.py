@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import docker
 
+from jobs.sandbox.container import LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
 
@@ -36,6 +37,14 @@ PHASES = [name for name, _ in MARKS[1:]]
 CLI_FROM, CLI_TO = "first request", "CLI done"
 
 
+@dataclass(frozen=True)
+class Session:
+    id: str  # the service's session id, which labels its container
+    comment_id: int  # the triggering comment
+    delivered: float
+    accepted: float
+
+
 class DockerEvents:
     """The engine's container events of sandboxes (label claudecluster.role), as they come."""
 
@@ -57,11 +66,15 @@ class DockerEvents:
     def close(self) -> None:
         self._stream.close()
 
-    def after(self, since: float) -> list[tuple[float, str, str]]:
-        """(time, action, container id) of the events from `since` on."""
+    def of(self, session_id: str) -> list[tuple[float, str]]:
+        """(time, action) of the events of the session's containers: other services on the same
+        engine (tests, other benches) run sandboxes too."""
         with self._lock:
-            found = [(e["timeNano"] / 1e9, e["Action"], e["id"]) for e in self.events]
-        return [e for e in found if e[0] >= since]
+            return [
+                (e["timeNano"] / 1e9, e["Action"])
+                for e in self.events
+                if e["Actor"]["Attributes"].get(LABEL) == session_id
+            ]
 
 
 @dataclass
@@ -70,17 +83,18 @@ class Observed:
     model: AnthropicStandIn
     docker: DockerEvents
 
-    def read(self, delivered: float, accepted: float, comment_id: int) -> dict[str, float]:
-        """Every mark of the session delivered at `delivered` (the only one running)."""
+    def read(self, session: Session) -> dict[str, float]:
+        """Every mark of the session (the only one this service runs at the time)."""
+        delivered, accepted = session.delivered, session.accepted
         requests = [r for r in self.github.requests if r.at >= delivered]
         marks = {"delivered": delivered, "accepted": accepted}
         marks["token"] = _first(r.at for r in requests if r.path.endswith("/access_tokens"))
-        reactions = f"/issues/comments/{comment_id}/reactions"
+        reactions = f"/issues/comments/{session.comment_id}/reactions"
         marks["eyes"] = _first(r.at for r in requests if r.path.endswith(reactions))
-        events = self.docker.after(delivered)
-        marks["created"] = _first(t for t, action, _ in events if action == "create")
-        marks["started"] = _first(t for t, action, _ in events if action == "start")
-        marks["CLI done"] = _first(t for t, action, _ in events if action == "die")
+        events = self.docker.of(session.id)
+        marks["created"] = _first(t for t, action in events if action == "create")
+        marks["started"] = _first(t for t, action in events if action == "start")
+        marks["CLI done"] = _first(t for t, action in events if action == "die")
         git = [r.at for r in requests if "/git-" in r.path or "/info/refs" in r.path]
         marks["fetched"] = _last(t for t in git if t <= marks["created"])
         main = [r for r in self.model.main_requests() if r.received_at >= delivered]
@@ -96,6 +110,16 @@ class Observed:
             if r.method == "PATCH" and "state=done" in str((r.json or {}).get("body", ""))
         )
         return {name: marks[name] for name, _ in MARKS}
+
+    def trail(self, session: Session, marks: dict[str, float]) -> list[str]:
+        """What the session was seen doing, each at its offset from the delivery: every request
+        to the stand-ins and every Docker event, in order; where the phases' time went."""
+        began, ended = marks["delivered"], marks["final comment"]
+        seen = [(r.at, f"github {r.method} {r.path} {r.status}") for r in self.github.requests]
+        seen += [(r.received_at, f"model {r.kind} request") for r in self.model.requests]
+        seen += [(r.answered_at, "model answered") for r in self.model.main_requests()]
+        seen += [(t, f"docker {action}") for t, action in self.docker.of(session.id)]
+        return [f"{t - began:7.3f} {what}" for t, what in sorted(seen) if began <= t <= ended]
 
 
 def _first(times) -> float:
