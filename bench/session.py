@@ -34,7 +34,7 @@ from pathlib import Path
 from bench.session_floors import FloorRun, measure
 from bench.session_marks import DockerEvents, Observed, Session, phases
 from bench.session_report import chart, report, summary
-from tests.e2e.conftest import FINAL, INSTALLATION, MODEL_KEY, StandIns, run_service
+from tests.e2e.conftest import INSTALLATION, MODEL_KEY, StandIns, run_service
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.standins.github import GitHubStandIn
 from tests.support import RedisServer, wait_for
@@ -120,12 +120,7 @@ def one_session(service, observed: Observed, think: float) -> dict:
     final = service.wait_final(number, timeout=600, repo=REPO)
     if "state=done" not in final.body:
         raise SystemExit(f"session on #{number} failed:\n{final.body}\n{service.tail('worker')}")
-    seen = Session(
-        FINAL.search(final.body).group(1),
-        service.comments(number, REPO)[0].id,
-        delivered,
-        accepted,
-    )
+    seen = Session(service.comments(number, REPO)[0].id, delivered, accepted)
     # The final edit is seen before the worker's last records settle: wait for the pull request.
     for _ in range(100):
         try:
@@ -161,7 +156,7 @@ def run(opts: Options) -> dict:
         redis.start()
         gh = github_stand_in(opts)
         model = AnthropicStandIn(expected_api_key=MODEL_KEY).start()
-        events = DockerEvents()
+        events = DockerEvents(Path(tmp))
         stand_ins = StandIns(gh, model, redis.url, opts.image)
         try:
             with run_service("bench", 0, stand_ins, _Temp(Path(tmp)), **overrides) as service:

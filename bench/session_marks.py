@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 
-from jobs.sandbox.container import LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
 
@@ -35,23 +35,30 @@ MARKS = [
 PHASES = [name for name, _ in MARKS[1:]]
 # The CLI's own time: from its first model request to its exit.
 CLI_FROM, CLI_TO = "first request", "CLI done"
+# How a sandbox is begun: started (created by the session), or taken from a warm pool.
+CLAIMS = {"start", "unpause", "exec_start"}
 
 
 @dataclass(frozen=True)
 class Session:
-    id: str  # the service's session id, which labels its container
     comment_id: int  # the triggering comment
     delivered: float
     accepted: float
 
 
 class DockerEvents:
-    """The engine's container events of sandboxes (label claudecluster.role), as they come."""
+    """The engine's container events of this service's sandboxes (label claudecluster.role), as
+    they come. Other services on the same engine (tests, other benches) run sandboxes too: ours
+    are those that bind-mount a directory under `root`, where the service keeps its workspaces.
+    That holds for a container a session creates and for one a warm pool started before."""
 
-    def __init__(self) -> None:
-        self.events: list[dict] = []
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.events: list[tuple[float, str]] = []
+        self._ours: set[str] = set()
         self._lock = threading.Lock()
-        self._stream = docker.from_env().events(
+        self._client = docker.from_env()
+        self._stream = self._client.events(
             decode=True, filters={"type": "container", "label": "claudecluster.role"}
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -60,21 +67,26 @@ class DockerEvents:
     def _read(self) -> None:
         with contextlib.suppress(Exception):  # the stream is closed at the end
             for event in self._stream:
-                with self._lock:
-                    self.events.append(event)
+                if event["Action"] == "create" and self._mounts_ours(event["id"]):
+                    self._ours.add(event["id"])
+                if event["id"] in self._ours:
+                    with self._lock:
+                        self.events.append((event["timeNano"] / 1e9, event["Action"]))
+
+    def _mounts_ours(self, container_id: str) -> bool:
+        try:
+            mounts = self._client.api.inspect_container(container_id)["Mounts"]
+        except docker.errors.NotFound:
+            return False
+        return any(Path(m.get("Source", "/")).is_relative_to(self.root) for m in mounts)
 
     def close(self) -> None:
         self._stream.close()
 
-    def of(self, session_id: str) -> list[tuple[float, str]]:
-        """(time, action) of the events of the session's containers: other services on the same
-        engine (tests, other benches) run sandboxes too."""
+    def after(self, since: float) -> list[tuple[float, str]]:
+        """(time, action) of our containers' events from `since` on."""
         with self._lock:
-            return [
-                (e["timeNano"] / 1e9, e["Action"])
-                for e in self.events
-                if e["Actor"]["Attributes"].get(LABEL) == session_id
-            ]
+            return [(t, action) for t, action in self.events if t >= since]
 
 
 @dataclass
@@ -91,10 +103,7 @@ class Observed:
         marks["token"] = _first(r.at for r in requests if r.path.endswith("/access_tokens"))
         reactions = f"/issues/comments/{session.comment_id}/reactions"
         marks["eyes"] = _first(r.at for r in requests if r.path.endswith(reactions))
-        events = self.docker.of(session.id)
-        marks["created"] = _first(t for t, action in events if action == "create")
-        marks["started"] = _first(t for t, action in events if action == "start")
-        marks["CLI done"] = _first(t for t, action in events if action == "die")
+        self._container_marks(marks)
         git = [r.at for r in requests if "/git-" in r.path or "/info/refs" in r.path]
         marks["fetched"] = _last(t for t in git if t <= marks["created"])
         main = [r for r in self.model.main_requests() if r.received_at >= delivered]
@@ -111,6 +120,18 @@ class Observed:
         )
         return {name: marks[name] for name, _ in MARKS}
 
+    def _container_marks(self, marks: dict[str, float]) -> None:
+        """Created, started and done: a container the session creates and starts (its CLI the
+        container's command), or one a pool started before, which the session takes over (an
+        exec, an unpause, or its start, whichever the pool does): then created is that moment."""
+        events = self.docker.after(marks["delivered"])
+        created = [t for t, action in events if action == "create"]
+        begun = [t for t, action in events if action.split(":")[0] in CLAIMS]
+        marks["started"] = _first(t for t in begun if not created or t >= created[0])
+        marks["created"] = created[0] if created else marks["started"]
+        ends = [t for t, action in events if action in ("die", "exec_die")]
+        marks["CLI done"] = _first(t for t in ends if t > marks["started"])
+
     def trail(self, session: Session, marks: dict[str, float]) -> list[str]:
         """What the session was seen doing, each at its offset from the delivery: every request
         to the stand-ins and every Docker event, in order; where the phases' time went."""
@@ -118,7 +139,7 @@ class Observed:
         seen = [(r.at, f"github {r.method} {r.path} {r.status}") for r in self.github.requests]
         seen += [(r.received_at, f"model {r.kind} request") for r in self.model.requests]
         seen += [(r.answered_at, "model answered") for r in self.model.main_requests()]
-        seen += [(t, f"docker {action}") for t, action in self.docker.of(session.id)]
+        seen += [(t, f"docker {action}") for t, action in self.docker.after(began)]
         return [f"{t - began:7.3f} {what}" for t, what in sorted(seen) if began <= t <= ended]
 
 
