@@ -19,6 +19,7 @@ import argparse
 import sys
 
 import docker
+from docker.errors import ImageNotFound
 from docker.models.images import Image
 
 TARGET = 0.90
@@ -56,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help=f"default: the image's {BASE_LABEL} label")
     args = parser.parse_args(argv)
     client = docker.from_env()
-    image = client.images.get(args.image)
-    base_name = args.base or (image.labels or {}).get(BASE_LABEL)
-    if not base_name:
-        parser.error(f"{args.image} has no {BASE_LABEL} label: name its base with --base")
-    base = client.images.get(base_name)
+    try:
+        image = client.images.get(args.image)
+        base_name = args.base or (image.labels or {}).get(BASE_LABEL)
+        if not base_name:
+            parser.error(f"{args.image} has no {BASE_LABEL} label: name its base with --base")
+        base = client.images.get(base_name)
+    except ImageNotFound as exc:
+        parser.error(f"no such image here: {exc.explanation}")
     ours = our_layers(image, base)
     own, reused = sum(layer["Size"] for layer in ours), base.attrs["Size"]
     share = reused / (reused + own)
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  of which the CLI's executable {mb(cli).strip()} ({cli / own:.1%} of ours)")
     print(f"reused   {mb(reused)} (the base's {len(base.history())} history entries)")
     print(f"image    {mb(image.attrs['Size'])}")
+    print(f"bytes: ours {own} reused {reused} image {image.attrs['Size']}")
     print(f"reused {share:.1%} of the image's bytes (target >= {TARGET:.0%})")
     print(f"the target needs a base of at least {mb(own * TARGET / (1 - TARGET)).strip()}")
     return 0 if share >= TARGET else 1
