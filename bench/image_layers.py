@@ -32,6 +32,8 @@ def our_layers(image: Image, base: Image) -> list[dict]:
     layers, base_layers = image.attrs["RootFS"]["Layers"], base.attrs["RootFS"]["Layers"]
     if layers[: len(base_layers)] != base_layers:
         raise SystemExit(f"{base.tags[0]} is not the base of {image.tags[0]}: its layers differ")
+    if len(layers) == len(base_layers):
+        raise SystemExit(f"{image.tags[0]} has no layers of its own over {base.tags[0]}")
     history, base_history = image.history(), base.history()
     return history[: len(history) - len(base_history)]
 
