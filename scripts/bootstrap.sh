@@ -12,6 +12,6 @@ if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
 fi
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[test]'
+.venv/bin/pip install --quiet -e '.[test,bench]'
 echo "$want" > "$stamp"
 echo "bootstrap: installed the project into .venv"

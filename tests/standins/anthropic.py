@@ -204,6 +204,7 @@ class RecordedRequest:
     usage: dict[str, int] | None = None  # the usage a message answer reported
     client: tuple[str, int] = ("", 0)  # peer address: same value = same (kept-alive) connection
     received_at: float = field(default_factory=time.time)
+    answered_at: float = 0.0  # when the whole answer was sent (bench/session.py's timings)
 
     def __repr__(self) -> str:
         hdrs = {k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in self.headers.items()}
@@ -677,6 +678,7 @@ class AnthropicStandIn:
                 _stream_message(h, message)
             else:
                 h.send_json(200, message)
+            rec.answered_at = time.time()
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             h.close_connection = True
 

@@ -204,6 +204,8 @@ class RecordedRequest:
     json: Any
     auth: str | None  # "jwt" | "token" | "basic" | None
     headers: dict[str, str] = field(default_factory=dict)
+    # When it was answered (recorded once handled): bench/session.py times a session's phases.
+    at: float = field(default_factory=time.time)
 
 
 @dataclass
