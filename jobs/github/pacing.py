@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -63,16 +64,23 @@ class Pacer:
             log.warning("pacing: Redis unreachable (%s)", type(exc).__name__)
             return None
 
-    def essential(self, limit: float = 120.0) -> None:
+    def essential(
+        self, limit: float = 120.0, wait: Callable[[float], object] | None = None
+    ) -> bool:
         """Wait for a turn for a write that must happen (bounded: never hold a session long).
 
         Without Redis the write goes ahead: GitHub's own limits are honoured by the retries.
+        `wait` sleeps in place of the pacer's own sleep; when it answers True (a set
+        `threading.Event`'s `wait`), the writer gave up and False is answered, no turn taken.
         """
+        sleep = wait or self._sleep
         deadline = self._clock() + limit
-        while (wait := self._try(PER_MINUTE, PER_HOUR)) not in (0, None) and (
+        while (left := self._try(PER_MINUTE, PER_HOUR)) not in (0, None) and (
             self._clock() < deadline
         ):
-            self._sleep(min(max(wait, 0) or 5.0, deadline - self._clock()))
+            if sleep(min(max(left, 0) or 5.0, deadline - self._clock())) is True:
+                return False
+        return True
 
     def optional(self) -> bool:
         """Take a turn for a progress update only if one is free now, leaving a reserve.

@@ -3,7 +3,8 @@
 While the session runs it shows a checklist of the steps with the current one marked, Claude's
 last few actions and the elapsed time; at the end it becomes the outcome. A hidden marker names
 the session and its state, so the bot can find its own comment again and never mistakes it (or a
-user quoting it) for a command. Edits are paced per installation (jobs/github/pacing.py).
+user quoting it) for a command. Edits are paced per installation (jobs/github/pacing.py); the
+progress edits are made off the session's path (jobs/github/progress.py).
 
 The dashboard is the other window: each step, each event of the CLI and the end also go to the
 session's history (jobs/common/history.py), and with PUBLIC_URL set the comment links to it.
@@ -23,6 +24,7 @@ from jobs.common.request import MARKER, SessionRequest
 from jobs.github.checks import CheckRun
 from jobs.github.client import RepoSession
 from jobs.github.pacing import Pacer
+from jobs.github.progress import ProgressWriter
 from jobs.sandbox.transcript import Outcome
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class TrackingComment:
     continuity: str = ""
     url: str = ""  # the comment's own page, once posted
     _last_edit: float = 0.0
+    _writer: ProgressWriter | None = None
 
     @property
     def in_review_thread(self) -> bool:
@@ -185,16 +188,17 @@ class TrackingComment:
     def _progress(self, force: bool = False) -> None:
         if not self.comment_id:
             return
-        if not force and time.monotonic() - self._last_edit < PROGRESS_INTERVAL:
-            return
+        if self._writer is None:
+            self._writer = ProgressWriter(
+                self._edit_working, self.pacer, f"progress-{self.session_id}"
+            )
         if force:
-            self._pace(essential=True)  # a step change: a handful per session, always shown
-        elif self.pacer is not None and not self.pacer.optional():
-            return  # the installation's budget is tight: the final edit matters more
-        try:
-            self._edit(self._body("👀 **Claude is working on this…**", state="working"))
-        except GitHubException as exc:
-            log.warning("session %s: progress edit failed (%s)", self.session_id, exc)
+            self._writer.step()  # a step change: a handful per session, always shown
+        elif time.monotonic() - self._last_edit >= PROGRESS_INTERVAL:
+            self._writer.action()
+
+    def _edit_working(self) -> None:
+        self._edit(self._body("👀 **Claude is working on this…**", state="working"))
 
     # -- final states -------------------------------------------------------------------
 
@@ -297,6 +301,8 @@ class TrackingComment:
         ending: Ending = DONE_ENDING,
     ) -> None:
         self.step = DONE
+        if self._writer is not None:
+            self._writer.close()  # no progress edit may land after this one
         seconds = time.monotonic() - self.started
         footer = stats(outcome, seconds) if outcome else f"<sub>⏱ {took(seconds)}</sub>"
         state = ending.state
