@@ -3,9 +3,10 @@
 A step change waits for the installation's next write turn (jobs/github/pacing.py keeps a
 second between two writes); made on the session's path, that wait held the container's start
 and the final answer back by up to a second each. Here one thread per comment makes the edits:
-the body is rendered when the turn comes, so it shows the session as it is then and an edit
-overtaken by the next is never made; `close`, before the final edit, drops what is pending and
-waits for an edit in flight, so no progress edit ever lands after the final one.
+a step is shown once it has lasted STEP_SETTLE; the body is rendered when the turn comes, so it
+shows the session as it is then, and an edit overtaken by the next is never made; `close`,
+before the final edit, drops what is pending and waits for an edit in flight, so no progress
+edit ever lands after the final one.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from jobs.github.pacing import Pacer
 log = logging.getLogger(__name__)
 
 CLOSE_WAIT = 30.0  # seconds `close` waits for an edit in flight (a GitHub request's own bound)
+# A step is shown once it has lasted this long: the last one (pushing, posting the review) is
+# over within it as a rule, and an edit made for it would hold the final one for a turn.
+STEP_SETTLE = 1.0
 
 
 class ProgressWriter:
-    def __init__(self, edit: Callable[[], None], pacer: Pacer | None, name: str) -> None:
+    def __init__(
+        self,
+        edit: Callable[[], None],
+        pacer: Pacer | None,
+        name: str,
+        settle: float = STEP_SETTLE,
+    ) -> None:
         self._edit = edit  # renders the comment as it is now and writes it
         self._pacer = pacer
         self._name = name
+        self._settle = settle
         self._wanted = threading.Condition()
         self._pending: str = ""  # "": nothing; "step": must be shown; "action": if a turn is free
         self._closed = threading.Event()
@@ -80,11 +91,16 @@ class ProgressWriter:
             return "" if self._closed.is_set() else self._pending
 
     def _turn(self, kind: str) -> bool:
-        """Whether to edit now: a step waits for its turn, an action takes one only if free."""
+        """Whether to edit now: a step settles, then waits for its turn; an action takes a
+        turn only if one is free."""
+        if kind == "step":
+            if self._closed.wait(self._settle):
+                return False  # the final edit came first
+            if self._pacer is None:
+                return True
+            return self._pacer.essential(wait=self._closed.wait)  # False: closed meanwhile
         if self._pacer is None:
             return True
-        if kind == "step":
-            return self._pacer.essential(wait=self._closed.wait)  # False: closed meanwhile
         if self._pacer.optional():
             return True
         with self._wanted:

@@ -27,6 +27,8 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     api.script(
         [
             ToolUse("Write", {"file_path": "/workspace/CONTRIBUTING.md", "content": CONTRIBUTING}),
+            # Claude thinks a while: long enough for a progress edit showing what it did.
+            ToolUse("Bash", {"command": "ls"}, delay=6),
             Text(SUMMARY),
         ]
     )
@@ -51,13 +53,17 @@ def test_comment_opens_a_pull_request_with_the_scripted_change(service):
     body = final.body
     assert f"Claude opened #{pull.number}" in body and f"/pull/{pull.number}" in body
     assert SUMMARY in body
-    assert re.search(r"· 2 turns · \$0\.\d{4}", body), body
+    assert re.search(r"· 3 turns · \$0\.\d{4}", body), body
     assert "working on this" not in body
     # Live progress: the comment was edited through the steps before it became final.
     patches = [r.json for r in gh.requests if r.method == "PATCH" and r.json]
     edits = [p["body"] for p in patches if session_id in str(p.get("body"))]
     assert any("**Running Claude** ⏳" in e and "- [x] Preparing the workspace" in e for e in edits)
-    assert any("**Pushing the changes** ⏳" in e and "`Write CONTRIBUTING.md`" in e for e in edits)
+    assert any("**Running Claude** ⏳" in e and "`Write CONTRIBUTING.md`" in e for e in edits)
+    # Progress edits are made off the session's path (jobs/github/progress.py): none after the
+    # final one, and none for the push, which is over before a step is shown.
+    assert edits[-1] == body
+    assert not any("**Pushing the changes** ⏳" in e for e in edits)
     assert len(service.tracking_comments(number)) == 1
     trigger = service.comments(number)[0]
     assert [r.content for r in gh.reactions if r.comment_id == trigger.id] == ["eyes"]
