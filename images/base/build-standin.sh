@@ -144,7 +144,7 @@ EOF
 echo force-unsafe-io >"$rootfs/etc/dpkg/dpkg.cfg.d/zz-build-unsafe-io"
 
 mount -t proc proc "$rootfs/proc"
-log "apt: $suite-updates + $suite-security upgrade, npm"
+log "apt: $suite-updates + $suite-security upgrade, then the $flavor packages"
 quiet in_root apt-get "${apt_opts[@]}" update
 quiet in_root apt-get "${apt_opts[@]}" -y -o Dpkg::Options::=--force-confold dist-upgrade
 
