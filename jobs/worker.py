@@ -226,6 +226,20 @@ class SessionWorker(Worker):
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         self._after_horse_died(job.id, HORSE_KILLED)
 
+    def request_stop(self, signum, frame) -> None:
+        if self.settings is None or self.settings.worker_shutdown == "warm" or not self.horse_pid:
+            super().request_stop(signum, frame)
+            return
+        # WORKER_SHUTDOWN=cold: what RQ does at a second signal, at the first, since a container
+        # engine sends only one before its SIGKILL.
+        job_id = self.get_current_job_id()
+        log.warning("worker %s: cold shutdown at the first signal", self.name)
+        self.kill_horse()
+        self.wait_for_horse()
+        if job_id:
+            self._after_horse_died(job_id, WORKER_STOPPED, fail_job=True)
+        raise SystemExit
+
     def request_force_stop(self, signum, frame) -> None:
         job_id = self.get_current_job_id() if self.horse_pid else None
         try:

@@ -9,10 +9,16 @@
 #      Reused when the existing image carries a label with the hash of the
 #      same build inputs (Dockerfile, entrypoint, relay, base image id, Claude
 #      Code version, extra CA certificates).
+#   3. With --service, for deploy/compose.yaml: the service image
+#      $SERVICE_IMAGE from images/service/Dockerfile on $PYTHON_IMAGE, or on
+#      a Debian stand-in (build-standin.sh --python) when that cannot be
+#      pulled; and, when $REDIS_IMAGE can be neither found nor pulled, a Redis
+#      stand-in from images/redis, whose tag it prints for REDIS_IMAGE.
 #
-# Usage: bash scripts/build-images.sh [--force] [--force-base]
+# Usage: bash scripts/build-images.sh [--force] [--force-base] [--service]
 #   --force        rebuild the agent image even if its inputs are unchanged
 #   --force-base   also rebuild the stand-in base (only used when it is needed)
+#   --service      also build the service image (and a Redis stand-in if needed)
 # Environment:
 #   BASE_IMAGE           default node:20
 #   AGENT_IMAGE          default claudecluster/agent:latest
@@ -24,16 +30,21 @@
 #                        set; empty string for none
 #   BUILD_NETWORK        network for the build's RUN steps, default host
 #   BASE_PULL_TIMEOUT    seconds allowed for pulling BASE_IMAGE, default 120
+#   SERVICE_IMAGE        default claudecluster/service:latest
+#   PYTHON_IMAGE         default: the ARG default in images/service/Dockerfile
+#   REDIS_IMAGE          default redis:7 (as deploy/compose.yaml)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; }
 
 force=0
 force_base=0
+service=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
         --force-base) force=1; force_base=1 ;;
+        --service) service=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build-images: unknown argument $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -156,6 +167,56 @@ else
     new_id=$(docker image inspect -f '{{.Id}}' "$agent_image")
     if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
         docker image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+fi
+
+# --- 4. service image and Redis (--service) ----------------------------------
+pullable() { image_exists "$1" || timeout "$pull_timeout" docker pull -q "$1" >/dev/null 2>&1; }
+
+if [ "$service" -eq 1 ]; then
+    service_image="${SERVICE_IMAGE:-claudecluster/service:latest}"
+    python_image="${PYTHON_IMAGE:-$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$repo/images/service/Dockerfile")}"
+    redis_image="${REDIS_IMAGE:-redis:7}"
+    python_standin=claudecluster/python-standin:bookworm
+    t=$(now)
+    if pullable "$python_image"; then
+        python_base="$python_image"
+    else
+        log "service: $python_image not present and cannot be pulled; using stand-in $python_standin"
+        standin_args=(--python)
+        [ "$force_base" -eq 1 ] && standin_args+=(--force)
+        EXTRA_CA_BUNDLE="$extra_ca" bash "$repo/images/base/build-standin.sh" \
+            "${standin_args[@]}" "$python_standin"
+        python_base="$python_standin"
+    fi
+    # The files the Dockerfile copies (the repository's .dockerignore lists the same), and the
+    # extra CA as for the agent image.
+    svc_ctx="$ctx/service"
+    mkdir -p "$svc_ctx/images/service"
+    cp "$repo/images/service/Dockerfile" "$svc_ctx/images/service/Dockerfile"
+    (cd "$repo" && cp -r pyproject.toml app jobs Procfile app.yml gunicorn.conf.py "$svc_ctx/")
+    find "$svc_ctx" -name __pycache__ -type d -prune -exec rm -rf {} +
+    cp "$ctx/extra-ca.pem" "$svc_ctx/extra-ca.pem"
+    log "service: building $service_image on $python_base"
+    docker build --network "$build_network" --force-rm \
+        --build-arg PYTHON_IMAGE="$python_base" \
+        --label "claudecluster.base-image=$python_base" \
+        --file "$svc_ctx/images/service/Dockerfile" --tag "$service_image" "$svc_ctx"
+    log "service: built $service_image in $(( $(now) - t ))s ($(mb "$service_image"))"
+
+    if pullable "$redis_image"; then
+        log "redis: $redis_image available"
+    else
+        redis_standin=claudecluster/redis-standin:bookworm
+        if ! pullable "$python_standin"; then
+            EXTRA_CA_BUNDLE="$extra_ca" bash "$repo/images/base/build-standin.sh" \
+                --python "$python_standin"
+        fi
+        docker build --network "$build_network" --force-rm --quiet \
+            --build-arg BASE_IMAGE="$python_standin" \
+            --tag "$redis_standin" "$repo/images/redis" >/dev/null
+        log "redis: $redis_image cannot be pulled; built stand-in $redis_standin. Run compose with"
+        log "  export REDIS_IMAGE=$redis_standin"
     fi
 fi
 

@@ -163,6 +163,14 @@ def test_private_key_with_escaped_newlines_is_accepted(tmp_path):
     assert from_file.private_key == pem and pem in from_file.secrets()  # the redactor learns it
 
 
+def test_worker_shutdown_is_warm_or_cold():
+    assert WorkerSettings.parse().worker_shutdown == "warm"
+    assert WorkerSettings.parse(WORKER_SHUTDOWN="cold").worker_shutdown == "cold"
+    with pytest.raises(ConfigError) as error:
+        WorkerSettings.parse(WORKER_SHUTDOWN="lukewarm")
+    assert str(error.value) == "WORKER_SHUTDOWN: Input should be 'warm' or 'cold'"
+
+
 def test_every_problem_is_named_at_once():
     with pytest.raises(ConfigError) as error:
         WorkerSettings.parse(GITHUB_PRIVATE_KEY="").require(("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY"))

@@ -1,8 +1,10 @@
 """The deployments as shipped: which process can read which secret, read off deploy/ itself.
 
-Compose and Kubernetes are not run here (no registry for compose's base images, no cluster):
-what each container is given is read from the files a user applies, and checked against
+What each container is given is read from the files a user applies, and checked against
 jobs.common.settings.SECRET_OWNERS, the same table the processes enforce when they start.
+Compose also runs end to end (tests/e2e/test_compose.py); Kubernetes cannot (no cluster is
+reachable from these machines), so its manifest is validated offline against the schemas of
+KUBERNETES_VERSION with kubernetes-validate, which bundles them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 import shlex
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 from dotenv import dotenv_values
 
@@ -21,6 +25,8 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 KUBERNETES = DEPLOY / "kubernetes" / "claudecluster.yaml"
 DOCKERFILE = ROOT / "images" / "service" / "Dockerfile"
+# The oldest Kubernetes release still maintained upstream when this was written.
+KUBERNETES_VERSION = "1.33.0"
 
 
 def procfile() -> dict[str, list[str]]:
@@ -61,7 +67,7 @@ def compose_readable(compose: dict) -> dict[str, set[str]]:
     """Per Procfile role: every variable its container is given (env files and environment)."""
     readable: dict[str, set[str]] = {}
     for name, service in compose["services"].items():
-        if service.get("image", "").startswith("redis:"):
+        if "redis" in service.get("image", ""):
             continue
         role = role_of(service.get("command") or image_command())
         names = set(service.get("environment") or {})
@@ -119,6 +125,30 @@ def test_compose_keeps_redis_on_an_internal_network_and_the_socket_with_the_work
     assert socket_holders == ["worker"]
 
 
+def default(value: str) -> str:
+    """A compose value with its `${VAR:-default}`s resolved to their defaults."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_mounts_the_workspaces_at_the_same_path_as_on_the_host():
+    # The host's engine resolves a sandbox's bind mounts (its workspace, its gateway socket) on
+    # the host: the path the worker names must be the host's.
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("worker", "gateway", "egress"):
+        root = default(services[name]["environment"]["WORKSPACE_ROOT"])
+        mounts = [default(v).split(":") for v in services[name]["volumes"]]
+        assert [root, root] in mounts, name
+    assert services["worker"]["environment"]["WORKER_SHUTDOWN"] == "cold"
+
+
+def test_compose_keeps_redis_data_on_a_volume():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    redis = compose["services"]["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    (volume,) = redis["volumes"]
+    assert volume.split(":")[0] in compose["volumes"]
+
+
 def test_the_service_image_does_not_run_as_root():
     users = re.findall(r"^USER (\S+)$", DOCKERFILE.read_text(), re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
@@ -135,10 +165,14 @@ def secret_files() -> dict[str, Path]:
     return {name: ROOT / path for name, path in made}
 
 
+def kubernetes_docs() -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(KUBERNETES.read_text()) if doc]
+
+
 def kubernetes_containers() -> list[tuple[dict, dict]]:
     found = []
-    for doc in yaml.safe_load_all(KUBERNETES.read_text()):
-        if doc and doc["kind"] == "Deployment":
+    for doc in kubernetes_docs():
+        if doc["kind"] in ("Deployment", "DaemonSet"):
             pod = doc["spec"]["template"]["spec"]
             found += [(pod, container) for container in pod["containers"]]
     return found
@@ -191,3 +225,56 @@ def test_kubernetes_pods_run_as_non_root_without_privileges():
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert container["resources"]["limits"]["memory"]
+
+
+def test_the_manifest_is_valid_for_kubernetes():
+    docs = kubernetes_docs()
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "DaemonSet", "Service", "NetworkPolicy"} <= kinds
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [
+        (("spec", "template", "spec", "containers", 0, "resources", "limits"), "2Gi"),
+        (("spec", "template", "spec", "securityContext", "runAsNonRoot"), "yes"),
+        (("spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet"), {"url": "/"}),
+    ],
+)
+def test_the_validation_rejects_a_broken_manifest(path, bad):
+    (worker,) = [d for d in kubernetes_docs() if d["kind"] == "DaemonSet"]
+    node = worker
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = bad
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_probes_health_and_readiness_and_keeps_redis_data():
+    for _pod, container in kubernetes_containers():
+        if container["name"] in ("web", "worker"):
+            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["resources"]["limits"]["cpu"]
+    (redis,) = [
+        d
+        for d in kubernetes_docs()
+        if d["metadata"]["name"] == "claudecluster-redis" and d["kind"] == "Deployment"
+    ]
+    (data,) = redis["spec"]["template"]["spec"]["volumes"]
+    claim = data["persistentVolumeClaim"]["claimName"]
+    assert any(
+        d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim
+        for d in kubernetes_docs()
+    )
+
+
+def test_kubernetes_workers_run_where_a_docker_engine_is():
+    (worker,) = [d for d in kubernetes_docs() if d["kind"] == "DaemonSet"]
+    pod = worker["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"claudecluster.io/docker": "true"}
+    sockets = [v for v in pod["volumes"] if v.get("hostPath", {}).get("type") == "Socket"]
+    assert [v["hostPath"]["path"] for v in sockets] == ["/var/run/docker.sock"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build a local stand-in for the official `node:20` image from Debian packages.
+# Build a local stand-in for the official `node:20` image (or, with --python, for
+# `python:3.11-slim-bookworm`, the service image's base) from Debian packages.
 #
 # Why: the agent image follows the official Claude Code devcontainer recipe,
 # which starts `FROM node:20`. Hosts without access to a container registry
@@ -8,10 +9,13 @@
 # filesystem with node, npm and git, adds the `node` user (uid/gid 1000, home
 # /home/node, exactly like the official image) and imports it into Docker.
 #
-# Usage: bash images/base/build-standin.sh [--force] [TAG]
+# Usage: bash images/base/build-standin.sh [--force] [--python] [TAG]
 #   TAG              image tag (default: $STANDIN_IMAGE or
-#                    claudecluster/node-standin:bookworm)
+#                    claudecluster/node-standin:bookworm; with --python
+#                    claudecluster/python-standin:bookworm)
 #   --force          rebuild even if TAG already exists
+#   --python         Debian's python3 (3.11) with venv and pip, git and CA
+#                    certificates instead of node and npm; no `node` user
 # Environment:
 #   STANDIN_IMAGE    default tag (see above)
 #   EXTRA_CA_BUNDLE  PEM file with extra CA certificates (TLS-intercepting
@@ -28,16 +32,19 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; }
 
 force=0
-tag="${STANDIN_IMAGE:-claudecluster/node-standin:bookworm}"
+flavor=node
+tag=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --force) force=1 ;;
+        --python) flavor=python ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "build-standin: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) tag="$1" ;;
     esac
     shift
 done
+tag="${tag:-${STANDIN_IMAGE:-claudecluster/$flavor-standin:bookworm}}"
 
 suite=bookworm
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -51,6 +58,11 @@ extra_ca="${EXTRA_CA_BUNDLE-${SSL_CERT_FILE:-}}"
 # --include: debootstrap's own resolver ignores virtual packages (Provides)
 # and leaves Debian's npm (~400 node-* packages) unconfigured.
 packages=nodejs,git,ca-certificates
+# The service image's base: what `python:3.11-slim` gives it (python3 with venv and pip, as
+# `python` too), git and CA certificates; it installs its own dependencies into a venv.
+if [ "$flavor" = python ]; then
+    packages=python3,python3-venv,python3-pip,python-is-python3,git,ca-certificates
+fi
 
 log() { printf 'build-standin: %s\n' "$*" >&2; }
 
@@ -132,7 +144,7 @@ EOF
 echo force-unsafe-io >"$rootfs/etc/dpkg/dpkg.cfg.d/zz-build-unsafe-io"
 
 mount -t proc proc "$rootfs/proc"
-log "apt: $suite-updates + $suite-security upgrade, npm"
+log "apt: $suite-updates + $suite-security upgrade, then the $flavor packages"
 quiet in_root apt-get "${apt_opts[@]}" update
 quiet in_root apt-get "${apt_opts[@]}" -y -o Dpkg::Options::=--force-confold dist-upgrade
 
@@ -162,16 +174,21 @@ if [ -n "$extra_ca" ]; then
     log "extra CA bundle $extra_ca: $extra_count certificate(s) not already in Debian's store"
 fi
 
-quiet in_root apt-get "${apt_opts[@]}" -y --no-install-recommends install npm
+if [ "$flavor" = node ]; then
+    quiet in_root apt-get "${apt_opts[@]}" -y --no-install-recommends install npm
+fi
 quiet in_root update-ca-certificates
 log "apt done at $(elapsed)"
 
-# The official node image's user: uid/gid 1000, home /home/node, bash.
-in_root groupadd --gid 1000 node
-in_root useradd --uid 1000 --gid node --shell /bin/bash --create-home node
-
-node_version=$(in_root node --version)
-npm_version=$(in_root npm --version)
+if [ "$flavor" = node ]; then
+    # The official node image's user: uid/gid 1000, home /home/node, bash.
+    in_root groupadd --gid 1000 node
+    in_root useradd --uid 1000 --gid node --shell /bin/bash --create-home node
+    node_version=$(in_root node --version)
+    npm_version=$(in_root npm --version)
+else
+    python_version=$(in_root python3 -c 'import platform; print(platform.python_version())')
+fi
 
 # Keep the image lean and free of build-host state.
 in_root apt-get clean
@@ -192,18 +209,25 @@ rm -f "$rootfs.log"
 # Image config mirrors the official image where it matters (PATH, CMD node).
 # NODE_EXTRA_CA_CERTS makes every node binary (not only Debian's, which
 # already reads the system store) trust the extra CA.
-changes=(-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-         -c 'CMD ["node"]'
-         -c "LABEL claudecluster.standin=$suite claudecluster.node-version=$node_version claudecluster.npm-version=$npm_version")
-if [ "$extra_count" -gt 0 ]; then
+changes=(-c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')
+if [ "$flavor" = node ]; then
+    changes+=(-c 'CMD ["node"]'
+              -c "LABEL claudecluster.standin=$suite claudecluster.node-version=$node_version claudecluster.npm-version=$npm_version")
+    described="node $node_version, npm $npm_version"
+else
+    changes+=(-c 'CMD ["python3"]'
+              -c "LABEL claudecluster.standin=$suite claudecluster.python-version=$python_version")
+    described="python $python_version"
+fi
+if [ "$flavor" = node ] && [ "$extra_count" -gt 0 ]; then
     changes+=(-c 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt')
 fi
 
 old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
-log "importing into docker as $tag (node $node_version, npm $npm_version)"
+log "importing into docker as $tag ($described)"
 # --numeric-owner: keep uid/gid numbers, never remap them through host names.
 tar --numeric-owner -C "$rootfs" -c . \
-    | docker import "${changes[@]}" -m "claudecluster stand-in for node:20 (debootstrap $suite)" - "$tag" >/dev/null
+    | docker import "${changes[@]}" -m "claudecluster $flavor stand-in (debootstrap $suite)" - "$tag" >/dev/null
 
 # With --force, the image the tag pointed at is now unreferenced: drop it
 # rather than leave it behind (fails harmlessly while something uses it).

@@ -337,6 +337,11 @@ class WorkerSettings(CommonSettings):
             )
         return value
 
+    # What the first SIGTERM does to a running session: `warm` lets it finish (a second signal
+    # stops it); `cold` stops it at once, removes its container and ends its comment as
+    # interrupted. Compose and Kubernetes send one SIGTERM and then SIGKILL, which skips that
+    # clean-up, so the shipped deployments set `cold` (jobs/worker.py).
+    worker_shutdown: Literal["warm", "cold"] = Field("warm", alias="WORKER_SHUTDOWN")
     # Session limits: sensible defaults; repo config (issue 3) may lower them per repository.
     max_turns: int = Field(40, alias="CLAUDE_MAX_TURNS", gt=0)
     model: str | None = Field(None, alias="CLAUDE_MODEL")

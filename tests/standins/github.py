@@ -382,18 +382,18 @@ class GitHubStandIn(
         assert self._tmp is not None
         return gitops.git_env(self._tmp / "home")
 
-    def start(self, port: int = 0) -> GitHubStandIn:
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> GitHubStandIn:
+        """`host`: the address it listens on and names in its URLs (a Docker bridge's gateway
+        address for containers to reach it, as the compose test does)."""
         if self._server is not None:
             return self
         self._tmp = Path(tempfile.mkdtemp(prefix="github-standin-"))
         (self._tmp / "home").mkdir()
         self.git_root.mkdir()
-        self._server = make_server(
-            "127.0.0.1", port, self, threaded=True, request_handler=_QuietHandler
-        )
+        self._server = make_server(host, port, self, threaded=True, request_handler=_QuietHandler)
         self._server.daemon_threads = True
         port = self._server.server_port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self.api_url = f"{self.url}{API_PREFIX}"
         self._objects = Objects(self.url, self._app)
         self._thread = threading.Thread(
