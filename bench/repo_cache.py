@@ -3,10 +3,13 @@
 
     .venv/bin/python -m bench.repo_cache             # 3 rounds of each, under WORKSPACE_ROOT's /tmp
     .venv/bin/python -m bench.repo_cache --rounds 5 --dir /dev/shm
+    .venv/bin/python -m bench.repo_cache --dir /dev/shm --cache-dir /tmp \
+        --history-from ~/src/git.git     # workspaces on tmpfs, mirrors on disk, git's history
 
-The repository (bench/large_repo.py: 60,000 files of real projects' sources, 3,000 commits) is
-built once into .cache/bench and served by the GitHub stand-in (tests/standins/github.py) through
-`git http-backend`, with an installation token as GitHub would want it. Measured, in one run, on
+The repository (bench/large_repo.py: 60,000 files of real projects' sources, 4,500 commits, and
+with --history-from a real project's whole history merged in) is built once into .cache/bench and
+served by the GitHub stand-in (tests/standins/github.py) through `git http-backend`, with an
+installation token as GitHub would want it. Measured, in one run, on
 the same stand-in, medians of `--rounds`:
 
 * baseline: `git clone` of the repository (full history and a checkout), with plain git;
@@ -120,8 +123,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp"), help="where the clones go")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="where the mirrors go (default: under --dir)"
+    )
+    parser.add_argument(
+        "--history-from", type=Path, help="a local clone of a real project whose history to merge"
+    )
     args = parser.parse_args()
-    built = build()
+    built = build(args.history_from)
     with (
         GitHubStandIn() as gh,
         tempfile.TemporaryDirectory(prefix="repo-cache-bench-", dir=args.dir) as tmp,
@@ -131,7 +140,8 @@ def main() -> int:
         files = gh.git(REPO, "ls-tree", "-r", "--name-only", "main").count("\n")
         commits = gh.git(REPO, "rev-list", "--count", "main").strip()
         print(f"{REPO}: {files} files, {commits} commits, over smart HTTP from the stand-in")
-        cache = RepoCache(Path(tmp) / "cache", 50 * 2**30, 600)
+        cache_root = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=args.cache_dir or tmp))
+        cache = RepoCache(cache_root / "cache", 50 * 2**30, 600)
         run = Run(
             gh,
             Path(tmp),
@@ -139,8 +149,11 @@ def main() -> int:
             gh.mint_token(INSTALLATION, ["large"], {"contents": "write"}),
             CachedRepo(cache, MirrorKey(INSTALLATION, repo_id)),
         )
-        for n in range(args.rounds):
-            run.round(n)
+        try:
+            for n in range(args.rounds):
+                run.round(n)
+        finally:
+            shutil.rmtree(cache_root, ignore_errors=True)
     width = max(map(len, run.figures))
     print(f"{'':{width}}  median    min    max  (seconds, {args.rounds} rounds, in {args.dir})")
     for name, values in run.figures.items():
