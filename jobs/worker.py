@@ -17,6 +17,10 @@ Crashes and shutdowns (see jobs/upkeep/reaper.py and jobs/upkeep/interrupted.py)
   `JOB_MONITORING_INTERVAL` + 60 s the next maintenance pass of a worker on another host finds
   them abandoned and ends their comments; the lost host's own reaper removes its containers and
   workspaces when it comes back (no other host's reaper touches them).
+
+Warm sandboxes (jobs/sandbox/pool.py): a thread of this process keeps the host's pool filled
+while the horses claim from it; each maintenance pass also tops it up (and drains it when
+SANDBOX_POOL_SIZE is 0), and the worker's end drains its idle slots.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from jobs.common.settings import (
     settings_at_start,
 )
 from jobs.sandbox.host import HostUnknown, worker_host
+from jobs.sandbox.pool import PoolKeeper
 from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.upkeep.leftovers import (
     HORSE_FIELD,
@@ -138,6 +143,7 @@ class SessionWorker(Worker):
             queue.job_class = self.job_class
         self.settings = settings
         self._docker = docker_client
+        self.pool_keeper: PoolKeeper | None = None
 
     @property
     def docker(self):
@@ -181,6 +187,16 @@ class SessionWorker(Worker):
                 reap(self.settings, self.connection, self.docker)
             except Exception:
                 log.exception("reaper: the pass failed")
+            if self.pool_keeper is None:
+                self.pool_keeper = PoolKeeper(self.settings)
+                if self.settings.sandbox_pool_size:
+                    self.pool_keeper.start()
+            self.pool_keeper.tick()  # while the engine is unreachable, said once in the log
+
+    def teardown(self) -> None:
+        if self.pool_keeper is not None and not self.is_horse:
+            self.pool_keeper.stop()
+        super().teardown()
 
     # -- Redis away ---------------------------------------------------------------------
     # RQ quits the worker on any Redis error outside its dequeue (which retries with a

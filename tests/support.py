@@ -22,6 +22,13 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parent.parent
 NPM = ROOT / ".cache" / "npm" / "node_modules"
 
+# The CLI's own stdout (the run's output stream, fresh or warm sandbox alike): the oldest process
+# whose command line is the CLI's.
+CLI_STDOUT = (
+    "cli=$(for p in /proc/[0-9]*; do [ \"$(head -c 10 $p/cmdline 2>/dev/null | tr '\\0' ' ')\" "
+    "= 'claude -p ' ] && basename $p; done | sort -n | head -1); echo /proc/$cli/fd/1"
+)
+
 
 def npm_package(name: str) -> Path:
     path = NPM / name

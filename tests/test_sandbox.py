@@ -33,7 +33,9 @@ from jobs.sandbox.container import (
     tree_usage,
 )
 from jobs.sandbox.host import HOST_LABEL, engine_id
+from jobs.sandbox.pool import POOL_LABEL, Pool, pool_key
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
+from tests.support import CLI_STDOUT
 
 IMAGE = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
 MODEL_KEY = "sk-ant-api03-sandbox-test-real-key"
@@ -55,16 +57,31 @@ def settings(**values: str):
     return WorkerSettings.parse(AGENT_IMAGE=IMAGE, **values)
 
 
-@pytest.fixture
-def session_dirs(tmp_path):
-    tree, control = tmp_path / "tree", tmp_path / "control"
-    tree.mkdir()
-    control.mkdir(mode=0o755)
+@pytest.fixture(params=["cold", "warm"])
+def session_dirs(request, tmp_path, client):
+    """A session's tree and control dir: plain directories for a fresh container, or a claimed
+    warm slot's (jobs/sandbox/pool.py), made with the test's `sandbox_settings` so that it fits."""
+    marker = request.node.get_closest_marker("sandbox_settings")
+    root = tmp_path / "workspaces"
+    if request.param == "cold":
+        tree, control = tmp_path / "tree", tmp_path / "control"
+        tree.mkdir()
+        control.mkdir(mode=0o755)
+    else:
+        values = marker.kwargs if marker else {}
+        pool = Pool(settings(WORKSPACE_ROOT=str(root), SANDBOX_POOL_SIZE="1", **values), client)
+        pool.fill()
+        slot = pool.claim(f"session-unit-{tmp_path.name[-12:]}")
+        tree, control = slot / "tree", slot / "control"
     (tree / "README.md").write_text("# sandbox test\n")
     if os.geteuid() == 0:
         for path in (tree, tree / "README.md"):
             os.chown(path, 1000, 1000)
-    return tree, control
+    yield tree, control
+    for container in client.containers.list(
+        all=True, filters={"label": f"{POOL_LABEL}={pool_key(engine_id(client), root)}"}
+    ):
+        container.remove(force=True)
 
 
 def test_sizes_are_checked_at_start_up():
@@ -95,6 +112,8 @@ def test_container_is_created_locked_down(client, session_dirs):
         settings(SANDBOX_PIDS="100", SANDBOX_MEMORY="300m", SANDBOX_WORKSPACE_SIZE="2g"), client
     )
     # A leftover of an earlier container, even a link, is not what the new one gets.
+    if conversation_dir(control).is_dir():  # a warm slot's, made with the slot
+        conversation_dir(control).rmdir()
     conversation_dir(control).symlink_to(tree)
     container = sandbox.create("unit-locked-down", tree, control, ["true"], {"A": "b"})
     try:
@@ -155,6 +174,8 @@ def run_script(client, tree: Path, control: Path, turns, **values: str):
                 limits=Limits(timeout=120, max_turns=8),
             )
             run = sandbox.run(job)
+        # A warm slot's run went warm: its settings fit (see `session_dirs`).
+        assert run.warm == (tree.parent / "slot-container").exists(), run.stderr_tail
         return run, api
 
 
@@ -181,6 +202,7 @@ def test_a_run_works_through_the_read_only_control_dir(client, session_dirs):
     assert not client.containers.list(all=True, filters={"label": LABEL + "=unit-"})
 
 
+@pytest.mark.sandbox_settings(SANDBOX_WORKSPACE_SIZE="64m")
 def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, session_dirs):
     # The once-a-second check is pushed out of the run (SANDBOX_CHECK_INTERVAL): the check after
     # the run must catch a tree that grew past the limit just before the end. And no single file
@@ -212,6 +234,7 @@ def test_a_tree_grown_past_its_limit_between_checks_still_fails_the_run(client, 
     assert f" {64 << 20} " in listing and f" {80 << 20} " not in listing, listing
 
 
+@pytest.mark.sandbox_settings(SANDBOX_WORKSPACE_SIZE="64m")
 def test_the_cli_conversation_dir_counts_with_the_work_tree(client, session_dirs):
     # The conversation dir is on the host like the tree, not a sized tmpfs: filling it instead
     # of the tree must reach the same limit.
@@ -232,6 +255,7 @@ def test_the_cli_conversation_dir_counts_with_the_work_tree(client, session_dirs
     assert tree_usage(tree) < 1 << 20, "nothing was written to the tree"
 
 
+@pytest.mark.sandbox_settings(SANDBOX_WORKSPACE_SIZE="64m")
 def test_a_workspace_filler_is_stopped_soon_after_the_limit(client, session_dirs):
     # The limit is checked once a second: the tree may overshoot by what can be written in
     # about a second, and no more.
@@ -259,6 +283,7 @@ def test_a_workspace_filler_is_stopped_soon_after_the_limit(client, session_dirs
     assert 64 << 20 < used < 1 << 30
 
 
+@pytest.mark.sandbox_settings(SANDBOX_WORKSPACE_SIZE="1m")
 def test_a_checkout_over_the_limit_does_not_start(client, session_dirs):
     tree, control = session_dirs
     (tree / "big").write_bytes(b"x" * (2 << 20))
@@ -280,10 +305,10 @@ def test_output_reader_skips_an_endless_line_and_stops_at_the_total():
 
 
 def test_a_sandbox_that_floods_its_output_is_ended_at_the_limit(client, session_dirs):
-    # The agent writes to the CLI's own stdout (the container's, through its init process): a
-    # single line with no newline, longer than all the output a session may print.
+    # The agent writes to the CLI's own stdout: a single line with no newline, longer than all
+    # the output a session may print.
     tree, control = session_dirs
-    flood = f"head -c {MAX_OUTPUT + (8 << 20)} /dev/zero | tr '\\0' x > /proc/1/fd/1"
+    flood = f"head -c {MAX_OUTPUT + (8 << 20)} /dev/zero | tr '\\0' x > $({CLI_STDOUT})"
     run, _ = run_script(
         client,
         tree,

@@ -377,6 +377,9 @@ class WorkerSettings(CommonSettings):
     # Seconds between checks of a running sandbox: `/claude stop`, the work tree's size (walked
     # at most a fifth of the time however big it is) and the process count.
     sandbox_check_interval: float = Field(1.0, alias="SANDBOX_CHECK_INTERVAL", gt=0)
+    # Warm sandboxes (jobs/sandbox/pool.py): agent containers kept started on this host, each
+    # claimed by one session; 0 turns the pool off. An idle one holds a few MB of memory.
+    sandbox_pool_size: int = Field(1, alias="SANDBOX_POOL_SIZE", ge=0, le=16)
     # The repository cache (jobs/sandbox/mirror.py): a bare mirror per repository and
     # installation on this host, so a session fetches only what changed since the last one.
     repo_cache: bool = Field(True, alias="REPO_CACHE")

@@ -12,11 +12,18 @@ tracking comment can show ("ran out of memory").
 
 Labels name the session so a reaper can find anything a crashed worker left behind. Whatever
 happens, the container is removed before `run` returns.
+
+A warm container (jobs/sandbox/pool.py) was created with these same options, from `options`
+alone, before the session existed; when the session's workspace is a claimed pool slot, `run`
+execs the entrypoint and the CLI in it instead of creating one, and falls back to a fresh one when
+the slot is gone or no longer matches (the image rebuilt, the settings changed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -40,6 +47,10 @@ from jobs.sandbox.transcript import Outcome, Transcript
 log = logging.getLogger(__name__)
 
 LABEL = "claudecluster.session"
+ROLE_LABEL = "claudecluster.role"
+POOL_ROLE = "pool"  # a warm container of jobs/sandbox/pool.py
+OPTIONS_LABEL = "claudecluster.options"  # a warm container's `options_digest`
+SLOT_FILE = "slot-container"  # in a claimed slot's workspace root: its warm container's id
 CONTROL_DIR = "/run/claudecluster"
 WORKSPACE = "/workspace"
 CONFIG_DIR = "/home/node/.claude"  # the image's CLAUDE_CONFIG_DIR
@@ -68,6 +79,9 @@ class SandboxRun:
     timed_out: bool
     stderr_tail: str
     stopped: bool = False
+    # From `run`'s call to the CLI's command running in the sandbox; whether it was a warm one.
+    ready_seconds: float = 0.0
+    warm: bool = False
     # The resource limit that ended the run ("the sandbox ran out of memory …"), if one did; it is
     # also the outcome's failure reason.
     limit: str = ""
@@ -179,6 +193,22 @@ def conversation_dir(control: Path) -> Path:
     return Path(control).parent / "conversation"
 
 
+def fresh_conversation_dir(control: Path) -> Path:
+    """The conversation dir beside `control`, made empty: whenever a container is created on it
+    (fresh or warm), a transcript is only ever the one seeded for this run, or the one this run
+    writes."""
+    path = conversation_dir(control)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)  # never follows a link inside
+    elif os.path.lexists(path):
+        path.unlink()
+    path.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        uid, gid = sandbox_user().split(":")
+        os.lchown(path, int(uid), int(gid))
+    return path
+
+
 def tree_usage(root: Path) -> int:
     """What the tree costs on disk, counted so that neither sparse files nor empty ones are free.
 
@@ -249,34 +279,16 @@ class Sandbox:
             cmd += [flag, conversation.cli_session]
         return cmd + extra
 
-    def create(
-        self,
-        session_id: str,
-        tree: Path,
-        control: Path,
-        command: list[str],
-        environment: dict[str, str] | None = None,
-    ):
-        """The session's container, created (not started) with every restriction in place."""
+    def options(self, tree: Path, control: Path) -> dict:
+        """Every option of a sandbox container but its image, command, environment and labels:
+        the one place its restrictions and mounts are made, for fresh and warm containers."""
         s = self.settings
         uid, gid = sandbox_user().split(":")
         owned = f"uid={uid},gid={gid}"
-        try:
-            host = worker_host(s, self.client)
-        except HostUnknown as exc:
-            raise SandboxError(str(exc)) from None
-        conversation = self._fresh_conversation_dir(control)
-        return self.client.containers.create(
-            s.agent_image,
-            command=command,
+        conversation = conversation_dir(control)
+        return dict(
             user=f"{uid}:{gid}",
             working_dir=WORKSPACE,
-            environment=environment or {},
-            labels={
-                LABEL: session_id,
-                "claudecluster.role": "sandbox",
-                HOST_LABEL: host,
-            },
             runtime=s.sandbox_runtime,
             # No network: the container gets a loopback of its own and nothing else (no route,
             # no other interface); its own namespaces for IPC and cgroups too.
@@ -317,20 +329,39 @@ class Sandbox:
             init=True,
         )
 
-    @staticmethod
-    def _fresh_conversation_dir(control: Path) -> Path:
-        # Empty whenever a container is created: a transcript is only ever the one seeded for
-        # this run, after the creation, or the one this run writes.
-        path = conversation_dir(control)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # never follows a link inside
-        elif os.path.lexists(path):
-            path.unlink()
-        path.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            uid, gid = sandbox_user().split(":")
-            os.lchown(path, int(uid), int(gid))
-        return path
+    def options_digest(self, image_id: str) -> str:
+        """What a warm container must have been created with to serve a session now: the image
+        and every option but the mounts' host directories (each slot has its own)."""
+        options = self.options(Path("tree"), Path("control"))
+        return hashlib.sha256(
+            json.dumps([image_id, options], sort_keys=True, default=repr).encode()
+        ).hexdigest()[:32]
+
+    def create(
+        self,
+        session_id: str,
+        tree: Path,
+        control: Path,
+        command: list[str],
+        environment: dict[str, str] | None = None,
+    ):
+        """The session's container, created (not started) with every restriction in place."""
+        labels = {LABEL: session_id, ROLE_LABEL: "sandbox", HOST_LABEL: self.host()}
+        fresh_conversation_dir(control)
+        return self.client.containers.create(
+            self.settings.agent_image,
+            command=command,
+            environment=environment or {},
+            labels=labels,
+            **self.options(tree, control),
+        )
+
+    def host(self) -> str:
+        """This worker host's id, for the label that tells its reaper the container is its own."""
+        try:
+            return worker_host(self.settings, self.client)
+        except HostUnknown as exc:
+            raise SandboxError(str(exc)) from None
 
     def cli_version(self) -> str:
         """The CLI version of the agent image (its label), "" when it carries none."""
@@ -354,18 +385,18 @@ class Sandbox:
         """Run `job` to its end; `on_action` hears each step the agent takes, `on_event` each
         event of the CLI's stream-json, `should_stop` is asked every check interval whether
         `/claude stop` was said."""
+        asked = time.monotonic()
         self._write_control(job)
-        self._check_ready(job.tree)
-        try:
-            container = self.create(
-                job.session_id,
-                job.tree,
-                job.control,
-                self.command(job.limits, list(job.extra_args), job.conversation),
-                self._environment(job.model_env),
-            )
-        except DockerException as exc:
-            raise SandboxError(f"the sandbox container could not be created ({exc})") from None
+        image_id = self._check_ready(job.tree)
+        command = self.command(job.limits, list(job.extra_args), job.conversation)
+        environment = self._environment(job.model_env)
+        launch = self._warm(job, image_id, command, environment)
+        if launch is None:
+            try:
+                container = self.create(job.session_id, job.tree, job.control, command, environment)
+            except DockerException as exc:
+                raise SandboxError(f"the sandbox container could not be created ({exc})") from None
+            launch = _Start(container)
         try:
             if job.conversation is not None and job.conversation.earlier is not None:
                 seed(
@@ -373,12 +404,13 @@ class Sandbox:
                     job.conversation.cli_session,
                     job.conversation.earlier,
                 )
-            watch = _Watch(self, container, job.tree, Transcript(on_action, on_event), should_stop)
+            transcript = Transcript(on_action, on_event)
+            watch = _Watch(self, launch, job.tree, transcript, should_stop, asked)
             watch.conversation = conversation_dir(job.control)
             run = watch.run(job.limits.timeout)
         finally:
             try:
-                container.remove(force=True)
+                launch.container.remove(force=True)
             except DockerException as exc:
                 log.warning("sandbox %s: removal failed (%s)", job.session_id, exc)
         if job.conversation is not None:
@@ -397,6 +429,48 @@ class Sandbox:
     def transcript_limit(self) -> int:
         return int(parse_bytes(self.settings.transcript_max_size))
 
+    def _warm(
+        self, job: SandboxJob, image_id: str, command: list[str], environment: dict[str, str]
+    ) -> _Exec | None:
+        """The warm container of the session's pool slot, when its workspace is one and the
+        container still fits; None (logged) for a fresh one."""
+        try:
+            container_id = (job.tree.parent / SLOT_FILE).read_text().strip()
+        except OSError:
+            return None  # not a pool slot
+        try:
+            container = self.client.containers.get(container_id)
+            unfit = self._unfit(container, job, image_id)
+        except DockerException as exc:
+            container, unfit = None, f"it is gone ({type(exc).__name__})"
+        if unfit:
+            log.warning("sandbox %s: warm container not used: %s", job.session_id, unfit)
+            if container is not None:
+                with contextlib.suppress(DockerException):
+                    container.remove(force=True)
+            return None
+        entrypoint = container.attrs["Config"].get("Entrypoint") or []
+        return _Exec(self.client, container, [*entrypoint, *command], environment)
+
+    def _unfit(self, container, job: SandboxJob, image_id: str) -> str:
+        """Why `container` must not run `job` ('' when it may)."""
+        labels = container.labels or {}
+        if labels.get(ROLE_LABEL) != POOL_ROLE:
+            return "it is not a pool container"
+        if container.status != "running":
+            return f"it is {container.status}"
+        if labels.get(OPTIONS_LABEL) != self.options_digest(image_id):
+            return "it was made from another image or other settings"
+        mounts = {m["Destination"]: m["Source"] for m in container.attrs.get("Mounts", [])}
+        wanted = {
+            WORKSPACE: str(job.tree),
+            CONTROL_DIR: str(job.control),
+            PROJECTS_DIR: str(conversation_dir(job.control)),
+        }
+        if {k: mounts.get(k) for k in wanted} != wanted:
+            return "its mounts are not this session's directories"
+        return ""
+
     def _write_control(self, job: SandboxJob) -> None:
         (job.control / "prompt.md").write_text(job.prompt)
         os.chmod(job.control / "prompt.md", 0o644)
@@ -405,10 +479,11 @@ class Sandbox:
             (job.control / "setup.sh").write_text("\n".join(job.setup) + "\n")
             os.chmod(job.control / "setup.sh", 0o644)
 
-    def check_image(self) -> None:
-        """SandboxError naming what to do when the engine or the agent image is not there."""
+    def check_image(self) -> str:
+        """The agent image's id; SandboxError naming what to do when the engine or the image
+        is not there."""
         try:
-            self.client.images.get(self.settings.agent_image)
+            return self.client.images.get(self.settings.agent_image).id
         except ImageNotFound:
             raise SandboxError(
                 f"the agent image {self.settings.agent_image} is not built"
@@ -417,13 +492,14 @@ class Sandbox:
         except DockerException as exc:
             raise SandboxError(f"the Docker engine is not reachable ({exc})") from None
 
-    def _check_ready(self, tree: Path) -> None:
-        self.check_image()
+    def _check_ready(self, tree: Path) -> str:
+        image_id = self.check_image()
         if self._workspace_over(tree):
             raise SandboxError(
                 "the checkout alone is larger than the workspace may grow "
                 f"({self.settings.sandbox_workspace_size}, SANDBOX_WORKSPACE_SIZE)"
             )
+        return image_id
 
     def _environment(self, model_env: dict[str, str]) -> dict[str, str]:
         return {
@@ -459,6 +535,81 @@ class Sandbox:
         return f"the sandbox hit its limit of {self.settings.sandbox_pids} processes"
 
 
+class _Start:
+    """A fresh container: its own main process is the run, attached before the start so that
+    not a byte is missed (no log driver keeps it)."""
+
+    warm = False
+
+    def __init__(self, container) -> None:
+        self.container = container
+
+    def start(self):
+        output = self.container.attach(
+            stdout=True, stderr=True, stream=True, logs=False, demux=True
+        )
+        self.container.start()
+        return output
+
+    def ended(self, event: dict) -> bool:
+        return False  # the stream ends with the container
+
+    def status(self) -> dict:
+        return self.container.wait(timeout=60)
+
+
+class _Exec:
+    """A warm container: the run is the image's entrypoint and the CLI exec'd in it, with the
+    session's environment, as the sandbox user, in the work tree."""
+
+    warm = True
+
+    def __init__(self, client, container, command: list[str], environment: dict[str, str]) -> None:
+        self.api = client.api
+        self.container = container
+        self.command = command
+        self.environment = environment
+        self.exec_id = ""
+
+    def start(self):
+        self.exec_id = self.api.exec_create(
+            self.container.id,
+            self.command,
+            stdout=True,
+            stderr=True,
+            environment=self.environment,
+            user=sandbox_user(),
+            workdir=WORKSPACE,
+        )["Id"]
+        return self.api.exec_start(self.exec_id, stream=True, demux=True)
+
+    def ended(self, event: dict) -> bool:
+        # The relay the entrypoint started keeps the stream open after the CLI exits (the
+        # engine then waits two seconds for it); the run is over when the exec'd process is.
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        return event.get("Action") == "exec_die" and attributes.get("execID") == self.exec_id
+
+    def running(self) -> bool:
+        if not self.exec_id:
+            return True
+        try:
+            return bool(self.api.exec_inspect(self.exec_id).get("Running"))
+        except DockerException:
+            return False
+
+    def status(self) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                found = self.api.exec_inspect(self.exec_id)
+            except DockerException:
+                return {}
+            if not found.get("Running"):
+                return {"StatusCode": found.get("ExitCode")}
+            time.sleep(0.05)
+        return {}
+
+
 class _Watch:
     """One created container watched from its start to its end.
 
@@ -471,13 +622,17 @@ class _Watch:
     def __init__(
         self,
         sandbox: Sandbox,
-        container,
+        launch: _Start | _Exec,
         tree: Path,
         transcript: Transcript,
         should_stop: Callable[[], bool] | None,
+        asked: float,
     ) -> None:
         self.sandbox = sandbox
-        self.container = container
+        self.launch = launch
+        self.container = launch.container
+        self.asked = asked
+        self.ready_seconds = 0.0
         self.tree = tree
         self.should_stop = should_stop
         self.transcript = transcript
@@ -490,16 +645,16 @@ class _Watch:
         self.stderr_tail = b""
 
     def run(self, timeout: int) -> SandboxRun:
-        events = self._oom_events()
+        events = self._events()
         timer = threading.Timer(timeout, self._stop_at_deadline)
         try:
             if events is not None:
-                threading.Thread(target=self._watch_oom, args=(events,), daemon=True).start()
+                threading.Thread(target=self._watch_events, args=(events,), daemon=True).start()
             output = self._start()
             threading.Thread(target=self._monitor, daemon=True).start()
             timer.start()
             self._read(output)
-            status = self.container.wait(timeout=60)
+            status = self.launch.status()
         finally:
             timer.cancel()
             self.finished.set()
@@ -526,33 +681,39 @@ class _Watch:
         self.timed_out.set()
         self._kill()
 
-    def _oom_events(self):
+    def _events(self):
         try:
             return self.sandbox.client.events(
-                decode=True, filters={"container": self.container.id, "event": "oom"}
+                decode=True,
+                filters={"container": self.container.id, "event": ["oom", "exec_die"]},
             )
         except DockerException as exc:
             log.warning("sandbox: no OOM events (%s); relying on the container's state", exc)
             return None
 
-    def _watch_oom(self, events) -> None:
-        # The kernel kills the biggest process of the container; the run ends with it, or
-        # the agent would go on in a sandbox that has just run out of memory.
+    def _watch_events(self, events) -> None:
         with contextlib.suppress(Exception):  # the stream is closed when the run ends
             for event in events:
+                # The kernel kills the biggest process of the container; the run ends with it,
+                # or the agent would go on in a sandbox that has just run out of memory.
                 if event.get("status") == "oom" or event.get("Action") == "oom":
                     self.limit_reached(self.sandbox._memory_reason())
                     return
+                if self.launch.ended(event):
+                    self._kill()  # used once: what the CLI left running goes with it
 
     def _start(self):
-        # Attached before the start, so that not a byte is missed; no log driver keeps it.
         try:
-            output = self.container.attach(
-                stdout=True, stderr=True, stream=True, logs=False, demux=True
-            )
-            self.container.start()
+            output = self.launch.start()
         except DockerException as exc:
             raise SandboxError(f"the sandbox container did not start ({exc})") from None
+        self.ready_seconds = time.monotonic() - self.asked
+        log.info(
+            "sandbox %s: %s container ready in %.3f s",
+            self.container.short_id,
+            "warm" if self.launch.warm else "fresh",
+            self.ready_seconds,
+        )
         return output
 
     def _monitor(self) -> None:
@@ -564,6 +725,9 @@ class _Watch:
             if self._stop_asked():
                 self.stopped.set()
                 self._kill()
+                return
+            if isinstance(self.launch, _Exec) and not self.launch.running():
+                self._kill()  # the CLI is done: in case its exit event was missed
                 return
             if time.monotonic() >= next_scan:
                 # A big tree takes a while to walk: walk it at most a fifth of the time.
@@ -636,5 +800,7 @@ class _Watch:
             timed_out=self.timed_out.is_set(),
             stderr_tail=stderr.strip()[-2000:],
             stopped=self.stopped.is_set(),
+            ready_seconds=self.ready_seconds,
+            warm=self.launch.warm,
             limit=self.limit,
         )

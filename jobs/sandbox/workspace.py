@@ -39,6 +39,17 @@ class CachedRepo:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Whose a workspace is: a session of a worker host (HOST_FILE), and where it goes: a warm
+    sandbox's slot the session claimed (its owner files written by the pool), else a new
+    directory."""
+
+    session_id: str = "session"
+    host: str = ""
+    slot: Path | None = None
+
+
+@dataclass(frozen=True)
 class Change:
     sha: str
     files: list[str]  # "M\tpath" lines, as git prints them
@@ -67,49 +78,56 @@ class Workspace:
         url: str,
         ref: str,
         token: str,
-        session_id: str = "session",
+        owner: Owner | None = None,
         cached: CachedRepo | None = None,
-        host: str = "",
     ) -> Workspace:
         """Fetch `ref` (a branch name or a full ref such as `refs/pull/7/head`) and check it out,
-        through the repository's mirror when `cached` names one.
+        through the repository's mirror when `cached` names one; in the owner's `slot`, a warm
+        sandbox's directory the session claimed (jobs/sandbox/pool.py), when it has one.
 
         The sandbox gets no history either way, only the tree. Straight from GitHub the git dir
         is shallow (a push needs only the new commits); through the cache it holds a copy of
         the mirror's objects, so later sessions fetch only what changed.
         """
         full_ref = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
-        return cls._cloned(
-            parent, url, full_ref, token, (session_id, host), REMOTE_TRANSPORTS, cached
-        )
+        owner = owner or Owner()
+        # A slot's claim wrote its owner files.
+        root = owner.slot or cls._new_root(parent, owner)
+        return cls._cloned(root, url, full_ref, token, REMOTE_TRANSPORTS, cached)
 
     @classmethod
     def clone_local(cls, parent: Path, repository: Path, commit: str, session_id: str) -> Workspace:
         """`commit` of a repository on this machine, for `claudecluster run`: read over git's
         file transport (and nothing else), with no token. The repository stays `origin`, so
         `free_branch` and `push` work on it as they do on GitHub."""
-        return cls._cloned(parent, str(repository), commit, "", (session_id, ""), LOCAL_TRANSPORTS)
+        root = cls._new_root(parent, Owner(session_id))
+        return cls._cloned(root, str(repository), commit, "", LOCAL_TRANSPORTS)
 
-    @classmethod
-    def _cloned(
-        cls,
-        parent: Path,
-        url: str,
-        ref: str,
-        token: str,
-        owner: tuple[str, str],
-        transports: tuple[str, ...],
-        cached: CachedRepo | None = None,
-    ) -> Workspace:
-        session_id, host = owner
+    @staticmethod
+    def _new_root(parent: Path, owner: Owner) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         # A short name keeps the gateway's Unix socket path under its 108-byte limit; the
         # owner files let a reaper tell whose leftovers it finds: which worker host's, then
         # which session's (the host first, so no workspace is ever named without it).
-        ws = cls(Path(tempfile.mkdtemp(prefix="s-", dir=parent)), token, transports)
-        if host:
-            (ws.root / HOST_FILE).write_text(host)
-        (ws.root / OWNER_FILE).write_text(session_id)
+        root = Path(tempfile.mkdtemp(prefix="s-", dir=parent))
+        if owner.host:
+            (root / HOST_FILE).write_text(owner.host)
+        (root / OWNER_FILE).write_text(owner.session_id)
+        return root
+
+    @classmethod
+    def _cloned(
+        cls,
+        root: Path,
+        url: str,
+        ref: str,
+        token: str,
+        transports: tuple[str, ...],
+        cached: CachedRepo | None = None,
+    ) -> Workspace:
+        """The checkout in `root`: a fresh directory, or a warm sandbox's slot whose empty tree
+        and control dir are already mounted in its container."""
+        ws = cls(root, token, transports)
         try:
             ws._git(
                 "init", "--quiet", "--separate-git-dir", str(ws.gitdir), str(ws.tree), repo=False
@@ -119,7 +137,7 @@ class Workspace:
             ws._git("remote", "add", "origin", url)
             ws._check_out(url, ref, cached)
             ws.base_sha = ws._git("rev-parse", "HEAD").stdout.strip()
-            ws.control.mkdir(mode=0o755)
+            ws.control.mkdir(mode=0o755, exist_ok=True)
             ws._hand_tree_to_sandbox()
         except BaseException:
             ws.remove()

@@ -20,7 +20,8 @@ from jobs.github.tracking import TrackingComment
 from jobs.sandbox.container import Limits
 from jobs.sandbox.host import worker_host
 from jobs.sandbox.mirror import MirrorKey, RepoCache
-from jobs.sandbox.workspace import CachedRepo, Workspace
+from jobs.sandbox.pool import claim
+from jobs.sandbox.workspace import CachedRepo, Owner, Workspace
 from jobs.session.repo_config import RepoConfig, load_repo_config
 
 
@@ -84,9 +85,14 @@ class Session:
             self.repository["clone_url"],
             ref,
             self.github.token,
-            self.id,
+            Owner(
+                self.id,
+                worker_host(self.settings),
+                # A warm sandbox, when this host has one ready: its directories become the
+                # workspace.
+                claim(self.settings, self.id),
+            ),
             self.cached_repo,
-            worker_host(self.settings),
         )
 
     @property

@@ -25,6 +25,7 @@ from rq.job import Job, JobStatus
 from jobs.common.settings import WorkerSettings
 from jobs.sandbox.container import LABEL
 from jobs.sandbox.host import HOST_FILE, HOST_LABEL, HostUnknown, owned_here, worker_host
+from jobs.sandbox.pool import SLOT_PREFIX, claimed_containers
 from jobs.sandbox.workspace import OWNER_FILE
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,10 @@ def workspace_dirs(root: Path, host: str) -> dict[str, list[Path]]:
     except OSError:
         return found
     for path in entries:
-        if not path.name.startswith(WORKSPACE_PREFIX) or path.is_symlink() or not path.is_dir():
+        slot = path.name.startswith(SLOT_PREFIX)
+        if not (slot or path.name.startswith(WORKSPACE_PREFIX)):
+            continue
+        if path.is_symlink() or not path.is_dir():
             continue
         try:
             recorded = (path / HOST_FILE).read_text().strip()
@@ -142,20 +146,29 @@ def workspace_dirs(root: Path, host: str) -> dict[str, list[Path]]:
             continue
         try:
             owner = (path / OWNER_FILE).read_text().strip()
+        except FileNotFoundError:
+            if slot:
+                continue  # an idle warm sandbox's: the pool's, no session's leftover
+            owner = ""
         except OSError:
             owner = ""
         found.setdefault(owner if SESSION_ID.fullmatch(owner) else "", []).append(path)
     return found
 
 
-def session_containers(docker_client, host: str) -> dict[str, list]:
-    """Worker host `host`'s sandbox containers on this engine, by session."""
+def session_containers(docker_client, host: str, root: Path) -> dict[str, list]:
+    """Worker host `host`'s sandbox containers on this engine, by session: fresh ones by their
+    label, warm ones (claimed from the host's pool of the workspaces under `root`) by their
+    name."""
     found: dict[str, list] = {}
     for container in docker_client.containers.list(all=True, filters={"label": LABEL}):
         labels = container.labels or {}
         session_id = labels.get(LABEL)
         if session_id and owned_here(host, labels.get(HOST_LABEL)):
             found.setdefault(session_id, []).append(container)
+    for session_id, containers in claimed_containers(docker_client, host, root).items():
+        if SESSION_ID.fullmatch(session_id):
+            found.setdefault(session_id, []).extend(containers)
     return found
 
 
@@ -238,6 +251,8 @@ def reap_session(
             containers = docker_client.containers.list(
                 all=True, filters={"label": f"{LABEL}={session_id}"}
             )
+            claimed = claimed_containers(docker_client, host, settings.workspace_root)
+            containers += claimed.get(session_id, [])
         except Exception as exc:  # the engine is away: the next tick tries again
             report.errors.append(f"docker: {exc}")
         else:

@@ -9,7 +9,10 @@ it. The reaper looks for those leftovers by name, not by memory:
 
 * containers labelled `claudecluster.session=<session_id>` (jobs/sandbox/container.py);
 * directories `WORKSPACE_ROOT/s-<random>/` whose `session-id` file names the session
-  (jobs/sandbox/workspace.py); one without that file (a crash between the two) is removed once old.
+  (jobs/sandbox/workspace.py); one without that file (a crash between the two) is removed once old;
+* warm sandboxes a session claimed (jobs/sandbox/pool.py): the directory `p-<random>/` with its
+  owner file, the container renamed `claudecluster-<session_id>`. Idle slots (no owner file)
+  are the pool's, which drains and refills them; they are never a session's leftovers.
 
 A leftover is removed unless its session is running right now on a live worker: the RQ job is
 `started`, and the worker named in the job still holds it (`current_job`) and is alive. Alive
@@ -144,7 +147,7 @@ class _Leftovers:
         containers: dict[str, list] = {}
         if docker_client is not None:
             try:
-                containers = session_containers(docker_client, host)
+                containers = session_containers(docker_client, host, settings.workspace_root)
             except Exception as exc:
                 report.errors.append(f"docker: {exc}")
         dirs = workspace_dirs(settings.workspace_root, host)

@@ -20,6 +20,7 @@ from docker.errors import NotFound
 
 from jobs.common.settings import SECRET_OWNERS
 from jobs.sandbox.container import LABEL
+from jobs.sandbox.pool import POOL_LABEL, claimed_name
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
 from tests.standins.github_objects import Comment, PullRequest
@@ -245,10 +246,18 @@ class Service:
 
 
 def leftover_containers(session_id: str | None = None) -> list:
+    """The sessions' containers (or `session_id`'s): fresh ones by their label, warm ones a
+    session claimed from a pool by their name (jobs/sandbox/pool.py renames them)."""
     label = f"{LABEL}={session_id}" if session_id else LABEL
     client = docker.from_env()
+    summaries = client.api.containers(all=True, filters={"label": label})
+    for summary in client.api.containers(all=True, filters={"label": POOL_LABEL}):
+        names = [n.lstrip("/") for n in summary.get("Names") or []]
+        wanted = claimed_name(session_id) if session_id else claimed_name("session-")
+        if any(n == wanted or (not session_id and n.startswith(wanted)) for n in names):
+            summaries.append(summary)
     found = []
-    for summary in client.api.containers(all=True, filters={"label": label}):
+    for summary in summaries:
         with contextlib.suppress(NotFound):  # removed between the listing and the inspection
             found.append(client.containers.get(summary["Id"]))
     return found

@@ -13,6 +13,7 @@ from tests.standins.anthropic import Structured, Text, ToolUse
 from tests.standins.github_git import Symlink
 from tests.standins.github_pulls import NewPull
 from tests.support import (
+    CLI_STDOUT,
     issue_comment_payload,
     pointed_at,
     review_comment_payload,
@@ -341,7 +342,7 @@ def test_a_session_that_floods_its_output_ends_with_a_clear_comment(service):
     """One endless line on the CLI's own stdout: the worker holds at most a bounded piece of it,
     ends the session at the output limit, and goes on serving."""
     number = service.new_issue("Flood")
-    flood = "head -c 150000000 /dev/zero | tr '\\0' x > /proc/1/fd/1"
+    flood = f"head -c 150000000 /dev/zero | tr '\\0' x > $({CLI_STDOUT})"
     service.anthropic.script([ToolUse("Bash", {"command": flood}), Text("flooded")])
     assert service.comment(number, "/claude print a lot").status_code == 202
     final = service.wait_final(number)

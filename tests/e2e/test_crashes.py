@@ -31,6 +31,7 @@ from rq.registry import StartedJobRegistry
 
 from jobs.common.queue import active_key, claim_key
 from jobs.sandbox.container import LABEL
+from jobs.sandbox.pool import claimed_name
 from jobs.sandbox.workspace import OWNER_FILE
 from jobs.upkeep.interrupted import headline
 from jobs.upkeep.leftovers import PID_FIELD
@@ -182,20 +183,19 @@ class Stack:
         return Job.fetch(session_id, connection=self.redis, serializer="json")
 
     def dirs(self, session_id: str) -> list[Path]:
-        """The session's workspaces: `s-<random>/`, named in their owner file."""
-        return [
-            p.parent
-            for p in self.workspaces.glob(f"s-*/{OWNER_FILE}")
-            if p.read_text().strip() == session_id
+        """The session's workspaces: `s-<random>/`, or a claimed warm slot's `p-<random>/`,
+        named in their owner file."""
+        owners = [
+            *self.workspaces.glob(f"s-*/{OWNER_FILE}"),
+            *self.workspaces.glob(f"p-*/{OWNER_FILE}"),
         ]
+        return [p.parent for p in owners if p.read_text().strip() == session_id]
 
     def leftovers(self, session_id: str, engine=None) -> list[str]:
         if engine is None:
             containers = leftover_containers(session_id)
         else:
-            containers = engine.containers.list(
-                all=True, filters={"label": f"{LABEL}={session_id}"}
-            )
+            containers = session_containers(engine, session_id, all=True)
         found = [f"container {c.short_id}" for c in containers]
         for path in self.dirs(session_id):
             found += [f"dir {path.name}"] + [f"socket {p}" for p in path.glob("control/*.sock")]
@@ -206,7 +206,7 @@ class Stack:
         engine = engine or docker.from_env()
 
         def running():
-            up = engine.containers.list(filters={"label": f"{LABEL}={session_id}"})
+            up = session_containers(engine, session_id)
             sockets = [p / "control" / "gateway.sock" for p in self.dirs(session_id)]
             sockets = [p for p in sockets if p.exists()]
             return sockets[0] if up and sockets and self.service.anthropic.main_requests() else None
@@ -225,6 +225,13 @@ class Stack:
         ours = self.service.tracking_comments(number)
         assert len(ours) == 1, [c.body for c in ours]  # never a second one
         return ours[0]
+
+
+def session_containers(engine, session_id: str, all: bool = False) -> list:
+    """The session's containers on `engine`: fresh by label, warm by their claimed name."""
+    by_label = engine.containers.list(all=all, filters={"label": f"{LABEL}={session_id}"})
+    by_name = engine.containers.list(all=all, filters={"name": claimed_name(session_id)})
+    return by_label + [c for c in by_name if c.name == claimed_name(session_id)]
 
 
 class _gone:

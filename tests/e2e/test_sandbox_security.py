@@ -15,6 +15,10 @@ to the model. What is checked:
    a disk filler end their own session with a clear reason while the worker serves the next;
 4. a whole session under gVisor (SANDBOX_RUNTIME=runsc).
 
+Each holds for fresh containers and for warm ones from the pool (jobs/sandbox/pool.py): every
+service here runs once with SANDBOX_POOL_SIZE=1 and once with 0, and a warm run is checked to be
+one (the container found is a claimed pool slot's).
+
 Probes never name a secret literally (their own command lines and the CLI's transcript would
 then hold it): needles reach them base64-encoded and are decoded into shell variables.
 """
@@ -39,7 +43,10 @@ from docker.utils import parse_bytes
 
 from jobs.common.settings import WorkerSettings
 from jobs.sandbox.container import CONFIG_DIR as CONFIG
-from jobs.sandbox.container import LABEL, Sandbox
+from jobs.sandbox.container import LABEL, POOL_ROLE, ROLE_LABEL, Sandbox
+from jobs.sandbox.host import engine_id
+from jobs.sandbox.pool import POOL_LABEL, claimed_name, pool_key
+from jobs.sandbox.workspace import OWNER_FILE
 from jobs.upkeep.leftovers import WORKSPACE_PREFIX
 from tests.e2e.conftest import (
     ANY_STATE,
@@ -89,12 +96,41 @@ def session_of(service: Service, number: int, timeout: float = 60) -> str:
     return wait_for(posted, timeout, what=f"the tracking comment on #{number}")
 
 
-def running_container(session_id: str, timeout: float = 60):
+POOL_SIZES = ["1", "0"]  # warm sandboxes from the pool, fresh ones
+DEFAULT_POOL_SIZE = WorkerSettings.model_fields["sandbox_pool_size"].default
+
+
+def pooled(svc: Service) -> bool:
+    return int(svc.env.get("SANDBOX_POOL_SIZE", DEFAULT_POOL_SIZE)) > 0
+
+
+def running_container(svc: Service, session_id: str, timeout: float = 60):
+    """The session's running sandbox: a claimed pool slot's with the pool on, else a fresh one."""
+
     def found():
         running = [c for c in leftover_containers(session_id) if c.status == "running"]
         return running[0] if running else None
 
-    return wait_for(found, timeout, what=f"the sandbox of {session_id}")
+    container = wait_for(found, timeout, what=f"the sandbox of {session_id}")
+    assert (container.labels.get(ROLE_LABEL) == POOL_ROLE) == pooled(svc), container.labels
+    return container
+
+
+@pytest.fixture(scope="module", params=POOL_SIZES, ids=["warm", "fresh"])
+def sandboxed(request, stand_ins, tmp_path_factory):
+    """The service, with warm sandboxes and without."""
+    with run_service(
+        f"sandboxed-{request.param}",
+        10 + int(request.param),
+        stand_ins,
+        tmp_path_factory,
+        SANDBOX_POOL_SIZE=request.param,
+    ) as svc:
+        yield svc
+    # The worker's end drained its idle slots: nothing is left waiting for no worker.
+    engine = docker.from_env()
+    label = f"{POOL_LABEL}={pool_key(engine_id(engine), svc.workspace_root)}"
+    assert not engine.containers.list(all=True, filters={"label": label})
 
 
 # Searched for in the whole readable filesystem, excluding /proc and /sys (never through /dev's
@@ -143,7 +179,8 @@ SECRETS_PROBE = "\n".join(
 )
 
 
-def test_no_token_and_no_model_key_anywhere_in_the_sandbox(service):
+def test_no_token_and_no_model_key_anywhere_in_the_sandbox(sandboxed):
+    service = sandboxed
     gh, api = service.github, service.anthropic
     canary = f"canary-{uuid.uuid4().hex}"
     number = service.new_issue("Look around the sandbox", f"Please look around. {canary}")
@@ -168,10 +205,13 @@ def test_no_token_and_no_model_key_anywhere_in_the_sandbox(service):
     # From the host, while it runs: neither the container's definition nor anything in the
     # session's directory (the worker's gitdir, its git home, the control dir) holds them.
     session_id = session_of(service, number)
-    container = running_container(session_id)
+    container = running_container(service, session_id)
     definition = json.dumps(container.attrs)
     assert token not in definition and MODEL_KEY not in definition
-    assert "ANTHROPIC_API_KEY=ccgw-" in definition  # the per-session key is all it gets
+    if pooled(service):  # created before the session: the session's key is only in the exec
+        assert "ccgw-" not in definition and container.name == claimed_name(session_id)
+    else:
+        assert "ANTHROPIC_API_KEY=ccgw-" in definition  # the per-session key is all it gets
     tree = next(m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/workspace")
     session_root = Path(tree).parent
     gitdir = session_root / "git"
@@ -326,7 +366,8 @@ def namespaces_of(container) -> dict[str, str]:
     return dict(zip(NAMESPACES, out.decode().split(), strict=True))
 
 
-def test_nothing_is_reachable_from_the_sandbox_but_the_gateway(service, victim, agent_image):
+def test_nothing_is_reachable_from_the_sandbox_but_the_gateway(sandboxed, victim, agent_image):
+    service = sandboxed
     api = service.anthropic
     other, mark = victim
     server = TcpServer()
@@ -432,13 +473,14 @@ HARDENING_PROBE = "\n".join(
 ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/usr/sbin/docker-init"}
 
 
-def test_the_container_is_locked_down(service):
+def test_the_container_is_locked_down(sandboxed):
+    service = sandboxed
     api = service.anthropic
     expected = WorkerSettings.parse()  # what the worker runs with: conftest sets no SANDBOX_* value
     number = service.new_issue("Look at the container")
     api.script([bash(HARDENING_PROBE), Text("Nothing to change.")])
     assert service.comment(number, "/claude look at the container").status_code == 202
-    container = running_container(session_of(service, number))
+    container = running_container(service, session_of(service, number))
     host = container.attrs["HostConfig"]
     assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and not host["CapAdd"]
     assert host["NetworkMode"] == "none" and host["IpcMode"] == "private"
@@ -501,15 +543,16 @@ def test_the_container_is_locked_down(service):
 # --------------------------------------------------------------------------- 3. limits
 
 
-@pytest.fixture(scope="module")
-def limited(stand_ins, tmp_path_factory):
+@pytest.fixture(scope="module", params=POOL_SIZES, ids=["warm", "fresh"])
+def limited(request, stand_ins, tmp_path_factory):
     """The service with small sandbox limits, so that attacks reach them in seconds."""
     with run_service(
-        "limited",
-        2,
+        f"limited-{request.param}",
+        2 if request.param == "1" else 12,
         stand_ins,
         tmp_path_factory,
         inherit_sandbox=False,
+        SANDBOX_POOL_SIZE=request.param,
         WEB_CONCURRENCY="1",
         SANDBOX_MEMORY="384m",
         SANDBOX_PIDS="64",
@@ -525,14 +568,25 @@ def attack(svc: Service, title: str, turns: list) -> tuple[str, str]:
     svc.anthropic.script(turns)
     number = svc.new_issue(title)
     before = svc.github.branches("octo-org/hello-world")
+    warm_runs = svc.tail("worker", 100_000).count("warm container ready")
     assert svc.comment(number, f"/claude {title.lower()}").status_code == 202
     final = svc.wait_final(number)
     session_id = FINAL.search(final.body).group(1)
     assert "state=failed" in final.body, final.body
+    # The attack ran in a warm container exactly when the pool is on.
+    ran_warm = svc.tail("worker", 100_000).count("warm container ready") - warm_runs
+    assert ran_warm == (1 if pooled(svc) else 0), svc.tail("worker")
     assert not svc.pulls_for(number)
     assert svc.github.branches("octo-org/hello-world") == before
     assert not leftover_containers(session_id)
     return final.body, session_id
+
+
+def session_filter(svc: Service, session_id: str) -> dict:
+    """The engine's events of the session's container: a warm one by its claimed name."""
+    if pooled(svc):
+        return {"container": claimed_name(session_id)}
+    return {"label": f"{LABEL}={session_id}"}
 
 
 def test_a_memory_hog_ends_its_session_as_out_of_memory(limited):
@@ -552,7 +606,7 @@ def test_a_memory_hog_ends_its_session_as_out_of_memory(limited):
         since=int(started),
         until=int(time.time()) + 1,
         decode=True,
-        filters={"event": "oom", "label": f"{LABEL}={session_id}"},
+        filters={"event": "oom", **session_filter(limited, session_id)},
     )
     ooms = [e for e in events if e.get("Action") == "oom"]
     assert ooms
@@ -606,11 +660,16 @@ def test_a_disk_filler_is_held_by_the_tmpfs_sizes_and_the_workspace_limit(limite
     assert found["/home/node/.claude"].split()[0] == str(32 * 1024), tmpfs
     assert found["/dev/shm"].split()[0] == str(64 * 1024), tmpfs
 
-    # The filled work tree went with the session. (The gateway's control socket and the
-    # repository cache live beside the workspaces; only the sessions' own directories count.)
+    # The filled work tree went with the session. (The gateway's control socket, the repository
+    # cache and idle pool slots live beside the workspaces; only the sessions' own directories
+    # count, a claimed slot's among them.)
     def trees() -> list[Path]:
         root = limited.workspace_root
-        return [p for p in root.iterdir() if p.is_dir() and p.name.startswith(WORKSPACE_PREFIX)]
+        return [
+            p
+            for p in root.iterdir()
+            if p.is_dir() and (p.name.startswith(WORKSPACE_PREFIX) or (p / OWNER_FILE).exists())
+        ]
 
     wait_for(lambda: not trees(), 30, what="the tree's removal")
 
@@ -638,8 +697,8 @@ def test_after_the_attacks_the_same_worker_serves_a_normal_session(limited):
 # --------------------------------------------------------------------------- 4. gVisor
 
 
-@pytest.fixture(scope="module")
-def gvisor(stand_ins, tmp_path_factory):
+@pytest.fixture(scope="module", params=POOL_SIZES, ids=["warm", "fresh"])
+def gvisor(request, stand_ins, tmp_path_factory):
     runtimes = docker.from_env().info().get("Runtimes", {})
     if "runsc" not in runtimes:
         pytest.fail(
@@ -649,11 +708,12 @@ def gvisor(stand_ins, tmp_path_factory):
             "kill -HUP dockerd"
         )
     with run_service(
-        "gvisor",
-        3,
+        f"gvisor-{request.param}",
+        3 if request.param == "1" else 13,
         stand_ins,
         tmp_path_factory,
         inherit_sandbox=False,
+        SANDBOX_POOL_SIZE=request.param,
         WEB_CONCURRENCY="1",
         SANDBOX_RUNTIME="runsc",
     ) as svc:
@@ -686,7 +746,7 @@ def test_a_whole_session_runs_under_gvisor(gvisor):
         ]
     )
     assert gvisor.comment(number, "/claude document the tests").status_code == 202
-    container = running_container(session_of(gvisor, number))
+    container = running_container(gvisor, session_of(gvisor, number))
     assert container.attrs["HostConfig"]["Runtime"] == "runsc"
     assert processes_naming(container.id)  # gVisor's sandbox and gofer, while it runs
 
