@@ -187,7 +187,7 @@ def options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--think", type=float, default=1.0, help="seconds per model answer")
     parser.add_argument("--repo-files", type=int, default=20, help="files in the repository")
     parser.add_argument("--runtime", choices=["runc", "runsc"], default="runc")
-    parser.add_argument("--pool", type=int, default=0, help="SANDBOX_POOL_SIZE of the worker")
+    parser.add_argument("--pool", type=int, default=1, help="SANDBOX_POOL_SIZE of the worker")
     parser.add_argument("--cache", choices=["on", "off"], default="on", help="REPO_CACHE")
     parser.add_argument("--image", default="claudecluster/agent:latest")
     parser.add_argument("--floor-rounds", type=int, default=5, help="rounds of each floor")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import docker
 
+from jobs.sandbox.container import POOL_ROLE, ROLE_LABEL
 from tests.standins.anthropic import AnthropicStandIn
 from tests.standins.github import GitHubStandIn
 
@@ -35,8 +36,6 @@ MARKS = [
 PHASES = [name for name, _ in MARKS[1:]]
 # The CLI's own time: from its first model request to its exit.
 CLI_FROM, CLI_TO = "first request", "CLI done"
-# How a sandbox is begun: started (created by the session), or taken from a warm pool.
-CLAIMS = {"start", "unpause", "exec_start"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,18 @@ class Session:
     comment_id: int  # the triggering comment
     delivered: float
     accepted: float
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    at: float
+    action: str  # as the engine says it: "create", "exec_start: <command>", "die", …
+    container: str
+    role: str  # its claudecluster.role label: "sandbox" (a fresh one) or "pool" (a warm one)
+
+    @property
+    def kind(self) -> str:
+        return self.action.split(":")[0]
 
 
 class DockerEvents:
@@ -54,7 +65,7 @@ class DockerEvents:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.events: list[tuple[float, str]] = []
+        self.events: list[ContainerEvent] = []
         self._ours: set[str] = set()
         self._lock = threading.Lock()
         self._client = docker.from_env()
@@ -70,8 +81,15 @@ class DockerEvents:
                 if event["Action"] == "create" and self._mounts_ours(event["id"]):
                     self._ours.add(event["id"])
                 if event["id"] in self._ours:
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    seen = ContainerEvent(
+                        event["timeNano"] / 1e9,
+                        event["Action"],
+                        event["id"],
+                        attributes.get(ROLE_LABEL, ""),
+                    )
                     with self._lock:
-                        self.events.append((event["timeNano"] / 1e9, event["Action"]))
+                        self.events.append(seen)
 
     def _mounts_ours(self, container_id: str) -> bool:
         try:
@@ -83,10 +101,10 @@ class DockerEvents:
     def close(self) -> None:
         self._stream.close()
 
-    def after(self, since: float) -> list[tuple[float, str]]:
-        """(time, action) of our containers' events from `since` on."""
+    def after(self, since: float) -> list[ContainerEvent]:
+        """Our containers' events from `since` on."""
         with self._lock:
-            return [(t, action) for t, action in self.events if t >= since]
+            return [e for e in self.events if e.at >= since]
 
 
 @dataclass
@@ -122,15 +140,31 @@ class Observed:
 
     def _container_marks(self, marks: dict[str, float]) -> None:
         """Created, started and done: a container the session creates and starts (its CLI the
-        container's command), or one a pool started before, which the session takes over (an
-        exec, an unpause, or its start, whichever the pool does): then created is that moment."""
+        container's command), or a warm one a pool started before, which the session takes over
+        by an exec (the entrypoint and the CLI): then created and started are that exec's start.
+        The pool's refill (a new warm container's create and start) is no step of the session."""
         events = self.docker.after(marks["delivered"])
-        created = [t for t, action in events if action == "create"]
-        begun = [t for t, action in events if action.split(":")[0] in CLAIMS]
-        marks["started"] = _first(t for t in begun if not created or t >= created[0])
-        marks["created"] = created[0] if created else marks["started"]
-        ends = [t for t, action in events if action in ("die", "exec_die")]
-        marks["CLI done"] = _first(t for t in ends if t > marks["started"])
+        fresh = [e for e in events if e.role != POOL_ROLE]
+        created = [e for e in fresh if e.kind == "create"]
+        if created:
+            ours = created[0]
+            marks["created"] = ours.at
+            marks["started"] = _first(
+                e.at for e in fresh if e.container == ours.container and e.kind == "start"
+            )
+            done = ("die",)
+        else:
+            claims = [e for e in events if e.role == POOL_ROLE and e.kind == "exec_start"]
+            ours = min(claims, key=lambda e: e.at, default=None)
+            if ours is None:
+                raise LookupError("the session's sandbox was not seen")
+            marks["created"] = marks["started"] = ours.at
+            done = ("exec_die", "die")
+        marks["CLI done"] = _first(
+            e.at
+            for e in events
+            if e.container == ours.container and e.kind in done and e.at > marks["started"]
+        )
 
     def trail(self, session: Session, marks: dict[str, float]) -> list[str]:
         """What the session was seen doing, each at its offset from the delivery: every request
@@ -139,7 +173,7 @@ class Observed:
         seen = [(r.at, f"github {r.method} {r.path} {r.status}") for r in self.github.requests]
         seen += [(r.received_at, f"model {r.kind} request") for r in self.model.requests]
         seen += [(r.answered_at, "model answered") for r in self.model.main_requests()]
-        seen += [(t, f"docker {action}") for t, action in self.docker.after(began)]
+        seen += [(e.at, f"docker {e.role} {e.action[:60]}") for e in self.docker.after(began)]
         return [f"{t - began:7.3f} {what}" for t, what in sorted(seen) if began <= t <= ended]
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from redis import Redis
 
+from jobs.sandbox.container import LABEL
+from jobs.sandbox.pool import claimed_name
+
 ROOT = Path(__file__).resolve().parent.parent
 NPM = ROOT / ".cache" / "npm" / "node_modules"
 
@@ -101,6 +104,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def session_containers(engine, session_id: str, all: bool = False) -> list:
+    """The session's containers on `engine`: fresh by label, warm by their claimed name."""
+    by_label = engine.containers.list(all=all, filters={"label": f"{LABEL}={session_id}"})
+    by_name = engine.containers.list(all=all, filters={"name": claimed_name(session_id)})
+    return by_label + [c for c in by_name if c.name == claimed_name(session_id)]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -30,8 +30,6 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from jobs.common.queue import active_key, claim_key
-from jobs.sandbox.container import LABEL
-from jobs.sandbox.pool import claimed_name
 from jobs.sandbox.workspace import OWNER_FILE
 from jobs.upkeep.interrupted import headline
 from jobs.upkeep.leftovers import PID_FIELD
@@ -54,6 +52,7 @@ from tests.support import (
     delivery_headers,
     free_port,
     issue_comment_payload,
+    session_containers,
     wait_for,
 )
 
@@ -225,13 +224,6 @@ class Stack:
         ours = self.service.tracking_comments(number)
         assert len(ours) == 1, [c.body for c in ours]  # never a second one
         return ours[0]
-
-
-def session_containers(engine, session_id: str, all: bool = False) -> list:
-    """The session's containers on `engine`: fresh by label, warm by their claimed name."""
-    by_label = engine.containers.list(all=all, filters={"label": f"{LABEL}={session_id}"})
-    by_name = engine.containers.list(all=all, filters={"name": claimed_name(session_id)})
-    return by_label + [c for c in by_name if c.name == claimed_name(session_id)]
 
 
 class _gone:

@@ -25,7 +25,6 @@ from redis import Redis
 from rq.job import Job, JobStatus
 
 from jobs.common.settings import WorkerSettings
-from jobs.sandbox.container import LABEL
 from jobs.sandbox.host import HOST_FILE, HOST_LABEL, engine_id
 from jobs.sandbox.workspace import OWNER_FILE
 from jobs.upkeep.interrupted import headline
@@ -34,7 +33,7 @@ from jobs.upkeep.reaper import reap
 from tests.e2e.conftest import FINAL, Service, procfile, role_env, service_env
 from tests.e2e.machines import PrivateEngine, horse_of, loaded_engine
 from tests.standins.anthropic import Text
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, free_port, session_containers, wait_for
 
 REAPER_INTERVAL = 5
 HEARTBEAT = 5  # JOB_MONITORING_INTERVAL
@@ -155,12 +154,13 @@ class Host:
     def dirs(self, session_id: str) -> list[Path]:
         return [
             p.parent
-            for p in self.workspaces.glob(f"s-*/{OWNER_FILE}")
+            # A fresh workspace (s-*) or a claimed warm slot's (p-*).
+            for p in self.workspaces.glob(f"[sp]-*/{OWNER_FILE}")
             if p.read_text().strip() == session_id
         ]
 
     def containers(self, session_id: str) -> list:
-        return self.docker.containers.list(all=True, filters={"label": f"{LABEL}={session_id}"})
+        return session_containers(self.docker, session_id, all=True)
 
     def leftovers(self, session_id: str) -> list[str]:
         found = [f"container {c.short_id}" for c in self.containers(session_id)]
@@ -169,7 +169,7 @@ class Host:
     def running(self, session_id: str) -> bool:
         """The session's container runs here, labelled with this host, and its workspace here
         names this host."""
-        up = self.docker.containers.list(filters={"label": f"{LABEL}={session_id}"})
+        up = session_containers(self.docker, session_id)
         named = [p for p in self.dirs(session_id) if (p / HOST_FILE).is_file()]
         return bool(
             up
