@@ -34,6 +34,7 @@ from pathlib import Path
 from bench.session_floors import FloorRun, measure
 from bench.session_marks import DockerEvents, Observed, Session, phases
 from bench.session_report import chart, report, summary
+from jobs.github.pacing import GAP
 from tests.e2e.conftest import INSTALLATION, MODEL_KEY, StandIns, run_service
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.standins.github import GitHubStandIn
@@ -58,6 +59,7 @@ class Options:
     runtime: str
     pool: int
     cache: str
+    spacing: float
     image: str
     floor_rounds: int
     chart: Path | None
@@ -141,6 +143,18 @@ def one_session(service, observed: Observed, think: float) -> dict:
     return {"marks": marks, "phases": phases(marks), "trail": observed.trail(seen, marks)}
 
 
+def sessions_spaced(service, observed: Observed, opts: Options) -> list[dict]:
+    """The timed sessions, each delivered `spacing` seconds after the last one's end: the
+    installation's write pacing (a second between its writes, jobs/github/pacing.py) would
+    otherwise hold the next tracking comment until a second after the last one's final edit,
+    a wait no request that comes later than that meets."""
+    timed = []
+    for _ in range(opts.sessions):
+        time.sleep(opts.spacing)
+        timed.append(one_session(service, observed, opts.think))
+    return timed
+
+
 def _revoke(request) -> bool:
     return request.method == "DELETE" and request.path.endswith("/installation/token")
 
@@ -162,8 +176,7 @@ def run(opts: Options) -> dict:
             with run_service("bench", 0, stand_ins, _Temp(Path(tmp)), **overrides) as service:
                 observed = Observed(gh, model, events)
                 one_session(service, observed, opts.think)  # warm-up, not counted
-                timed = range(opts.sessions)
-                sessions = [one_session(service, observed, opts.think) for _ in timed]
+                sessions = sessions_spaced(service, observed, opts)
             token = gh.mint_token(INSTALLATION, [REPO.split("/")[1]], {"contents": "read"})
             floors = measure(
                 FloorRun(opts.image, opts.runtime, f"{gh.url}/{REPO}.git", token, opts.floor_rounds)
@@ -189,6 +202,12 @@ def options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--runtime", choices=["runc", "runsc"], default="runc")
     parser.add_argument("--pool", type=int, default=1, help="SANDBOX_POOL_SIZE of the worker")
     parser.add_argument("--cache", choices=["on", "off"], default="on", help="REPO_CACHE")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=GAP,
+        help="seconds from a session's end to the next delivery (default: the pacer's gap)",
+    )
     parser.add_argument("--image", default="claudecluster/agent:latest")
     parser.add_argument("--floor-rounds", type=int, default=5, help="rounds of each floor")
     parser.add_argument("--chart", type=Path, help="a PNG of the phases against their floors")
@@ -199,8 +218,8 @@ def options(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.repo_files < 1 or args.floor_rounds < 1:
         parser.error("--sessions, --repo-files and --floor-rounds must be at least 1")
-    if args.think < 0 or args.pool < 0:
-        parser.error("--think and --pool cannot be negative")
+    if args.think < 0 or args.pool < 0 or args.spacing < 0:
+        parser.error("--think, --pool and --spacing cannot be negative")
     return Options(**{k.replace("-", "_"): v for k, v in vars(args).items()})
 
 
