@@ -23,7 +23,7 @@ from jobs.common.settings import GatewaySettings
 from jobs.gateway.service import embedded
 from jobs.sandbox.container import LABEL
 from tests.standins.anthropic import AnthropicStandIn, Fail, Text, ToolUse
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, session_containers, wait_for
 
 IMAGE = os.environ.get("AGENT_IMAGE", "claudecluster/agent:latest")
 CLI = "import sys; from jobs.cli import main; sys.exit(main())"
@@ -182,7 +182,7 @@ def test_run_commits_claudes_change_on_a_new_branch_and_leaves_the_checkout_alon
     assert " turns · $" in out and "⏱ " in out
     # Nothing left behind: no container, no workspace, no embedded gateway's socket.
     session = out.split("Session ", 1)[1].split()[0]
-    assert not docker.from_env().containers.list(all=True, filters={"label": f"{LABEL}={session}"})
+    assert not session_containers(docker.from_env(), session, all=True)
     assert not list(workspaces.rglob("s-*")) and not list(workspaces.glob("g-*"))
 
 

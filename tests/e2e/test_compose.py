@@ -23,7 +23,6 @@ import docker
 import httpx
 import pytest
 
-from jobs.sandbox.container import LABEL
 from jobs.upkeep.interrupted import WORKER_STOPPED, headline
 from tests.e2e.conftest import (
     FINAL,
@@ -35,7 +34,7 @@ from tests.e2e.conftest import (
 )
 from tests.standins.anthropic import AnthropicStandIn, Text, ToolUse
 from tests.standins.github import GitHubStandIn
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, free_port, session_containers, wait_for
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -264,7 +263,7 @@ def test_restarting_the_worker_mid_session_interrupts_it_and_reaps_its_container
     session_id = ask(d, number, "/claude look into this")
 
     def running() -> bool:
-        up = docker.from_env().containers.list(filters={"label": f"{LABEL}={session_id}"})
+        up = session_containers(docker.from_env(), session_id)
         return bool(up) and bool(d.service.anthropic.main_requests())
 
     wait_for(running, 300, interval=1, what=f"{session_id} to be mid-turn")

@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from jobs.sandbox.container import LABEL
+from jobs.sandbox.pool import claimed_name
 from tests.e2e.conftest import FINAL
 from tests.standins.anthropic import Text, ToolUse
 from tests.standins.github_actions import LOG_PATH, NewJob
@@ -87,17 +88,25 @@ def failing_log(marker: str, secret: str) -> str:
     )
 
 
-def containers_created(session_id: str, since: float) -> list[dict]:
-    """The Docker engine's own record of containers created for the session."""
+def sandboxes_taken(session_id: str, since: float) -> list[dict]:
+    """The Docker engine's own record of sandboxes the session took: a fresh one created with
+    its label, or a warm one renamed after it (jobs/sandbox/pool.py)."""
     client = docker.from_env()
-    return list(
-        client.api.events(
-            since=int(since),
-            until=int(time.time()) + 1,
-            filters={"type": "container", "event": "create", "label": f"{LABEL}={session_id}"},
-            decode=True,
-        )
+    events = client.api.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": ["create", "rename"]},
+        decode=True,
     )
+    fresh = ("create", LABEL, session_id)
+    warm = ("rename", "name", claimed_name(session_id))
+    return [
+        event
+        for event in events
+        for action, attribute, value in (fresh, warm)
+        if event["Action"] == action
+        and ((event.get("Actor") or {}).get("Attributes") or {}).get(attribute) == value
+    ]
 
 
 def test_a_failing_checks_log_reaches_the_model_and_the_fix_is_pushed(service, ci_repo):
@@ -134,7 +143,7 @@ def test_a_failing_checks_log_reaches_the_model_and_the_fix_is_pushed(service, c
     final = service.wait_final(pr.number, repo=ci_repo)
     assert "pushed a commit to `feature/subtract`" in final.body, final.body
     # The control of the next test's probe: this session's sandbox shows in Docker's events.
-    assert containers_created(FINAL.search(final.body).group(1), started)
+    assert sandboxes_taken(FINAL.search(final.body).group(1), started)
     message = gh.git(ci_repo, "log", "-1", "--format=%s", "feature/subtract").strip()
     assert message == f"Fix the failing checks of #{pr.number}"
     assert gh.read_file(ci_repo, "feature/subtract", "calc.py") == FIXED
@@ -173,7 +182,7 @@ def test_nothing_failing_says_so_and_starts_no_sandbox(service, ci_repo):
     assert "No check is failing" in final.body and head[:12] in final.body, final.body
     assert api.requests == [], "the model was never asked"
     session_id = FINAL.search(final.body).group(1)
-    assert containers_created(session_id, started) == [], "no sandbox was started"
+    assert sandboxes_taken(session_id, started) == [], "no sandbox was started"
     (ours,) = [r for r in gh.check_runs_of(ci_repo) if r.external_id == session_id]
     assert ours.conclusion == "neutral"
 
