@@ -34,9 +34,11 @@ PERMISSIONS = {"issues": "write", "pull_requests": "write", "metadata": "read"}
 
 
 def why(running: int, limit: int) -> str:
-    sessions = "session" if running == 1 else "sessions"
+    sessions = (
+        "session of this installation is" if running == 1 else "sessions of this installation are"
+    )
     return (
-        f"{running} {sessions} of this installation are running, and its limit is {limit} "
+        f"{running} {sessions} running, and its limit is {limit} "
         "(`MAX_SESSIONS_PER_INSTALLATION`). This one starts when one of them ends; other "
         "installations' requests do not wait behind this installation's."
     )
