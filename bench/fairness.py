@@ -12,11 +12,11 @@ Each round, in the same run and on the same Redis (its own `redis-server`), for 
 
 `--workers` worker processes wait on an empty queue; installation A's burst of `--burst` jobs
 is queued, and once every worker has started one of them, installation B's single job. Each job
-is a light stand-in for a session (it records its start, then sleeps `--job-seconds`).
-Reported: B's position in the order jobs started (1 = first), and how many of A's jobs started
-after B was queued and before B started (the target: at most one, "within one session slot");
-the ratio baseline/fair of B's position. Then the pick's own cost: one fair pick against RQ's
-LMOVE, with `--scan` jobs queued.
+is a light stand-in for a session (it sleeps `--job-seconds`); a job starts when a worker takes
+it. Reported: B's position in the order jobs started (1 = first), and how many of A's jobs
+started after B was queued and before B started (the target: at most one, "within one session
+slot"); the ratio baseline/fair of B's position. Then the pick's own cost: one fair pick against
+RQ's LMOVE, with `--scan` jobs queued.
 """
 
 from __future__ import annotations
@@ -32,32 +32,47 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue, Worker, get_current_job
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from jobs.common.fairness import SLOTS, Fairness, FairWorker, pick, release
 from tests.support import ROOT, RedisServer
 
 QUEUE = "sessions"
-STARTS = "bench:starts"  # list of "job id|time" in start order
+STARTS = "bench:starts"  # list of "job id|time" in the order workers took them
 JOB = "bench.fairness.light_job"  # by name: run as `-m`, this module is __main__
 
 
 def light_job(seconds: float) -> None:
-    job = get_current_job()
-    job.connection.rpush(STARTS, f"{job.id}|{time.time()}")
     time.sleep(seconds)
+
+
+class Recording:
+    """Records each job as the worker takes it, before its horse forks: the order of the picks,
+    not of the horses' start-up, which a loaded machine reorders."""
+
+    def execute_job(self, job, queue) -> None:
+        self.connection.rpush(STARTS, f"{job.id}|{time.time()}")
+        super().execute_job(job, queue)
+
+
+class FairBench(Recording, FairWorker):
+    pass
+
+
+class PlainBench(Recording, Worker):
+    pass
 
 
 def run_worker(redis_url: str, mode: str, limit: int) -> None:
     redis = Redis.from_url(redis_url)
     queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
     if mode == "fair":
-        worker: Worker = FairWorker(
+        worker: Worker = FairBench(
             [queue], connection=redis, serializer=JSONSerializer, fairness=Fairness(limit=limit)
         )
     else:
-        worker = Worker([queue], connection=redis, serializer=JSONSerializer)
+        worker = PlainBench([queue], connection=redis, serializer=JSONSerializer)
     worker.work(logging_level="WARNING")
 
 
@@ -96,8 +111,8 @@ def one_round(redis_url: str, mode: str, args) -> tuple[int, int]:
         # The burst holds every worker before B comes: what B would otherwise queue behind.
         while redis.llen(STARTS) < args.workers:
             time.sleep(0.01)
-        b_queued = time.time()
         queue.enqueue(JOB, args.job_seconds, job_id="b-0", meta={"installation": "B"})
+        b_queued = time.time()  # once it is in the queue, for any worker to see
         total = args.burst + 1
         deadline = time.monotonic() + 60 + total * args.job_seconds * 2
         while redis.llen(STARTS) < total:
