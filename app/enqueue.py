@@ -24,6 +24,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from jobs.common import queued
+from jobs.common.fairness import installation_meta
 from jobs.common.queue import (
     DELIVERY_TTL,
     ON_FAILURE,
@@ -117,6 +119,7 @@ def job_writes(queue: Queue, request: SessionRequest, timeout: int) -> tuple[str
         status=JobStatus.QUEUED,
         on_failure=ON_FAILURE,
         on_stopped=ON_STOPPED,
+        meta=installation_meta(request),  # whose slot it takes (jobs/common/fairness.py)
     )
     job.origin = queue.name
     job.enqueued_at = datetime.now(UTC)
@@ -152,7 +155,7 @@ async def enqueue_session(
 
 
 async def request_stop(redis: AsyncRedis, request: SessionRequest) -> str | None:
-    """Flag the thread's running session to stop; its id, or None when nothing runs.
+    """Flag the thread's running (or queued) session to stop; its id, or None when none.
 
     The session polls the requests, checks that each asker may trigger in the repository (the
     web holds no token to ask GitHub), kills its container and says who stopped it; a stop
@@ -160,7 +163,13 @@ async def request_stop(redis: AsyncRedis, request: SessionRequest) -> str | None
     """
     running = await redis.get(active_key(request.thread))
     if running is None:
-        return None
+        # A session still queued, waiting for its installation's slot: asked to stop, it is
+        # taken off the queue's wait (jobs/common/fairness.py) and stops before it runs.
+        running = await redis.get(queued.thread_key(request.thread))
+        if running is None or await redis.hget(Job.key_for(running.decode()), "status") != (
+            JobStatus.QUEUED.value.encode()
+        ):
+            return None
     session_id = running.decode()
     key = stop_requests_key(session_id)
     await redis.rpush(key, request.requester)

@@ -33,12 +33,12 @@ import docker
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Worker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs.common import metrics
 from jobs.common.endpoint import serve_endpoint
+from jobs.common.fairness import Fairness, FairWorker
 from jobs.common.logs import configure_logging
 from jobs.common.queue import ON_FAILURE, ON_STOPPED, RUN_SESSION, session_queue
 from jobs.common.redact import redactor
@@ -50,6 +50,7 @@ from jobs.common.settings import (
 )
 from jobs.sandbox.host import HostUnknown, worker_host
 from jobs.sandbox.pool import PoolKeeper
+from jobs.upkeep.announce import Announcer
 from jobs.upkeep.interrupted import HORSE_KILLED, WORKER_STOPPED, interrupt_job
 from jobs.upkeep.leftovers import (
     HORSE_FIELD,
@@ -118,8 +119,13 @@ class SessionJob(Job):
         return None if job_refusal(self) else super().stopped_callback
 
 
-class SessionWorker(Worker):
+class SessionWorker(FairWorker):
     """An RQ forking worker that also sweeps deliveries and reaps crashed sessions' leftovers.
+
+    It takes its sessions by the fair pick (jobs/common/fairness.py): at most
+    MAX_SESSIONS_PER_INSTALLATION of one installation at once, the installation with the fewest
+    running first; a session found waiting for a slot is told so on its thread by this worker's
+    announcer (jobs/upkeep/announce.py).
 
     RQ runs maintenance at start and then every `maintenance_interval` seconds, but only between
     jobs, when its blocking dequeue wakes up (every `worker_ttl - 15` s): the worker's TTL is
@@ -138,12 +144,22 @@ class SessionWorker(Worker):
         kwargs.setdefault("job_class", SessionJob)
         kwargs.setdefault("maintenance_interval", reaper_interval)
         kwargs.setdefault("worker_ttl", reaper_interval + 16)
+        if settings is not None:
+            # A slot lapses when RQ would find its session abandoned: no heartbeat for this long.
+            kwargs.setdefault(
+                "fairness",
+                Fairness(
+                    limit=settings.max_sessions_per_installation,
+                    lease=settings.job_monitoring_interval + 60,
+                ),
+            )
         super().__init__(*args, **kwargs)
         for queue in self.queues:  # their registries' cleanups fetch jobs as SessionJob too
             queue.job_class = self.job_class
         self.settings = settings
         self._docker = docker_client
         self.pool_keeper: PoolKeeper | None = None
+        self.announcer = Announcer(settings) if settings is not None else None
 
     @property
     def docker(self):
@@ -162,6 +178,10 @@ class SessionWorker(Worker):
         if self.settings is not None and self.settings.worker_host_id:
             fields[WORKER_HOST_FIELD] = self.settings.worker_host_id  # for operators
         self.connection.hset(self.key, mapping=fields)
+
+    def sessions_waiting(self, waiting: list[tuple[str, int]]) -> None:
+        if self.announcer is not None:
+            self.announcer.put(waiting)
 
     def refuse(self, job: Job, queue, reason: str) -> None:
         """Fail a foreign job where an operator sees it, running none of its callbacks."""

@@ -6,6 +6,7 @@ from redis import Redis
 from rq.job import Job, JobStatus
 
 from app.enqueue import JOB_MARGIN
+from jobs.common.fairness import installation_meta
 from jobs.common.queue import (
     DELIVERY_TTL,
     ON_FAILURE,
@@ -52,6 +53,7 @@ def test_the_job_hash_is_what_rq_enqueue_call_writes(redis_url):
         description=f"{ours.repo}#{ours.number} by {ours.requester}",
         on_failure=ON_FAILURE,
         on_stopped=ON_STOPPED,
+        meta=installation_meta(ours),
     )
 
     mine = redis.hgetall(f"rq:job:{queued.session_id}")
@@ -63,6 +65,7 @@ def test_the_job_hash_is_what_rq_enqueue_call_writes(redis_url):
     job = Job.fetch(queued.session_id, connection=redis, serializer="json")
     assert job.kwargs == ours.to_job()
     assert job.get_status() == JobStatus.QUEUED
+    assert job.meta == {"installation": "42"}  # whose slot it takes (jobs/common/fairness.py)
     assert queue.job_ids == [queued.session_id, "session-theirs"]
     assert redis.get(claim_key("ours-1")) == queued.session_id.encode()
 

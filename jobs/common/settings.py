@@ -322,6 +322,12 @@ class WorkerSettings(CommonSettings):
     # heartbeat lapses for this plus RQ's fixed 60 s is abandoned: the next maintenance pass of
     # any worker on the queue ends its comment as interrupted (docs/hosts.md).
     job_monitoring_interval: int = Field(30, alias="JOB_MONITORING_INTERVAL", ge=1, le=600)
+    # Fair sharing (jobs/common/fairness.py): at most this many sessions of one installation
+    # run at once across all workers on the queue (0: no limit); its further requests wait in
+    # the queue, and another installation's go first.
+    max_sessions_per_installation: int = Field(
+        4, alias="MAX_SESSIONS_PER_INSTALLATION", ge=0, le=10_000
+    )
     # This worker host's name on its sandbox containers and workspaces, so that each host's
     # reaper removes only its own; unset: named after the Docker engine (`docker info`: its
     # host name, ID and data root), since the containers belong to an engine (sandbox/host.py).

@@ -127,6 +127,18 @@ class TrackingComment:
         self.step = PREPARING
         self._pace(essential=True)
         body = self._body("👀 **Claude is working on this…**", state="working")
+        if self.comment_id:  # the comment that said it was queued (`taken_over`)
+            self._edit(body)
+            created = {"id": self.comment_id, "html_url": self.url}
+        else:
+            created = self._create(body)
+        self._last_edit = time.monotonic()
+        if self.history is not None:
+            steps = STEPS.get(self.mode, STEPS["implement"])
+            self.history.open(self.request, str(self.mode), created.get("html_url", ""), steps)
+            self.history.step(self.step, self._step_name(self.step))
+
+    def _create(self, body: str) -> dict:
         if self.in_review_thread:
             created = self.github.reply_review_comment(
                 self.request.number, self.request.review_comment_id, body
@@ -135,11 +147,16 @@ class TrackingComment:
             created = self.github.comment(self.request.number, body)
         self.comment_id = created["id"]
         self.url = str(created.get("html_url") or "")
-        self._last_edit = time.monotonic()
-        if self.history is not None:
-            steps = STEPS.get(self.mode, STEPS["implement"])
-            self.history.open(self.request, str(self.mode), created.get("html_url", ""), steps)
-            self.history.step(self.step, self._step_name(self.step))
+        return created
+
+    def queued(self, why: str) -> None:
+        """Posted for a session still in the queue (jobs/upkeep/queued.py); `start` edits it."""
+        self._pace(essential=True)
+        self._create(self._body(f"⏳ **Queued**: {why}", state="queued"))
+
+    def taken_over(self, comment_id: int, url: str) -> None:
+        """The session's queued comment, to become its tracking comment."""
+        self.comment_id, self.url = comment_id, url
 
     def _acknowledge(self) -> None:
         try:

@@ -19,6 +19,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
+from jobs.common import queued
 from jobs.common.control import ControlError
 from jobs.common.history import SessionHistory
 from jobs.common.logs import log_ids
@@ -47,7 +48,7 @@ from jobs.session.pull_flow import implement_pull
 from jobs.session.repo_config import RepoConfigError
 from jobs.session.review_flow import review_pull
 from jobs.session.state import Session
-from jobs.session.thread import hold_thread
+from jobs.session.thread import hold_thread, stopped_while_queued
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ def session_job(request: SessionRequest, session_id: str, current: Job | None) -
 def run(session: Session) -> dict:
     """The session's steps; every way out leaves the tracking comment in a final state."""
     try:
+        # The comment that said it waited for its installation's slot, if one did: answered on.
+        if found := queued.take(session.redis, session.id, session.request.thread):
+            session.tracking.taken_over(*found)
         session.load_repository()
         config = session.config
         write_hints(session.redis, session.request.repo, config.trigger, config.allowed_bots)
@@ -116,6 +120,8 @@ def run(session: Session) -> dict:
             return answered
         session.tracking.start()
         session.check.queue()
+        if (stopped := stopped_while_queued(session)) is not None:
+            return stopped
         with hold_thread(session):
             session.check.start()
             return flow_for(session)(session)

@@ -110,3 +110,14 @@ class StopCheck:
 def stopped_by(session: Session) -> str | None:
     value = session.redis.get(stop_key(session.id))
     return value.decode() if value else None
+
+
+def stopped_while_queued(session: Session) -> dict | None:
+    """The session's result when it was asked to stop while it waited in the queue (the fair
+    pick starts such a session at once, app/enqueue.py finds it); None to run on."""
+    if not session.redis.exists(stop_requests_key(session.id)) or not StopCheck(session)():
+        return None
+    by = stopped_by(session) or session.request.requester
+    session.tracking.stopped(by)
+    session.redis.delete(stop_key(session.id), stop_requests_key(session.id))
+    return {"status": "stopped", "by": by}

@@ -11,7 +11,8 @@ runs any more, and the comment would say "working" for ever. This module ends it
   (jobs/worker.py) call `interrupt_job` when they find a dead session first.
 
 `interrupt_job` mints a token from the job's plain kwargs, finds the session's own tracking
-comment by its marker (`state=working`, posted by this App), and edits it to a final
+comment by its marker (`state=working`, or `state=queued` for a session that waited for its
+installation's slot; posted by this App), and edits it to a final
 "⚠️ Interrupted … comment `/claude …` again to retry" with `state=failed`. It never creates a
 comment. It is idempotent: a Redis claim lets one caller do it, and a comment already final is
 left alone; until GitHub has answered, the session also sits in a pending set that every reaper
@@ -34,6 +35,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
+from jobs.common.fairness import release
 from jobs.common.history import mark_interrupted
 from jobs.common.queue import DELIVERY_TTL, RUN_SESSION, active_key, stop_key, stop_requests_key
 from jobs.common.redact import redactor
@@ -102,6 +104,7 @@ def interrupt_job(
     if request is None:
         return "not_a_session"
     release_thread(redis, request, job.id)
+    release(redis, request.installation_id, job.id)  # its slot now, not when the lease ends
     mark_interrupted(redis, job.id, headline(why, request.phrase or "/claude"))
     # A short claim while GitHub is asked; pending until it has answered, so an attempt that
     # is itself killed midway is retried by the next reaper pass once its claim expires.
@@ -189,14 +192,14 @@ def find_tracking_comment(
                 github.owner, github.name, request.number, per_page=100, page=page, **extra
             )
 
-    working = marker(session_id, "working")
+    working = (marker(session_id, "working"), marker(session_id, "queued"))
     ours = f"{MARKER} {session_id} state="
     final = False
     for comment in _pages(fetch):
         body = comment.get("body") or ""
         if ours not in body or (comment.get("user") or {}).get("login") != bot:
             continue  # not this session's, or someone quoting it
-        if working in body:
+        if any(state in body for state in working):
             return comment, final
         final = True
     return None, final

@@ -296,6 +296,9 @@ def service_env(
         "SESSION_TIMEOUT": "240",
         "CLAUDE_MAX_TURNS": "10",
         "CLAUDE_MAX_RETRIES": "1",
+        # Eight sessions of the one installation run at once in test_concurrency.py, past the
+        # default limit of four; the limit itself is test_fairness.py's (it sets its own).
+        "MAX_SESSIONS_PER_INSTALLATION": "8",
         **overrides,
     }
 

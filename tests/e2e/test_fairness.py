@@ -1,0 +1,163 @@
+"""Fair sharing with the real service: one installation's burst waits at its limit, says so on
+each waiting request's thread, and another installation's single request starts at the next
+free worker instead of behind the burst; every session ends in a final state."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+from redis import Redis
+from rq import Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests.e2e.conftest import (
+    ANY_STATE,
+    REPO,
+    StandIns,
+    procfile,
+    role_env,
+    run_service,
+)
+from tests.standins.anthropic import Text, ToolUse
+from tests.support import ROOT, issue_comment_payload, wait_for, wait_for_count
+
+LIMIT, BURST, WORKERS = 2, 8, 3
+OTHER_INSTALLATION, OTHER_REPO = 4343, "other-org/app"
+
+
+@pytest.fixture(scope="module")
+def fair(stand_ins: StandIns, tmp_path_factory):
+    gh = stand_ins.github
+    with contextlib.suppress(ValueError):  # the session's stand-in: added once
+        gh.add_installation(
+            OTHER_INSTALLATION,
+            "other-org",
+            permissions={
+                "checks": "write",
+                "contents": "write",
+                "issues": "write",
+                "pull_requests": "write",
+                "metadata": "read",
+            },
+        )
+        gh.add_repo(OTHER_REPO, OTHER_INSTALLATION, files={"README.md": "# app\n"})
+        gh.add_collaborator(OTHER_REPO, "octocat", "write")
+    with run_service(
+        "fairness",
+        13,
+        stand_ins,
+        tmp_path_factory,
+        MAX_SESSIONS_PER_INSTALLATION=str(LIMIT),
+    ) as svc:
+        yield svc
+
+
+def comment_as_other(svc, number: int, body: str):
+    """What `Service.comment` does, on the other installation's repository."""
+    gh = svc.github
+    seeded = gh.add_comment(OTHER_REPO, number, body, "octocat")
+    payload = issue_comment_payload(
+        OTHER_REPO, number, body, OTHER_INSTALLATION, user_id=seeded.user.id
+    )
+    payload["comment"]["id"] = seeded.id
+    stamp = seeded.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    payload["comment"]["created_at"] = payload["comment"]["updated_at"] = stamp
+    return svc.deliver(payload)
+
+
+def states(svc, number: int, repo: str = REPO) -> list[str]:
+    return [ANY_STATE.search(c.body).group(0) for c in svc.tracking_comments(number, repo)]
+
+
+def test_a_burst_waits_at_its_limit_and_another_installation_goes_first(fair, tmp_path):
+    svc, gh, api = fair, fair.github, fair.anthropic
+    redis = Redis.from_url(svc.redis_url)
+    # Three workers, one more than the limit: the burst's waiting sessions are waiting for
+    # their installation's slot, not for a worker, and the third worker's look finds them so.
+    extra = [
+        subprocess.Popen(
+            ["bash", "-c", f"exec {procfile()['worker']}"],
+            cwd=ROOT,
+            env=role_env(svc.env, "worker"),
+            start_new_session=True,
+            stdout=(tmp_path / f"worker{i}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(WORKERS - 1)
+    ]
+    go = threading.Event()
+
+    def started(session_id: str):
+        return Job.fetch(session_id, connection=redis, serializer=JSONSerializer).started_at
+
+    try:
+        wait_for_count(
+            lambda: len(Worker.all(connection=redis)), WORKERS, stall=120, what="workers"
+        )
+        # Every session is held in its first turn until `go`: the burst's first two run on.
+        api.script_each_conversation(
+            [ToolUse("Bash", {"command": "echo done > done.md"}, hold=go), Text("Done.")]
+        )
+        numbers = [svc.new_issue(f"Burst task {i}") for i in range(BURST)]
+        sessions = []
+        for number in numbers:
+            answer = svc.comment(number, "/claude write done.md")
+            assert answer.status_code == 202, answer.text
+            sessions.append(answer.json()["session"])
+
+        def settled():
+            found = [states(svc, n) for n in numbers]
+            working = sum("state=working" in s[0] for s in found if s)
+            waiting = sum("state=queued" in s[0] for s in found if s)
+            return (working, waiting) == (LIMIT, BURST - LIMIT)
+
+        wait_for(settled, 300, interval=1, what="two running and six queued comments")
+        queued = [c for n in numbers for c in svc.tracking_comments(n) if "state=queued" in c.body]
+        for comment in queued:
+            assert "⏳ **Queued**" in comment.body
+            assert f"{LIMIT} sessions of this installation are running" in comment.body
+            assert f"its limit is {LIMIT}" in comment.body
+
+        other = 100
+        gh.add_issue(OTHER_REPO, other, "A single task", "Please.", "octocat", 583231)
+        answer = comment_as_other(svc, other, "/claude write done.md")
+        assert answer.status_code == 202, answer.text
+        single = answer.json()["session"]
+        single_at = wait_for(lambda: started(single), 300, what="the other installation's start")
+        wait_for(lambda: "state=working" in "".join(states(svc, other, OTHER_REPO)), 120)
+
+        # Asked while it waits (every worker is busy now): the last of the burst is taken
+        # before the rest of the burst once a worker is free, and stops before it runs.
+        last = numbers[-1]
+        assert svc.comment(last, "/claude stop").json()["status"] == "stopping"
+        go.set()
+        finals = {n: svc.wait_final(n, timeout=600) for n in numbers}
+        other_final = svc.wait_final(other, timeout=300, repo=OTHER_REPO)
+    finally:
+        go.set()
+        for proc in extra:
+            os.killpg(proc.pid, 15)
+        for proc in extra:
+            proc.wait(60)
+
+    # Within one session slot: of the burst's waiting sessions, at most one started between
+    # the other's arrival and its start (here none: the burst was at its limit).
+    waited = [s for s in sessions[LIMIT:] if (at := started(s)) is not None and at < single_at]
+    assert len(waited) <= 1, waited
+    assert "state=done" in other_final.body
+    for number in numbers[:-1]:
+        assert "state=done" in finals[number].body, finals[number].body
+    assert "Stopped by @octocat" in finals[last].body
+    # It stopped before its agent ran: the model never heard of it.
+    asked = [json.dumps(r.body) for r in api.main_requests()]
+    assert any("Burst task 0" in a for a in asked)  # the titles are in what the model reads
+    assert not any(f"Burst task {BURST - 1}" in a for a in asked)
+    # Each waiting session's queued comment became its tracking comment: one per thread.
+    for number in numbers:
+        assert len(svc.tracking_comments(number)) == 1, states(svc, number)
