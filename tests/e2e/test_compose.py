@@ -10,6 +10,7 @@ the host and in the containers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -46,7 +47,9 @@ CONTRIBUTING = "# Contributing\n\nRun `pytest -q`.\n"
 def bridge_address() -> str:
     """The default bridge's gateway: an address of this host every container can reach."""
     bridge = docker.from_env().networks.get("bridge")
-    return bridge.attrs["IPAM"]["Config"][0]["Gateway"]
+    config = bridge.attrs["IPAM"]["Config"][0]
+    # Some engines leave the default bridge's gateway unsaid: it is then the subnet's first host.
+    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
 
 
 def env_file(path: Path, values: dict[str, str]) -> None:

@@ -28,7 +28,8 @@ from tests.standins.anthropic import Text, ToolUse
 from tests.support import ROOT, issue_comment_payload, wait_for, wait_for_count
 
 LIMIT, BURST, WORKERS = 2, 8, 3
-OTHER_INSTALLATION, OTHER_REPO = 4343, "other-org/app"
+# Its own installation: the fix-ci tests on the same stand-in take 4343.
+OTHER_INSTALLATION, OTHER_REPO = 4646, "fair-org/app"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def fair(stand_ins: StandIns, tmp_path_factory):
     with contextlib.suppress(ValueError):  # the session's stand-in: added once
         gh.add_installation(
             OTHER_INSTALLATION,
-            "other-org",
+            "fair-org",
             permissions={
                 "checks": "write",
                 "contents": "write",
