@@ -207,6 +207,8 @@ class SessionWorker(FairWorker):
                 reap(self.settings, self.connection, self.docker)
             except Exception:
                 log.exception("reaper: the pass failed")
+            if self.announcer is not None:
+                self.announcer.start()  # its look for sessions left waiting for a worker
             if self.pool_keeper is None:
                 self.pool_keeper = PoolKeeper(self.settings)
                 if self.settings.sandbox_pool_size:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from redis import Redis
@@ -17,6 +18,7 @@ from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from app.enqueue import request_stop
 from jobs.common import queued
@@ -25,7 +27,7 @@ from jobs.common.queue import session_queue, stop_requests_key
 from jobs.common.request import Mode, SessionRequest
 from jobs.common.settings import WorkerSettings
 from jobs.github.tracking import marker
-from jobs.upkeep.announce import announce
+from jobs.upkeep.announce import BUSY_AFTER, Announcer, announce, overdue, why, why_busy
 from jobs.upkeep.interrupted import interrupt_job
 from tests.standins.github import GitHubStandIn
 from tests.support import ROOT, enqueue, wait_for
@@ -268,7 +270,7 @@ def github():
             gh.add_installation(installation, repo.split("/")[0])
             gh.add_repo(repo, installation, files={"README.md": "# x\n"})
         gh.add_user("octocat", 583231)
-        for n in range(1, 10):
+        for n in range(1, 20):
             gh.add_issue(REPO_A, n, f"Task {n}", "Please.", "octocat", 583231)
         yield gh
 
@@ -297,14 +299,14 @@ def test_a_waiting_session_is_told_it_is_queued_and_why_then_takes_that_comment(
     pick(redis, queue, fair)
     waiting = pick(redis, queue, fair).waiting
     assert waiting == [(ids[1], 1)]
-    assert announce(settings, redis, ids[1], 1) == "posted"
+    assert announce(settings, redis, ids[1], why(1, 1)) == "posted"
     (comment,) = comments_of(github, 2)
     assert "⏳ **Queued**" in comment.body
     assert "1 session of this installation is running, and its limit is 1" in comment.body
     assert marker(ids[1], "queued") in comment.body
     assert "task 2" in comment.body  # the request, quoted as on every tracking comment
     # Once only: a second announcement posts nothing.
-    assert announce(settings, redis, ids[1], 1) == "started"
+    assert announce(settings, redis, ids[1], why(1, 1)) == "started"
     assert len(comments_of(github, 2)) == 1
     # At its start the session edits that comment instead of posting another.
     taken_id, url = queued.take(redis, ids[1], request(A, 2).thread)
@@ -315,7 +317,7 @@ def test_a_waiting_session_is_told_it_is_queued_and_why_then_takes_that_comment(
 def test_a_session_that_started_first_is_never_announced(github, redis, settings):
     (session,) = burst(redis, A, 1, start=3)
     assert queued.take(redis, session, request(A, 3).thread, wait=0) is None
-    assert announce(settings, redis, session, 1) == "started"
+    assert announce(settings, redis, session, why(1, 1)) == "started"
     assert comments_of(github, 3) == []
 
 
@@ -324,7 +326,7 @@ def test_stop_finds_a_queued_session_and_the_pick_takes_it_at_once(github, redis
     fair = Fairness(limit=1)
     pick(redis, queue, fair)
     assert pick(redis, queue, fair).job_id is None
-    announce(settings, redis, ids[1], 1)
+    announce(settings, redis, ids[1], why(1, 1))
 
     async def stop():
         kw = redis.connection_pool.connection_kwargs
@@ -341,7 +343,7 @@ def test_crash_recovery_ends_a_queued_comment_and_frees_the_slot(github, redis, 
     fair = Fairness(limit=1)
     assert pick(redis, queue, fair).job_id == ids[0]
     pick(redis, queue, fair)
-    announce(settings, redis, ids[1], 1)
+    announce(settings, redis, ids[1], why(1, 1))
     # The first one's worker died: whoever ends its comment gives its slot back at once.
     first = Job.fetch(ids[0], connection=redis, serializer=JSONSerializer)
     interrupt_job(first, redis, "the worker stopped", settings)
@@ -351,3 +353,54 @@ def test_crash_recovery_ends_a_queued_comment_and_frees_the_slot(github, redis, 
     assert interrupt_job(second, redis, "the worker stopped", settings) == "edited"
     (comment,) = comments_of(github, 8)
     assert marker(ids[1], "failed") in comment.body
+
+
+def backdate(redis: Redis, session_id: str, seconds: float) -> None:
+    """The job as if queued `seconds` ago (RQ's own field), so no test waits for the clock."""
+    job = Job.fetch(session_id, connection=redis, serializer=JSONSerializer)
+    job.enqueued_at = now() - timedelta(seconds=seconds)
+    job.save()
+
+
+def test_sessions_left_waiting_for_a_busy_worker_are_told_once_why(github, redis, queue, settings):
+    ids = burst(redis, A, 2, start=11)
+    (stop,) = [enqueue(redis, request(A, 19, Mode.STOP)).session_id]
+    # Fresh requests are not overdue yet; nor does a stop ever get a queued comment.
+    assert overdue(settings, redis, queue) == []
+    for session_id in (*ids, stop):
+        backdate(redis, session_id, BUSY_AFTER + 1)
+    assert overdue(settings, redis, queue) == [
+        (ids[0], why_busy(0, 0)),
+        (ids[1], why_busy(0, 1)),
+    ]
+    assert overdue(settings, redis, queue) == []  # each is told once, by one announcer
+    # With a worker registered on the queue (busy, since the jobs are still queued).
+    worker = FairWorker([queue], connection=redis)
+    worker.register_birth()
+    try:
+        (third,) = burst(redis, A, 1, start=13)
+        backdate(redis, third, BUSY_AFTER + 1)
+        assert overdue(settings, redis, queue) == [(third, why_busy(1, 3))]
+        # An installation at its limit: that is the reason given, not the workers.
+        (fourth,) = burst(redis, A, 1, start=14)
+        backdate(redis, fourth, BUSY_AFTER + 1)
+        redis.zadd(SLOTS, {f"{A}/running-one": time.time() + 60})
+        assert overdue(settings, redis, queue) == [(fourth, why(1, 1))]
+    finally:
+        worker.register_death()
+    assert announce(settings, redis, ids[1], why_busy(1, 1)) == "posted"
+    (comment,) = comments_of(github, 12)
+    assert "⏳ **Queued**: the one worker is busy with other sessions, and 1 request is" in (
+        comment.body
+    )
+    assert marker(ids[1], "queued") in comment.body
+
+
+def test_the_announcers_thread_tells_a_session_left_waiting(github, redis, queue, settings):
+    (session,) = burst(redis, A, 1, start=16)
+    backdate(redis, session, BUSY_AFTER + 1)
+    Announcer(settings).start()
+    wait_for(lambda: comments_of(github, 16), 60, what="the queued comment")
+    (comment,) = comments_of(github, 16)
+    assert "no worker is running, and 0 requests are ahead" in comment.body
+    assert marker(session, "queued") in comment.body

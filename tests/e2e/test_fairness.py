@@ -162,3 +162,35 @@ def test_a_burst_waits_at_its_limit_and_another_installation_goes_first(fair, tm
     # Each waiting session's queued comment became its tracking comment: one per thread.
     for number in numbers:
         assert len(svc.tracking_comments(number)) == 1, states(svc, number)
+
+
+def test_a_request_left_waiting_for_the_busy_worker_is_told_so(service):
+    """The shared service runs one worker: a second request waits while the first one runs,
+    and hears within seconds that it is queued and why, on the comment its session then takes."""
+    svc, api = service, service.anthropic
+    release = threading.Event()
+    api.reset()
+    api.script(
+        [
+            ToolUse("Bash", {"command": "true"}, hold=release),
+            Text("First one done."),
+            Text("Second one done."),
+        ]
+    )
+    first, second = svc.new_issue("Hold the worker"), svc.new_issue("Wait for it")
+    try:
+        assert svc.comment(first, "/claude hold on").status_code == 202
+        wait_for(api.main_requests, 120, what="the first session mid-turn")
+        assert svc.comment(second, "/claude then this").status_code == 202
+
+        def queued() -> list:
+            return [c for c in svc.tracking_comments(second) if "state=queued" in c.body]
+
+        (told,) = wait_for(queued, 120, what="the second request's queued comment")
+    finally:
+        release.set()
+    assert "the one worker is busy with other sessions, and 0 requests are ahead" in told.body
+    for number in (first, second):
+        assert "state=done" in svc.wait_final(number).body
+    (only,) = svc.tracking_comments(second)  # the session took its queued comment over
+    assert only.id == told.id
