@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,20 +43,21 @@ FINAL = re.compile(r"<!-- claudecluster:session (\S+) state=(done|failed) -->")
 ANY_STATE = re.compile(r"<!-- claudecluster:session (\S+) state=\w+ -->")
 
 
+# What an installation grants a session's token (app.yml's write permissions).
+SESSION_PERMISSIONS = {
+    "checks": "write",
+    "contents": "write",
+    "issues": "write",
+    "pull_requests": "write",
+    "metadata": "read",
+}
+
+
 @pytest.fixture(scope="session")
 def github(tmp_path_factory):
     with GitHubStandIn() as gh:
         gh.add_installation(
-            INSTALLATION,
-            "octo-org",
-            permissions={
-                "checks": "write",
-                "contents": "write",
-                "issues": "write",
-                "pull_requests": "write",
-                "metadata": "read",
-                "administration": "write",
-            },
+            INSTALLATION, "octo-org", permissions={**SESSION_PERMISSIONS, "administration": "write"}
         )
         gh.add_repo(
             REPO,
@@ -301,6 +303,29 @@ def service_env(
         "MAX_SESSIONS_PER_INSTALLATION": "8",
         **overrides,
     }
+
+
+def more_workers(service: Service, count: int, logdir: Path) -> list[subprocess.Popen]:
+    """`count` more worker processes for `service`, each started as the Procfile starts it (in a
+    process group of its own, logging to `logdir`); `end_workers` stops them."""
+    return [
+        subprocess.Popen(
+            ["bash", "-c", f"exec {procfile()['worker']}"],
+            cwd=ROOT,
+            env=role_env(service.env, "worker"),
+            start_new_session=True,
+            stdout=(logdir / f"worker{i}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(count)
+    ]
+
+
+def end_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.wait(60)
 
 
 def role_env(env: dict[str, str], role: str) -> dict[str, str]:

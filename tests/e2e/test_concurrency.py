@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 
 from redis import Redis
 from rq import Worker
 
-from tests.e2e.conftest import REPO, leftover_containers, procfile, role_env
+from tests.e2e.conftest import REPO, end_workers, leftover_containers, more_workers
 from tests.standins.anthropic import Text, ToolUse
-from tests.support import ROOT, wait_for, wait_for_count
+from tests.support import wait_for, wait_for_count
 
 SESSIONS = 8
 
@@ -20,17 +18,7 @@ def test_eight_sessions_run_at_once_and_all_complete(service, tmp_path):
     gh, api = service.github, service.anthropic
     redis = Redis.from_url(service.redis_url)
     # The service runs one worker; seven more make eight sessions run side by side.
-    extra = [
-        subprocess.Popen(
-            ["bash", "-c", f"exec {procfile()['worker']}"],
-            cwd=ROOT,
-            env=role_env(service.env, "worker"),
-            start_new_session=True,
-            stdout=(tmp_path / f"worker{i}.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(SESSIONS - 1)
-    ]
+    extra = more_workers(service, SESSIONS - 1, tmp_path)
     # Another run on the same engine may have left sandboxes of its own: count only this test's.
     foreign = {c.id for c in leftover_containers()}
 
@@ -73,7 +61,4 @@ def test_eight_sessions_run_at_once_and_all_complete(service, tmp_path):
         assert len(files) == len(set(files)) == SESSIONS
         wait_for(lambda: not ours(), 60, what="every sandbox removed")
     finally:
-        for proc in extra:
-            os.killpg(proc.pid, 15)
-        for proc in extra:
-            proc.wait(60)
+        end_workers(extra)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import threading
 
 import pytest
@@ -19,13 +17,14 @@ from rq.serializers import JSONSerializer
 from tests.e2e.conftest import (
     ANY_STATE,
     REPO,
+    SESSION_PERMISSIONS,
     StandIns,
-    procfile,
-    role_env,
+    end_workers,
+    more_workers,
     run_service,
 )
 from tests.standins.anthropic import Text, ToolUse
-from tests.support import ROOT, issue_comment_payload, wait_for, wait_for_count
+from tests.support import issue_comment_payload, wait_for, wait_for_count
 
 LIMIT, BURST, WORKERS = 2, 8, 3
 # Its own installation: the fix-ci tests on the same stand-in take 4343.
@@ -36,17 +35,7 @@ OTHER_INSTALLATION, OTHER_REPO = 4646, "fair-org/app"
 def fair(stand_ins: StandIns, tmp_path_factory):
     gh = stand_ins.github
     with contextlib.suppress(ValueError):  # the session's stand-in: added once
-        gh.add_installation(
-            OTHER_INSTALLATION,
-            "fair-org",
-            permissions={
-                "checks": "write",
-                "contents": "write",
-                "issues": "write",
-                "pull_requests": "write",
-                "metadata": "read",
-            },
-        )
+        gh.add_installation(OTHER_INSTALLATION, "fair-org", permissions=SESSION_PERMISSIONS)
         gh.add_repo(OTHER_REPO, OTHER_INSTALLATION, files={"README.md": "# app\n"})
         gh.add_collaborator(OTHER_REPO, "octocat", "write")
     with run_service(
@@ -81,17 +70,7 @@ def test_a_burst_waits_at_its_limit_and_another_installation_goes_first(fair, tm
     redis = Redis.from_url(svc.redis_url)
     # Three workers, one more than the limit: the burst's waiting sessions are waiting for
     # their installation's slot, not for a worker, and the third worker's look finds them so.
-    extra = [
-        subprocess.Popen(
-            ["bash", "-c", f"exec {procfile()['worker']}"],
-            cwd=ROOT,
-            env=role_env(svc.env, "worker"),
-            start_new_session=True,
-            stdout=(tmp_path / f"worker{i}.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(WORKERS - 1)
-    ]
+    extra = more_workers(svc, WORKERS - 1, tmp_path)
     go = threading.Event()
 
     def started(session_id: str):
@@ -142,10 +121,7 @@ def test_a_burst_waits_at_its_limit_and_another_installation_goes_first(fair, tm
         other_final = svc.wait_final(other, timeout=300, repo=OTHER_REPO)
     finally:
         go.set()
-        for proc in extra:
-            os.killpg(proc.pid, 15)
-        for proc in extra:
-            proc.wait(60)
+        end_workers(extra)
 
     # Within one session slot: of the burst's waiting sessions, at most one started between
     # the other's arrival and its start (here none: the burst was at its limit).
