@@ -156,19 +156,22 @@ def workspace_dirs(root: Path, host: str) -> dict[str, list[Path]]:
     return found
 
 
-def session_containers(docker_client, host: str, root: Path) -> dict[str, list]:
-    """Worker host `host`'s sandbox containers on this engine, by session: fresh ones by their
-    label, warm ones (claimed from the host's pool of the workspaces under `root`) by their
-    name."""
+def session_containers(
+    docker_client, host: str, root: Path, session_id: str | None = None
+) -> dict[str, list]:
+    """Worker host `host`'s sandbox containers on this engine, by session (only `session_id`'s
+    when given): fresh ones by their label, warm ones (claimed from the host's pool of the
+    workspaces under `root`) by their name."""
     found: dict[str, list] = {}
-    for container in docker_client.containers.list(all=True, filters={"label": LABEL}):
+    label = LABEL if session_id is None else f"{LABEL}={session_id}"
+    for container in docker_client.containers.list(all=True, filters={"label": label}):
         labels = container.labels or {}
         session_id = labels.get(LABEL)
         if session_id and owned_here(host, labels.get(HOST_LABEL)):
             found.setdefault(session_id, []).append(container)
-    for session_id, containers in claimed_containers(docker_client, host, root).items():
-        if SESSION_ID.fullmatch(session_id):
-            found.setdefault(session_id, []).extend(containers)
+    for claimer, containers in claimed_containers(docker_client, host, root).items():
+        if SESSION_ID.fullmatch(claimer) and session_id in (None, claimer):
+            found.setdefault(claimer, []).extend(containers)
     return found
 
 
@@ -248,16 +251,11 @@ def reap_session(
         return report
     if docker_client is not None:
         try:
-            containers = docker_client.containers.list(
-                all=True, filters={"label": f"{LABEL}={session_id}"}
-            )
-            claimed = claimed_containers(docker_client, host, settings.workspace_root)
-            containers += claimed.get(session_id, [])
+            ours = session_containers(docker_client, host, settings.workspace_root, session_id)
         except Exception as exc:  # the engine is away: the next tick tries again
             report.errors.append(f"docker: {exc}")
         else:
-            ours = [c for c in containers if owned_here(host, (c.labels or {}).get(HOST_LABEL))]
-            remove_containers(ours, report, session_id)
+            remove_containers(ours.get(session_id, []), report, session_id)
     close_gateway(settings, session_id)
     remove_dirs(workspace_dirs(settings.workspace_root, host).get(session_id, []), report)
     return report
